@@ -1,0 +1,39 @@
+"""fastsoftmax: fused, numerically stable softmax and cross-entropy kernels.
+
+NumPy arrays run on the Numba CPU kernels when numba is installed (else on the NumPy
+reference); choose with ``backend=`` or ``with fastsoftmax.use_backend(name):``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._api import (
+    cross_entropy,
+    cross_entropy_with_grad,
+    log_softmax,
+    log_softmax_backward,
+    logsumexp,
+    softmax,
+    softmax_backward,
+)
+from ._backends import BackendUnavailableError, available_backends, use_backend
+
+try:
+    __version__ = version("fastsoftmax")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BackendUnavailableError",
+    "__version__",
+    "available_backends",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "log_softmax_backward",
+    "logsumexp",
+    "softmax",
+    "softmax_backward",
+    "use_backend",
+]

@@ -1,0 +1,333 @@
+"""The public functions: validate once, resolve options into plain numbers, dispatch.
+
+Options (reduction, weight, label_smoothing, ignore_index) are turned here into what
+every backend's kernel takes (a weight array, its sum, a gradient scale), so the
+backends cannot disagree on what "mean" means.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from . import _validate as check
+from ._backends import resolve
+
+Reduction = Literal["mean", "sum", "none"]
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _rows(x: np.ndarray, axis: int, work: np.dtype) -> np.ndarray:
+    """x with `axis` moved last as a C-contiguous (rows, C) array of dtype `work`
+    (a view of x when x already is one)."""
+    moved = x if axis == x.ndim - 1 else np.moveaxis(x, axis, -1)
+    c = moved.shape[-1]
+    rows = moved.size // c if c else int(np.prod(moved.shape[:-1]))
+    return np.ascontiguousarray(moved, dtype=work).reshape(rows, c)
+
+
+def _writable_rows(dest: np.ndarray, axis: int, work: np.dtype, *sources: np.ndarray):
+    """A (rows, C) view of `dest` the kernel can write directly, or None when it cannot
+    (wrong dtype, not contiguous, or sharing memory with an input the kernel reads,
+    unless it *is* that input: the kernels support exact in-place operation)."""
+    if dest.dtype != work:
+        return None
+    moved = dest if axis == dest.ndim - 1 else np.moveaxis(dest, axis, -1)
+    if not moved.flags.c_contiguous:
+        return None
+    for src in sources:
+        if src is not dest and np.may_share_memory(dest, src):
+            return None
+    c = moved.shape[-1]
+    if moved.ndim == 2:
+        return moved
+    return moved.reshape(-1, c) if c else moved.reshape(int(np.prod(moved.shape[:-1])), 0)
+
+
+def _scalar(value: float, dtype: np.dtype):
+    return dtype.type(value)
+
+
+# --------------------------------------------------------------------------------------
+# softmax family
+# --------------------------------------------------------------------------------------
+def _apply_rows(kernel, sources, shape, axis, out, dtype, work):
+    """Run ``kernel(*sources, result)`` on (rows, C) arrays and return the result in
+    `shape` and `dtype` with `axis` back in place (written into `out` when given)."""
+    target = None
+    if out is not None:
+        check.out_array(out, shape, dtype)
+        target = _writable_rows(out, axis, work, *sources)
+    o2 = target if target is not None else np.empty(sources[0].shape, work)
+    if o2.size:
+        kernel(*sources, o2)
+    if target is not None:
+        return out
+    res = o2.reshape(*np.delete(shape, axis), shape[axis])
+    res = res if axis == len(shape) - 1 else np.moveaxis(res, -1, axis)
+    if out is not None:
+        np.copyto(out, res, casting="unsafe")
+        return out
+    return res.astype(dtype, copy=False)
+
+
+def _rowwise(op: str, x: object, axis: int, out: np.ndarray | None, backend: str | None):
+    arr = check.float_array(x, "x")
+    if arr.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    ax = check.axis_index(axis, arr.ndim, "x")
+    be = resolve(arr, backend)
+    work = check.compute_dtype(arr.dtype)
+    x2 = _rows(arr, ax, work)
+    return _apply_rows(getattr(be, op), (x2,), arr.shape, ax, out, arr.dtype, work)
+
+
+def softmax(
+    x: np.ndarray, axis: int = -1, *, out: np.ndarray | None = None, backend: str | None = None
+) -> np.ndarray:
+    """softmax(x) = exp(x - max) / sum(exp(x - max)) along `axis`.
+
+    x: any shape, float16/32/64.  Returns an array of x's shape and dtype (written into
+    `out` when given; `out` may be `x` itself for an in-place softmax).  A slice whose
+    entries are all -inf gives NaN (0/0), as in PyTorch.
+    """
+    return _rowwise("softmax", x, axis, out, backend)
+
+
+def log_softmax(
+    x: np.ndarray, axis: int = -1, *, out: np.ndarray | None = None, backend: str | None = None
+) -> np.ndarray:
+    """log_softmax(x) = x - logsumexp(x) along `axis`; same shapes and rules as softmax."""
+    return _rowwise("log_softmax", x, axis, out, backend)
+
+
+def logsumexp(
+    x: np.ndarray, axis: int = -1, *, keepdims: bool = False, backend: str | None = None
+) -> np.ndarray:
+    """log(sum(exp(x))) along `axis`, computed stably.
+
+    x: (..., C, ...) -> x's shape without `axis` (or with it as 1 if keepdims), x's dtype.
+    An all -inf slice gives -inf, a slice holding +inf gives +inf, an empty one -inf.
+    """
+    arr = check.float_array(x, "x")
+    if arr.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    ax = check.axis_index(axis, arr.ndim, "x")
+    be = resolve(arr, backend)
+    work = check.compute_dtype(arr.dtype)
+    x2 = _rows(arr, ax, work)
+    res = np.empty(x2.shape[0], work)
+    if x2.shape[1] == 0:
+        res.fill(-np.inf)
+    elif res.size:
+        be.logsumexp(x2, res)
+    res = res.reshape(tuple(np.delete(arr.shape, ax))).astype(arr.dtype, copy=False)
+    return np.expand_dims(res, ax) if keepdims else res
+
+
+def _backward(op, y, y_name, grad_out, axis, out, backend):
+    y_arr = check.float_array(y, y_name)
+    g_arr = check.float_array(grad_out, "grad_out")
+    if y_arr.ndim == 0:
+        raise ValueError(f"{y_name} must have at least one dimension, got a 0-d array")
+    check.same_shape(y_arr, g_arr, y_name, "grad_out")
+    ax = check.axis_index(axis, y_arr.ndim, y_name)
+    be = resolve(y_arr, backend)
+    dtype = np.result_type(y_arr, g_arr)
+    work = check.compute_dtype(dtype)
+    sources = (_rows(y_arr, ax, work), _rows(g_arr, ax, work))
+    return _apply_rows(getattr(be, op), sources, y_arr.shape, ax, out, dtype, work)
+
+
+def softmax_backward(
+    probs: np.ndarray,
+    grad_out: np.ndarray,
+    axis: int = -1,
+    *,
+    out: np.ndarray | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Vector-Jacobian product of softmax: given probs = softmax(x) and grad_out = dL/dprobs,
+    returns dL/dx = probs * (grad_out - sum(grad_out * probs, axis)).
+
+    probs, grad_out: the same shape; the result has that shape and their common dtype.
+    """
+    return _backward("softmax_backward", probs, "probs", grad_out, axis, out, backend)
+
+
+def log_softmax_backward(
+    log_probs: np.ndarray,
+    grad_out: np.ndarray,
+    axis: int = -1,
+    *,
+    out: np.ndarray | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Vector-Jacobian product of log_softmax: given log_probs = log_softmax(x) and
+    grad_out = dL/dlog_probs, returns dL/dx = grad_out - exp(log_probs) * sum(grad_out, axis).
+    """
+    return _backward("log_softmax_backward", log_probs, "log_probs", grad_out, axis, out, backend)
+
+
+# --------------------------------------------------------------------------------------
+# cross-entropy
+# --------------------------------------------------------------------------------------
+def _cross_entropy(
+    logits,
+    target,
+    reduction,
+    ignore_index,
+    label_smoothing,
+    weight,
+    backend,
+    want_grad,
+    out,
+    inplace,
+):
+    z = check.logits_2d(logits)
+    n, c = z.shape
+    red = check.reduction_name(reduction)
+    eps = check.smoothing(label_smoothing)
+    ignore = check.ignore(ignore_index)
+    be = resolve(z, backend)
+    work = check.compute_dtype(z.dtype)
+    kind, y = check.target(target, n, c, work)
+    w, wsum = check.class_weight(weight, c, work)
+
+    if kind == "index":
+        bad, denom = be.target_stats(y, w, c, ignore)
+        if bad >= 0:
+            value = np.asarray(target)[bad]
+            raise ValueError(
+                f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
+            )
+    else:
+        denom = float(n)
+    if red == "mean":
+        # PyTorch divides 0 by 0 here (NaN) when every target is ignored; we return 0.
+        scale = 1.0 / denom if denom else 0.0
+    else:
+        scale = 1.0
+
+    if z.dtype == work and z.flags.c_contiguous:
+        zw = z
+    else:
+        zw = np.ascontiguousarray(z, dtype=work)
+    g = None
+    if want_grad:
+        if inplace:
+            if out is not None:
+                raise ValueError("pass either out= or inplace=True, not both")
+            if not z.flags.writeable:
+                raise ValueError("logits is read-only; inplace=True needs a writeable array")
+            g = zw  # the kernels read each row fully before overwriting it
+        elif out is not None:
+            check.out_array(out, z.shape, z.dtype)
+            sources = (zw,) if kind == "index" else (zw, y)
+            g = _writable_rows(out, 1, work, *sources)  # out may be logits itself
+        if g is None:
+            g = np.empty((n, c), work)
+
+    loss_rows = np.empty(n)
+    if kind == "index":
+        total = be.xent_index(zw, y, w, wsum, ignore, eps, scale, loss_rows, g)
+    else:
+        total = be.xent_prob(zw, y, w, eps, scale, loss_rows, g)
+
+    if red == "none":
+        loss = loss_rows.astype(z.dtype)
+    elif red == "sum":
+        loss = _scalar(total, z.dtype)
+    else:
+        loss = _scalar(total / denom if denom else 0.0, z.dtype)
+    if not want_grad:
+        return loss
+
+    if inplace:
+        if g is not z:
+            np.copyto(z, g, casting="unsafe")
+        return loss, z
+    if out is not None:
+        if g is not out:
+            np.copyto(out, g, casting="unsafe")
+        return loss, out
+    return loss, (g if g.dtype == z.dtype else g.astype(z.dtype))
+
+
+def cross_entropy(
+    logits: np.ndarray,
+    target: np.ndarray,
+    *,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    weight: np.ndarray | None = None,
+    backend: str | None = None,
+):
+    """Cross-entropy between softmax(logits) and a target, as PyTorch's F.cross_entropy.
+
+    logits: (N, C) float16/32/64.
+    target: class indices (N,) of any integer dtype, or probabilities (N, C) (floating).
+    weight: (C,) per-class weights, or None.
+    ignore_index: rows whose class index equals it contribute 0 and are left out of the
+        mean's denominator (class-index targets only).
+    label_smoothing: eps in [0, 1]; the target becomes (1 - eps) * target + eps / C.
+    reduction: "mean" (sum of row losses / sum of the target weights of the non-ignored
+        rows, or / N for probability targets), "sum", or "none" ((N,) row losses).
+
+    Returns a scalar of logits' dtype, or an (N,) array for reduction="none".
+
+    Differences from PyTorch, both deliberate: a "mean" whose denominator is 0 (every
+    target ignored, or an empty batch) is 0, not NaN; and a term with a zero coefficient
+    (a zero weight or probability) contributes 0 even where log_softmax is -inf.
+    """
+    return _cross_entropy(
+        logits,
+        target,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        weight,
+        backend,
+        False,
+        None,
+        False,
+    )
+
+
+def cross_entropy_with_grad(
+    logits: np.ndarray,
+    target: np.ndarray,
+    *,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    weight: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    inplace: bool = False,
+    backend: str | None = None,
+):
+    """Fused forward and backward of :func:`cross_entropy`, one pass over the logits.
+
+    Returns (loss, dlogits): loss as cross_entropy returns it; dlogits (N, C) of logits'
+    dtype = d(loss)/d(logits) for the chosen reduction (for "none", the gradient of
+    loss.sum()), i.e. (softmax(logits) - target) times the reduction's scale.
+
+    out: an (N, C) array of logits' dtype to receive dlogits (saves the allocation).
+    inplace: write dlogits over logits and return logits (opt-in memory saving).
+    """
+    return _cross_entropy(
+        logits,
+        target,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        weight,
+        backend,
+        True,
+        out,
+        inplace,
+    )

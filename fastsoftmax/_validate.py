@@ -1,0 +1,139 @@
+"""Argument checks of the public API: every error names the argument, what was expected
+and what was given."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the kernels run in: float16 is computed in float32."""
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def float_array(x: object, name: str) -> np.ndarray:
+    """``x`` as an ndarray of a floating dtype (no copy for an ndarray)."""
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, float32 or float64), "
+            f"got dtype {arr.dtype}; convert it with {name}.astype(np.float32)"
+        )
+    return arr
+
+
+def axis_index(axis: object, ndim: int, name: str) -> int:
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= ax < ndim:
+        raise ValueError(f"axis {ax} is out of bounds for {name} with {ndim} dimension(s)")
+    return ax % ndim
+
+
+def logits_2d(logits: object) -> np.ndarray:
+    z = float_array(logits, "logits")
+    if z.ndim != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {z.shape}")
+    if z.shape[1] < 1:
+        raise ValueError(f"logits must have at least one class (C >= 1), got shape {z.shape}")
+    return z
+
+
+def reduction_name(reduction: object) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction  # type: ignore[return-value]
+
+
+def smoothing(label_smoothing: object) -> float:
+    if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0:
+        return label_smoothing  # the common case, without the slower ABC check
+    if not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool):
+        raise TypeError(
+            f"label_smoothing must be a real number in [0, 1], got {type(label_smoothing).__name__}"
+        )
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return eps
+
+
+def ignore(ignore_index: object) -> int:
+    if type(ignore_index) is int:
+        return ignore_index
+    if isinstance(ignore_index, bool | np.bool_):
+        raise TypeError("ignore_index must be an integer, got bool")
+    try:
+        return operator.index(ignore_index)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"ignore_index must be an integer, got {type(ignore_index).__name__}"
+        ) from None
+
+
+def target(target: object, n: int, c: int, dtype: np.dtype) -> tuple[str, np.ndarray]:
+    """("index", int64 (N,)) or ("prob", (N, C) in `dtype`), contiguous."""
+    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    if t.dtype == np.int64 and t.shape == (n,) and t.flags.c_contiguous:
+        return "index", t
+    kind = t.dtype.kind
+    if kind in "iu":
+        if t.ndim != 1:
+            raise ValueError(
+                f"target of class indices must be 1-D (N,), got shape {t.shape}; "
+                f"probability targets must be floating-point (N, C) = ({n}, {c})"
+            )
+        if t.shape[0] != n:
+            raise ValueError(f"target has {t.shape[0]} rows but logits has {n} (N mismatch)")
+        return "index", np.ascontiguousarray(t, dtype=np.int64)
+    if kind == "f":
+        if t.shape != (n, c):
+            raise ValueError(
+                f"target of probabilities must have the shape of logits {(n, c)}, got "
+                f"{t.shape}; class indices must be an integer array (N,)"
+            )
+        return "prob", np.ascontiguousarray(t, dtype=dtype)
+    raise TypeError(
+        "target must be integer class indices (N,) or floating-point probabilities "
+        f"(N, C), got dtype {t.dtype}"
+    )
+
+
+def class_weight(weight: object, c: int, dtype: np.dtype) -> tuple[np.ndarray | None, float]:
+    """(weight as a contiguous (C,) array of `dtype`, its float64 sum); (None, C) if unset."""
+    if weight is None:
+        return None, float(c)
+    w = weight if isinstance(weight, np.ndarray) else np.asarray(weight)
+    if w.dtype.kind not in "iuf":
+        raise TypeError(f"weight must be a real numeric array (C,), got dtype {w.dtype}")
+    if w.shape != (c,):
+        raise ValueError(f"weight must have shape (C,) = ({c},), got {w.shape}")
+    w = np.ascontiguousarray(w, dtype=dtype)
+    return w, float(w.sum(dtype=np.float64))
+
+
+def same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_b} must have the shape of {name_a} {a.shape}, got {b.shape}")
+
+
+def out_array(
+    out: object, shape: tuple[int, ...], dtype: np.dtype, name: str = "out"
+) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out

@@ -1,0 +1,148 @@
+"""The NumPy reference backend: the executable specification of every kernel.
+
+Plain NumPy straight from the math, every sum in float64.  It is the oracle the other
+backends are tested against, so it favours being obviously right over being fast (it
+is still vectorised NumPy, the baseline a NumPy user would write).
+
+Kernel contract shared by all backends (arguments already validated by the public API,
+arrays C-contiguous, 2-D ``(N, C)``):
+
+* ``xent_index(z, y, w, wsum, ignore_index, eps, scale, loss, g) -> total``
+  ``y``: int64 ``(N,)``; ``w``: ``(C,)`` in z's dtype or None; ``wsum``: ``sum(w)`` (C
+  when w is None); ``loss``: float64 ``(N,)`` receives the per-row losses (0 for
+  ignored rows); ``g``: ``(N, C)`` receives ``scale * d(loss.sum())/dz`` (zero rows for
+  ignored rows), or is None for the forward only.  Returns ``loss.sum()`` in float64.
+* ``xent_prob(z, q, w, eps, scale, loss, g) -> total`` for probability targets
+  ``q: (N, C)``.
+* ``target_stats(y, w, C, ignore_index) -> (first bad row or -1, denominator)``.
+* ``softmax(x, out)``, ``log_softmax(x, out)``, ``logsumexp(x, out)``,
+  ``softmax_backward(p, grad, out)``, ``log_softmax_backward(logp, grad, out)``.
+
+Definitions (PyTorch's ``F.cross_entropy``): with the smoothed, weighted target matrix
+``Q[n, c] = w_c * ((1 - eps) * onehot(y_n)[c] + eps / C)`` for class indices (or
+``w_c * ((1 - eps) * q[n, c] + eps / C)`` for probabilities), and ``Q[n] = 0`` for
+ignored rows::
+
+    loss_n = -sum_c Q[n, c] * log_softmax(z_n)[c]
+    dloss_n/dz_n = sum_c Q[n, c] * softmax(z_n) - Q[n]
+
+(except that PyTorch puts the one-hot part's weight on the whole row, ``w_{y_n}``,
+which is what ``Q`` above gives: ``w_c * onehot[c] = w_{y_n} * onehot[c]``).
+A zero entry of ``Q`` contributes nothing even where ``log_softmax = -inf``
+(0 * log 0 = 0).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+name = "numpy"
+
+
+def _quiet(fn):
+    """Run fn without NumPy's floating-point warnings: -inf logits, NaN rows and
+    all-masked rows give inf/NaN by IEEE arithmetic, which is the documented result,
+    and the other backends do not warn either.  (A fresh errstate per call: a shared
+    one is not safe across threads or nested calls.)"""
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@_quiet
+def _log_softmax64(z: np.ndarray) -> np.ndarray:
+    """log_softmax in float64: z - max - log(sum(exp(z - max)))."""
+    z = z.astype(np.float64)
+    # An all -inf row gives -inf - -inf = NaN, as the math says (0/0).
+    t = z - z.max(axis=1, keepdims=True)
+    return t - np.log(np.exp(t).sum(axis=1, keepdims=True))
+
+
+def _xlogy_sum(coef: np.ndarray, logp: np.ndarray) -> np.ndarray:
+    """sum_c coef * logp per row, with 0 * (-inf) taken as 0."""
+    return np.where(coef != 0, coef * logp, 0.0).sum(axis=1)
+
+
+def target_stats(y, w, num_classes, ignore_index):
+    valid = y != ignore_index
+    bad = np.flatnonzero(valid & ((y < 0) | (y >= num_classes)))
+    if bad.size:
+        return int(bad[0]), 0.0
+    if w is None:
+        return -1, float(np.count_nonzero(valid))
+    return -1, float(w.astype(np.float64)[y[valid]].sum())
+
+
+@_quiet
+def xent_index(z, y, w, wsum, ignore_index, eps, scale, loss, g):
+    n, c = z.shape
+    logp = _log_softmax64(z)
+    w64 = np.ones(c) if w is None else w.astype(np.float64)
+    rows = np.flatnonzero(y != ignore_index)
+    yv = y[rows]
+    lp = logp[rows]
+    coef_y = (1.0 - eps) * w64[yv]  # Q's one-hot part: Q[n, y_n] = coef_y + eps/C w_y
+    row = np.zeros(n)
+    row[rows] = -np.where(coef_y != 0, coef_y * lp[np.arange(rows.size), yv], 0.0)
+    if eps:
+        row[rows] -= eps / c * _xlogy_sum(np.broadcast_to(w64, lp.shape), lp)
+    loss[...] = row
+    if g is not None:
+        grad = np.zeros((n, c))
+        a = coef_y + eps / c * w64.sum()  # sum_c Q[n, c]
+        grad[rows] = a[:, None] * np.exp(lp) - eps / c * w64
+        grad[rows, yv] -= coef_y
+        g[...] = (scale * grad).astype(z.dtype)
+    return float(row.sum())
+
+
+@_quiet
+def xent_prob(z, q, w, eps, scale, loss, g):
+    c = z.shape[1]
+    logp = _log_softmax64(z)
+    w64 = np.ones(c) if w is None else w.astype(np.float64)
+    coef = w64 * ((1.0 - eps) * q.astype(np.float64) + eps / c)  # Q
+    row = -_xlogy_sum(coef, logp)
+    loss[...] = row
+    if g is not None:
+        grad = coef.sum(axis=1, keepdims=True) * np.exp(logp) - coef
+        g[...] = (scale * grad).astype(z.dtype)
+    return float(row.sum())
+
+
+@_quiet
+def softmax(x, out):
+    out[...] = np.exp(_log_softmax64(x))
+
+
+@_quiet
+def log_softmax(x, out):
+    out[...] = _log_softmax64(x)
+
+
+@_quiet
+def logsumexp(x, out):
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    # a row whose max is infinite: shift by 0, so all -inf gives -inf and +inf gives +inf
+    m[~np.isfinite(m)] = 0.0
+    out[...] = (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+@_quiet
+def softmax_backward(p, gout, out):
+    p64 = p.astype(np.float64)
+    g64 = gout.astype(np.float64)
+    out[...] = p64 * (g64 - (g64 * p64).sum(axis=1, keepdims=True))
+
+
+@_quiet
+def log_softmax_backward(logp, gout, out):
+    g64 = gout.astype(np.float64)
+    out[...] = g64 - np.exp(logp.astype(np.float64)) * g64.sum(axis=1, keepdims=True)

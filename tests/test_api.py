@@ -1,0 +1,251 @@
+"""Behaviour of the public API: views, out=, inplace=, dtypes, axes, dispatch."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from conftest import backend_params, random_logits
+
+import fastsoftmax as fs
+from fastsoftmax import _backends
+
+ALL = backend_params(kinds=("reference", "backend"))
+SHAPES = [(64, 10), (9, 1000)]  # the small-C and the large-C kernel paths
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_inputs_are_not_modified(impl, shape, rng):
+    z = random_logits(rng, shape, np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    w = rng.random(shape[1])
+    q = rng.random(shape).astype(np.float32)
+    copies = [a.copy() for a in (z, y, w, q)]
+    impl("cross_entropy_with_grad", z, y, weight=w, label_smoothing=0.1)
+    impl("cross_entropy_with_grad", z, q, weight=w)
+    impl("cross_entropy", z, y)
+    for op in ("softmax", "log_softmax", "logsumexp"):
+        impl(op, z)
+    fs.softmax_backward(z, q, backend=impl.name)
+    fs.log_softmax_backward(z, q, backend=impl.name)
+    for a, b in zip((z, y, w, q), copies, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_strided_views_give_exactly_the_contiguous_result(impl, shape, rng):
+    n, c = shape
+    big = random_logits(rng, (2 * n, 2 * c), np.float64).astype(np.float32)
+    views = {
+        "every-other": big[::2, ::2],
+        "fortran": np.asfortranarray(big[:n, :c]),
+        "reversed": big[n - 1 :: -1, c - 1 :: -1][:n, :c],
+    }
+    ys = rng.integers(0, c, 2 * n)
+    y_view = ys[::2]
+    for view in views.values():
+        contiguous = np.ascontiguousarray(view)
+        loss_v, grad_v = impl("cross_entropy_with_grad", view, y_view, label_smoothing=0.1)
+        loss_c, grad_c = impl(
+            "cross_entropy_with_grad", contiguous, y_view.copy(), label_smoothing=0.1
+        )
+        assert loss_v == loss_c
+        np.testing.assert_array_equal(grad_v, grad_c)
+        for op in ("softmax", "log_softmax", "logsumexp"):
+            np.testing.assert_array_equal(impl(op, view), impl(op, contiguous))
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_out_and_inplace(impl, shape, rng):
+    z = random_logits(rng, shape, np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    loss, grad = impl("cross_entropy_with_grad", z, y)
+    out = np.full_like(z, 7.0)
+    loss_o, grad_o = impl("cross_entropy_with_grad", z, y, out=out)
+    assert grad_o is out and loss_o == loss
+    np.testing.assert_array_equal(out, grad)
+    # a non-contiguous out is filled correctly too
+    holder = np.zeros((shape[0], 2 * shape[1]), np.float32)
+    impl("cross_entropy_with_grad", z, y, out=holder[:, ::2])
+    np.testing.assert_array_equal(holder[:, ::2], grad)
+    np.testing.assert_array_equal(holder[:, 1::2], 0.0)
+    # out=logits is in-place
+    z2 = z.copy()
+    loss_a, grad_a = impl("cross_entropy_with_grad", z2, y, out=z2)
+    assert grad_a is z2 and loss_a == loss
+    np.testing.assert_array_equal(z2, grad)
+    # inplace=True overwrites logits and returns them
+    z3 = z.copy()
+    loss_i, grad_i = impl("cross_entropy_with_grad", z3, y, inplace=True)
+    assert grad_i is z3 and loss_i == loss
+    np.testing.assert_array_equal(z3, grad)
+    # inplace on a strided view writes through to the base array
+    base = np.zeros((shape[0], 2 * shape[1]), np.float32)
+    base[:, ::2] = z
+    impl("cross_entropy_with_grad", base[:, ::2], y, inplace=True)
+    np.testing.assert_array_equal(base[:, ::2], grad)
+    # an out overlapping logits without being it is computed via a temporary
+    zz = np.concatenate([z, z], axis=1)
+    _, g_overlap = impl("cross_entropy_with_grad", zz[:, : shape[1]], y, out=zz[:, shape[1] :])
+    np.testing.assert_array_equal(g_overlap, grad)
+    # softmax in place
+    s = z.copy()
+    assert impl("softmax", s, out=s) is s
+    np.testing.assert_array_equal(s, impl("softmax", z))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_float16_computes_in_float32(impl, rng):
+    z16 = random_logits(rng, (50, 10), np.float16)
+    y = rng.integers(0, 10, 50)
+    loss, grad = impl("cross_entropy_with_grad", z16, y)
+    assert np.asarray(loss).dtype == np.float16 and grad.dtype == np.float16
+    loss32, grad32 = impl("cross_entropy_with_grad", z16.astype(np.float32), y)
+    np.testing.assert_allclose(loss, loss32, rtol=1e-3)
+    np.testing.assert_allclose(grad, grad32.astype(np.float16), rtol=1e-3, atol=1e-6)
+    assert impl("softmax", z16).dtype == np.float16
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("axis", [0, 1, -1, -3])
+def test_softmax_axes(impl, axis, rng):
+    x = rng.standard_normal((4, 5, 6)) * 3
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    expected = e / e.sum(axis=axis, keepdims=True)
+    np.testing.assert_allclose(impl("softmax", x, axis=axis), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        impl("log_softmax", x, axis=axis), np.log(expected), rtol=1e-12, atol=1e-14
+    )
+    lse = np.log(np.exp(x).sum(axis=axis))
+    np.testing.assert_allclose(impl("logsumexp", x, axis=axis), lse, rtol=1e-12)
+    kept = fs.logsumexp(x, axis=axis, keepdims=True, backend=impl.name)
+    assert kept.shape == np.expand_dims(lse, axis).shape
+    out = np.empty_like(x)
+    assert fs.softmax(x, axis=axis, out=out, backend=impl.name) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    g = rng.standard_normal(x.shape)
+    vjp = fs.softmax_backward(expected, g, axis=axis, backend=impl.name)
+    np.testing.assert_allclose(
+        vjp, expected * (g - (g * expected).sum(axis=axis, keepdims=True)), atol=1e-14
+    )
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_empty_inputs(impl):
+    assert impl("softmax", np.zeros((0, 5))).shape == (0, 5)
+    assert impl("softmax", np.zeros((3, 0))).shape == (3, 0)
+    np.testing.assert_array_equal(impl("logsumexp", np.zeros((3, 0))), [-np.inf] * 3)
+    loss, grad = impl("cross_entropy_with_grad", np.zeros((0, 4)), np.zeros(0, int))
+    assert loss == 0.0 and grad.shape == (0, 4)
+    assert impl("cross_entropy", np.zeros((0, 4)), np.zeros(0, int), reduction="none").shape == (0,)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_target_dtypes_and_python_lists(impl, rng):
+    z = random_logits(rng, (30, 7), np.float64)
+    y = rng.integers(0, 7, 30)
+    expected = impl("cross_entropy_with_grad", z, y)
+    for dt in (np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.uint64):
+        loss, grad = impl("cross_entropy_with_grad", z, y.astype(dt))
+        assert loss == expected[0]
+        np.testing.assert_array_equal(grad, expected[1])
+    loss, grad = impl("cross_entropy_with_grad", z.tolist(), y.tolist())
+    assert loss == expected[0]
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_reductions_shapes_and_all_ignored(impl, rng):
+    z = random_logits(rng, (6, 4), np.float32)
+    y = np.array([0, 1, 2, 3, 0, 1])
+    none = impl("cross_entropy", z, y, reduction="none")
+    assert none.shape == (6,) and none.dtype == np.float32
+    assert isinstance(impl("cross_entropy", z, y), np.float32)
+    np.testing.assert_allclose(impl("cross_entropy", z, y, reduction="sum"), none.sum(), rtol=1e-6)
+    np.testing.assert_allclose(impl("cross_entropy", z, y), none.mean(), rtol=1e-6)
+    # every target ignored: 0 and a zero gradient for "mean" (PyTorch gives NaN)
+    loss, grad = impl("cross_entropy_with_grad", z, np.full(6, -100))
+    assert loss == 0.0 and np.all(grad == 0)
+    loss, grad = impl("cross_entropy_with_grad", z, np.full(6, -100), reduction="sum")
+    assert loss == 0.0 and np.all(grad == 0)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_ignore_index_inside_the_class_range(impl, rng):
+    z = random_logits(rng, (8, 5), np.float64)
+    y = np.array([0, 1, 2, 3, 4, 1, 1, 0])
+    loss, grad = impl("cross_entropy_with_grad", z, y, ignore_index=1)
+    keep = y != 1
+    ref_loss, ref_grad = fs.cross_entropy_with_grad(z[keep], y[keep], backend="numpy")
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(grad[keep], ref_grad, rtol=1e-12, atol=1e-15)
+    assert np.all(grad[~keep] == 0)
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (5000, 10), (40, 3000)])
+def test_numba_results_do_not_depend_on_thread_count(shape, rng):
+    z = random_logits(rng, shape, np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fs.cross_entropy_with_grad(z, y, reduction="sum", backend="numba")
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = fs.cross_entropy_with_grad(z, y, reduction="sum", backend="numba")
+    finally:
+        numba.set_num_threads(threads)
+    assert one[0] == many[0]
+    np.testing.assert_array_equal(one[1], many[1])
+
+
+def test_dispatch_and_use_backend(monkeypatch, rng):
+    z = random_logits(rng, (5, 3), np.float64)
+    y = np.array([0, 1, 2, 0, 1])
+    calls = []
+    ref = _backends.load("numpy")
+    monkeypatch.setattr(ref, "xent_index", _spy(ref.xent_index, calls, "numpy"))
+    numba_mod = _backends.load("numba")
+    monkeypatch.setattr(numba_mod, "xent_index", _spy(numba_mod.xent_index, calls, "numba"))
+    fs.cross_entropy(z, y)  # auto: numba is installed here
+    with fs.use_backend("numpy"):
+        fs.cross_entropy(z, y)
+        fs.cross_entropy(z, y, backend="numba")  # an explicit argument wins
+        with fs.use_backend("auto"):
+            fs.cross_entropy(z, y)
+    fs.cross_entropy(z, y)
+    assert calls == ["numba", "numpy", "numba", "numba", "numba"]
+    assert fs.available_backends()[:2] == ["numpy", "numba"]
+
+
+def _spy(fn, calls, name):
+    def spy(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+
+    return spy
+
+
+def test_missing_backend_dependency_names_the_extra(monkeypatch):
+    monkeypatch.setitem(_backends._REGISTRY, "numba", ("fastsoftmax._numba_missing_dep", "numba"))
+    monkeypatch.delitem(_backends._loaded, "numba", raising=False)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastsoftmax._numba_missing_dep", None)
+    with pytest.raises(fs.BackendUnavailableError, match="not part of this version"):
+        fs.cross_entropy(np.zeros((2, 2)), np.zeros(2, int), backend="numba")
+
+
+def test_auto_falls_back_to_numpy_without_numba(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(_backends._loaded, "numba", raising=False)
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now fails
+    monkeypatch.setitem(sys.modules, "fastsoftmax._numba", None)
+    assert _backends.default_cpu_backend().name == "numpy"
+    with pytest.raises(
+        fs.BackendUnavailableError, match=r"pip install 'fastsoftmax\[numba\]'|not part"
+    ):
+        _backends.load("numba")
+    monkeypatch.delitem(_backends._loaded, "numba", raising=False)

@@ -13,6 +13,8 @@ import importlib
 from collections.abc import Iterator
 from types import ModuleType
 
+import numpy as np
+
 # name -> (module, pip extra that provides its dependency)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("fastsoftmax.reference", ""),
@@ -89,7 +91,7 @@ def _is_cupy_array(x: object) -> bool:
 def resolve(x: object, backend: str | None) -> ModuleType:
     """The backend that runs an op on array ``x``."""
     name = _current.get() if backend is None else _check_name(backend)
-    if _is_cupy_array(x):
+    if type(x) is not np.ndarray and _is_cupy_array(x):
         if name not in (AUTO, "cupy"):
             raise ValueError(f"backend {name!r} cannot run on CuPy arrays; use 'cupy' or 'auto'")
         return load("cupy")

@@ -55,13 +55,26 @@ def _quiet(fn):
     return quiet
 
 
+def _log_sum_exp_shifted(t: np.ndarray) -> np.ndarray:
+    """log(sum(exp(t), axis=1)) for rows already shifted by their max (t <= 0).
+
+    The terms equal to 1 (the max) are counted, not added: a confident row has
+    sum = 1 + d with d tiny, and log(1 + d) ~ d would be lost if 1 + d were formed
+    first (d = 1e-11 keeps only 5 digits in float64); log(k) + log1p(d/k) keeps all."""
+    e = np.exp(t)
+    is_one = e == 1.0
+    k = is_one.sum(axis=1, keepdims=True)
+    d = np.where(is_one, 0.0, e).sum(axis=1, keepdims=True)
+    return np.log(k) + np.log1p(d / k)
+
+
 @_quiet
 def _log_softmax64(z: np.ndarray) -> np.ndarray:
     """log_softmax in float64: z - max - log(sum(exp(z - max)))."""
     z = z.astype(np.float64)
     # An all -inf row gives -inf - -inf = NaN, as the math says (0/0).
     t = z - z.max(axis=1, keepdims=True)
-    return t - np.log(np.exp(t).sum(axis=1, keepdims=True))
+    return t - _log_sum_exp_shifted(t)
 
 
 def _xlogy_sum(coef: np.ndarray, logp: np.ndarray) -> np.ndarray:
@@ -96,8 +109,12 @@ def xent_index(z, y, w, wsum, ignore_index, eps, scale, loss, g):
     if g is not None:
         grad = np.zeros((n, c))
         a = coef_y + eps / c * w64.sum()  # sum_c Q[n, c]
-        grad[rows] = a[:, None] * np.exp(lp) - eps / c * w64
-        grad[rows, yv] -= coef_y
+        p = np.exp(lp)
+        grad[rows] = a[:, None] * p - eps / c * w64
+        # at the target a p_y - Q[n, y] = coef_y (p_y - 1) + eps/C (W p_y - w_y), with
+        # p_y - 1 = expm1(log p_y): exact even when 1 - p_y is far below float eps
+        p_y, lp_y = p[np.arange(rows.size), yv], lp[np.arange(rows.size), yv]
+        grad[rows, yv] = coef_y * np.expm1(lp_y) + eps / c * (w64.sum() * p_y - w64[yv])
         g[...] = (scale * grad).astype(z.dtype)
     return float(row.sum())
 
@@ -130,9 +147,10 @@ def log_softmax(x, out):
 def logsumexp(x, out):
     x = x.astype(np.float64)
     m = x.max(axis=1, keepdims=True)
-    # a row whose max is infinite: shift by 0, so all -inf gives -inf and +inf gives +inf
-    m[~np.isfinite(m)] = 0.0
-    out[...] = (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+    finite = np.isfinite(m)
+    # a row whose max is infinite: all -inf gives -inf (log 0), +inf gives +inf
+    lse = m + _log_sum_exp_shifted(x - np.where(finite, m, 0.0))
+    out[...] = np.where(finite, lse, np.log(np.exp(x).sum(axis=1, keepdims=True)))[:, 0]
 
 
 @_quiet

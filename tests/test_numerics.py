@@ -185,3 +185,39 @@ def test_float32_row_sums_are_accurate_at_large_c(impl):
     z = np.zeros((2, c), np.float32)
     loss = impl("cross_entropy", z, np.array([0, c - 1]), reduction="none")
     np.testing.assert_allclose(loss, np.log(c), rtol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("c", [22, 1000])
+def test_precision_kept_at_large_logits(impl, c):
+    """Formulas that cancel badly at |z| ~ 1e4 in float32 (x - (max + log s), or
+    C*lse - sum(z) for the smoothing term) would be off by ~1e-3 here."""
+    z = np.full((2, c), 4093.0, np.float32)
+    np.testing.assert_allclose(impl("log_softmax", z), np.log(1.0 / c), rtol=1e-7)
+    loss = impl("cross_entropy", z, np.array([0, 1]), reduction="none", label_smoothing=0.3)
+    np.testing.assert_allclose(loss, np.log(c), rtol=1e-7)
+    z[:, 1::2] = -4093.0  # half the classes far below: smoothing adds 0.3/C * 8186 each
+    loss = impl("cross_entropy", z, np.array([0, 0]), reduction="none", label_smoothing=0.3)
+    live = c - c // 2
+    expected = np.log(live) + 0.3 / c * (c // 2) * 8186.0
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("c", [2, 10, 1000, 32000])
+def test_confident_rows_keep_relative_precision(impl, dtype, c):
+    """loss = log(1 + d) with d ~ 1e-6..1e-9: forming 1 + d in float32 would lose it."""
+    gap = np.array([12.0, 16.0, 20.0, 25.0])
+    z = np.zeros((4, c), dtype)
+    z[:, 0] = gap
+    y = np.zeros(4, np.int64)
+    expected = np.log1p((c - 1) * np.exp(-gap))
+    loss, grad = xent(impl, z, y, reduction="none")
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(impl("cross_entropy", z, y, reduction="none"), expected, rtol=1e-6)
+    # the true-class gradient p_y - 1 = -(1 - p_y) keeps its relative precision too
+    np.testing.assert_allclose(
+        -grad[:, 0], -np.expm1(-expected), rtol=2e-6 if dtype == np.float32 else 1e-12
+    )
+    np.testing.assert_allclose(impl("logsumexp", z), gap + expected, rtol=1e-7)

@@ -12,7 +12,17 @@ from conftest import assert_close, backend_params, random_logits
 import fastsoftmax as fs
 
 SHAPES = [(0, 7), (1, 1), (1, 2), (3, 423), (60000, 10), (257, 1000), (8, 50257), (2, 128256)]
-SMALL_SHAPES = [(0, 7), (1, 1), (5, 2), (3, 423), (300, 10), (257, 33), (4, 5000)]
+SMALL_SHAPES = [
+    (0, 7),
+    (1, 1),
+    (5, 2),
+    (3, 423),
+    (300, 10),
+    (40, 32),
+    (40, 33),
+    (257, 17),
+    (4, 5000),
+]
 DTYPES = [np.float32, np.float64]
 IGNORE = -100
 

@@ -1,7 +1,10 @@
 """The Numba CPU backend (see ``fastsoftmax/reference.py`` for the kernel contract).
 
-The wrappers here pick, per call, the parallel kernel or its single-threaded twin and
-pass the thread count in (Numba will not cache a kernel that asks for it itself).
+The wrappers here pick, per call, the parallel kernel or its single-threaded twin.  The
+parallel kernels split their chunks into NUMBA_NUM_THREADS contiguous runs (Numba will
+not cache a kernel that asks for the thread count itself, and asking costs ~0.8 us per
+call); ``prange`` spreads those runs over however many threads ``numba.set_num_threads``
+allows, and the result does not depend on either number.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ from .kernels import log_softmax_backward, softmax_backward, target_stats
 name = "numba"
 
 # At or below this many logits a call runs on the calling thread: waking the thread pool
-# costs ~2 us, more than the second core saves (bench/bench_small_c.py).
-SERIAL_MAX_ELEMENTS = 2048
+# costs ~3 us, more than the second core saves.  bench/bench_small_c.py, fused, C=10:
+# serial 6.1 us vs parallel 7.6 us at 2560 logits, 16.4 vs 10.1 us at 5120.
+SERIAL_MAX_ELEMENTS = 4096
+_RUNS = numba.config.NUMBA_NUM_THREADS
 
 
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
     if z.size <= SERIAL_MAX_ELEMENTS:
         return _k.xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g)
-    return _k.xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, numba.get_num_threads())
+    return _k.xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, _RUNS)
 
 
 def xent_prob(z, q, w, eps, scale, loss, g):
-    nthreads = 1 if z.size <= SERIAL_MAX_ELEMENTS else numba.get_num_threads()
+    nthreads = 1 if z.size <= SERIAL_MAX_ELEMENTS else _RUNS
     return _k.xent_prob(z, q, w, eps, scale, loss, g, nthreads)
 
 
@@ -33,21 +38,21 @@ def softmax(x, out):
     if x.size <= SERIAL_MAX_ELEMENTS:
         _k.softmax_serial(x, out)
     else:
-        _k.softmax(x, out, numba.get_num_threads())
+        _k.softmax(x, out, _RUNS)
 
 
 def log_softmax(x, out):
     if x.size <= SERIAL_MAX_ELEMENTS:
         _k.log_softmax_serial(x, out)
     else:
-        _k.log_softmax(x, out, numba.get_num_threads())
+        _k.log_softmax(x, out, _RUNS)
 
 
 def logsumexp(x, out):
     if x.size <= SERIAL_MAX_ELEMENTS:
         _k.logsumexp_serial(x, out)
     else:
-        _k.logsumexp(x, out, numba.get_num_threads())
+        _k.logsumexp(x, out, _RUNS)
 
 
 __all__ = [

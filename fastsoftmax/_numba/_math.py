@@ -304,6 +304,7 @@ def flog(x):
     Within ~2 ulp for normal positive x; 0 -> -inf, negative -> NaN, inf -> inf,
     NaN -> NaN.  Subnormal x are not supported (the softmax sums it serves are >= 1).
     """
+    x = np.float64(x)
     bits = _f64_bits(x)
     e = (bits >> 52) - 1023
     m = _f64_from_bits((bits & _MANT_MASK) | _ONE_BITS)
@@ -326,3 +327,12 @@ def flog(x):
     res = res if x < np.inf else x
     res = -np.inf if x == 0.0 else res
     return np.nan if x < 0.0 else res
+
+
+@njit(fastmath=EXP_FLAGS, error_model="numpy")
+def flog1p(u):
+    """log(1 + u) for u >= 0, vectorisable, accurate for tiny u (Kahan's trick: the
+    rounding of 1 + u is undone by scaling with u / ((1 + u) - 1))."""
+    u = np.float64(u)
+    w = 1.0 + u
+    return u if w == 1.0 else flog(w) * (u / (w - 1.0))

@@ -13,11 +13,15 @@ Layout of the work
   and per-chunk partial sums are added in chunk order, so every result is bit-identical
   for any number of threads.  Each parallel kernel has a ``*_serial`` twin for inputs
   too small to repay waking the thread pool.
-* Large C (``C > SMALL_C_MAX``): one row at a time, three passes over a row that sits in
-  L1/L2: (1) max, (2) ``e = exp(z - max)`` stored into the output and summed, (3) scale
-  the stored ``e`` into the result.  A one-pass online softmax (Milakov & Gimelshein
-  2018, arXiv:1805.02867) saves a read of the row, but here the row is cache-resident
-  after pass 1 and the online version's per-element rescaling cost more than it saved.
+* Large C (``C > SMALL_C_MAX``): one row at a time, passes over a row that stays in
+  L1/L2 after the first: (1) max, read from memory; (2) ``e = exp(z - max)`` stored
+  into the output; (3) the sum of ``e``; (4) ``e`` scaled into the result.  Passes 2
+  and 3 are separate so the sum's order is the same whether the output is a new array
+  or the logits themselves (in-place results are bit-identical).  A blocked one-pass
+  online softmax (Milakov & Gimelshein 2018, arXiv:1805.02867) was tried: it saves a
+  read of the row, but the row is cache-resident after pass 1 here, and the per-block
+  rescaling made it 1.5-2x slower at C = 32000 and 128256 (prototype, not kept).
+  Software prefetch of the next row during pass 2 made no measurable difference.
 * Small C (``C <= SMALL_C_MAX``, MNIST's 10 classes): a row is too short for a
   vectorised loop (LLVM's AVX-512 loop needs at least 16 iterations) and per-row
   reductions would run as scalar dependency chains.  So a tile of ``TILE_ROWS`` rows is
@@ -49,12 +53,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog, funkey, like
+from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog, flog1p, funkey, like
 
-# Largest C that takes the transposed small-C path (bench/bench_small_c.py chose it).
+# Largest C that takes the transposed small-C path.  bench/bench_small_c.py, fused
+# float32, 65536 rows, one thread (median): tiles 1.6 ms vs rows 5.0 ms at C=10, 4.1 vs
+# 5.5 at C=24, 5.0 vs 5.7 at C=32, 8.7 vs 6.4 at C=48.
 SMALL_C_MAX = 32
 # Rows per small-C tile (and per small-C chunk): a multiple of 16 (one AVX-512 vector of
-# float32 rows); the class-major buffer is then at most 32 x 128 x 8 B = 32 KiB.
+# float32 rows); the class-major buffer is then at most 32 x 128 x 8 B = 32 KiB (L1).
 TILE_ROWS = 128
 # Elements per chunk on the large-C path (whole rows; at least one row).
 ROW_CHUNK_ELEMENTS = 1 << 14
@@ -62,8 +68,15 @@ ROW_CHUNK_ELEMENTS = 1 << 14
 # each vector lane then adds at most SUM_BLOCK/16 float32 numbers.
 SUM_BLOCK = 256
 
-_KW = {"cache": True, "fastmath": REDUCE_FLAGS, "nogil": True, "error_model": "numpy"}
-_F = {"fastmath": REDUCE_FLAGS, "error_model": "numpy"}
+# Floating-point flags.  Reassociation (which lets LLVM split a sum across vector lanes)
+# is granted only to the small helpers that do nothing but add (_FR): on a whole kernel
+# it licenses rewrites such as (x - m) - log(s) -> x - (m + log(s)), which loses the
+# precision the kernels are written to keep.  `contract` (FMA) only ever adds accuracy.
+# error_model="numpy": a division by zero gives inf/NaN rather than a branch that
+# blocks vectorisation.
+_F = {"fastmath": {"contract"}, "error_model": "numpy"}
+_FR = {"fastmath": REDUCE_FLAGS, "error_model": "numpy"}
+_KW = {"cache": True, "nogil": True, **_F}
 
 
 # --------------------------------------------------------------------------------------
@@ -92,10 +105,19 @@ def _ordered_sum(partial):
 
 
 @njit(**_F)
+def _scratch_for(n, dtype):
+    """Per-thread scratch of the tiled path for n classes: (buffer in `dtype`, float64
+    buffer).  With R = TILE_ROWS, the first holds zt [0, nR), m [nR, (n+1)R), the
+    gradient factor [(n+1)R, (n+2)R), per-class constants [(n+3)R, (n+3)R+n) and the
+    storage-type sums and counts [(n+3)R+n, (n+5)R+n); the float64 one holds seven
+    rows of R per-row numbers: sums, log-sums, then per kernel."""
+    return np.empty((n + 5) * TILE_ROWS + n, dtype), np.empty(7 * TILE_ROWS)
+
+
+@njit(**_F)
 def _scratch(x):
-    """Per-thread scratch of the small-C path: (buffer in x's dtype, float64 buffer)."""
-    n = x.shape[1] if x.shape[1] <= SMALL_C_MAX else 0
-    return np.empty((n + 3) * TILE_ROWS + n, x.dtype), np.empty(5 * TILE_ROWS)
+    """_scratch_for x's class count on the tiled path; token buffers on the row path."""
+    return _scratch_for(x.shape[1] if x.shape[1] <= SMALL_C_MAX else 0, x.dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -111,38 +133,82 @@ def _row_max(z, i):
     return funkey(mk)
 
 
-@njit(**_F)
+@njit(**_FR)
 def _row_expsum(z, i, m):
-    """sum_j exp(z[i, j] - m) as float64, without storing the exponentials."""
+    """sum_j exp(z[i, j] - m) as (k, d), without storing the exponentials (see
+    _row_blocked_sum)."""
     n = z.shape[1]
     nfull = n - n % SUM_BLOCK
+    one = like(z, 1.0)
+    zero = like(z, 0.0)
+    ones = 0.0
     s = 0.0
     for b0 in range(0, nfull, SUM_BLOCK):
-        sb = like(z, 0.0)
+        sb = zero
+        ob = zero
         for j in range(SUM_BLOCK):
-            sb += fexp_neg(z[i, b0 + j] - m)
+            v = fexp_neg(z[i, b0 + j] - m)
+            ob += one if v == one else zero
+            sb += zero if v == one else v
         s += sb
-    sb = like(z, 0.0)
+        ones += ob
+    sb = zero
+    ob = zero
     for j in range(nfull, n):
-        sb += fexp_neg(z[i, j] - m)
-    return s + sb
+        v = fexp_neg(z[i, j] - m)
+        ob += one if v == one else zero
+        sb += zero if v == one else v
+    return ones + ob, s + sb
+
+
+@njit(**_FR)
+def _row_blocked_sum(a, i):
+    """sum_j a[i, j] of exponentials (all in [0, 1]) as the float64 pair (k, d): k terms
+    equal to exactly 1 (the row max gives exp(0) = 1) are counted, d is the sum of the
+    others.  The row sum is k + d and its log is log(k) + log1p(d / k) (_log_kd): a
+    confident row's loss is log(1 + d) ~ d, and forming 1 + d first, in float32 partial
+    sums (an error of 6e-8) or even in float64 (2e-16), would lose it.  The others are
+    added in SUM_BLOCK blocks of storage-type partial sums (each vector lane then adds at
+    most SUM_BLOCK/16 numbers), flushed to float64."""
+    n = a.shape[1]
+    nfull = n - n % SUM_BLOCK
+    one = like(a, 1.0)
+    zero = like(a, 0.0)
+    ones = 0.0
+    s = 0.0
+    for b0 in range(0, nfull, SUM_BLOCK):
+        sb = zero
+        ob = zero
+        for j in range(SUM_BLOCK):
+            v = a[i, b0 + j]
+            ob += one if v == one else zero
+            sb += zero if v == one else v
+        s += sb
+        ones += ob
+    sb = zero
+    ob = zero
+    for j in range(nfull, n):
+        v = a[i, j]
+        ob += one if v == one else zero
+        sb += zero if v == one else v
+    return ones + ob, s + sb
 
 
 @njit(**_F)
-def _row_blocked_sum(a, i):
-    """sum_j a[i, j] in float64, in SUM_BLOCK blocks of storage-type partial sums."""
-    n = a.shape[1]
-    nfull = n - n % SUM_BLOCK
-    s = 0.0
-    for b0 in range(0, nfull, SUM_BLOCK):
-        sb = like(a, 0.0)
-        for j in range(SUM_BLOCK):
-            sb += a[i, b0 + j]
-        s += sb
-    sb = like(a, 0.0)
-    for j in range(nfull, n):
-        sb += a[i, j]
-    return s + sb
+def _true_class_grad(e_y, k, d, coef_y, eps_c, wsum, w_y, scale):
+    """scale * dloss/dz_y = scale (coef_y (p_y - 1) + eps_c (W p_y - w_y)), formed in
+    float64 without rounding p_y first: p_y - 1 = -(s - e_y) / s, and s - e_y is
+    (k - 1) + d when e_y is one of the k terms equal to 1.  For a confident row
+    (1 - p_y ~ 1e-11) the float32 product e_y * (1 / s) - 1 would be 0."""
+    inv_s = 1.0 / (k + d)
+    rest = ((k - 1.0) + d) if e_y == 1.0 else ((k + d) - e_y)
+    return scale * (-coef_y * (rest * inv_s) + eps_c * (wsum * (e_y * inv_s) - w_y))
+
+
+@njit(**_F)
+def _log_kd(k, d):
+    """log(k + d) for the pair of _row_blocked_sum (k >= 1 unless the row is NaN)."""
+    return math.log1p(d) if k == 1.0 else math.log(k) + math.log1p(d / k)
 
 
 @njit(**_F)
@@ -155,7 +221,8 @@ def _same_memory(a, b):
 
 @njit(**_F)
 def _row_expsum_into(z, i, m, e, inplace):
-    """e[i, j] = exp(z[i, j] - m); returns their float64 sum.  e may be z (inplace).
+    """e[i, j] = exp(z[i, j] - m); returns their sum as (k, d) (_row_blocked_sum).  e
+    may be z (inplace).
 
     The exp pass and the sum pass are separate loops (the second over e in L1/L2) so
     that the sum's order, which LLVM's vectoriser picks, is the same function of e in
@@ -172,7 +239,7 @@ def _row_expsum_into(z, i, m, e, inplace):
     return _row_blocked_sum(e, i)
 
 
-@njit(**_F)
+@njit(**_FR)
 def _row_smooth_sum(z, i, m, w):
     """sum_c w_c (m - z[i, c]) in float64; classes of zero weight are skipped."""
     acc = 0.0
@@ -187,19 +254,12 @@ def _row_smooth_sum(z, i, m, w):
     return acc
 
 
-@njit(**_F)
+@njit(**_FR)
 def _row_sum(x, i):
     acc = 0.0
     for j in range(x.shape[1]):
         acc += x[i, j]
     return acc
-
-
-@njit(**_F)
-def _row_lse(x, i):
-    """max + log(sum(exp(x[i] - max))) in float64 (NaN where the max is not finite)."""
-    m = _row_max(x, i)
-    return float(m) + math.log(_row_expsum(x, i, m))
 
 
 # --------------------------------------------------------------------------------------
@@ -236,16 +296,30 @@ def _tile_max(zt, nr, n, m):
 
 
 @njit(**_F)
-def _tile_expsum(zt, nr, n, m, s):
-    """zt <- exp(zt - m[r]); s[r] <- float64 row sums."""
+def _tile_expsum(zt, nr, n, m, s, logs, acc, ones):
+    """zt <- exp(zt - m[r]); s[r] <- row sums and logs[r] <- their logs (float64).
+
+    As in _row_blocked_sum, terms equal to 1 are counted (`ones`) and the others summed
+    (`acc`), both in the storage type: at most SMALL_C_MAX terms, so float32 is exact
+    for the counts and within a few ulp for the rest, and 1.6x faster than converting
+    every term to float64."""
+    one = like(zt, 1.0)
+    zero = like(zt, 0.0)
     for r in range(nr):
-        s[r] = 0.0
+        acc[r] = zero
+        ones[r] = zero
     for c in range(n):
         zc = zt[c * TILE_ROWS : c * TILE_ROWS + nr]
         for r in range(nr):
             v = fexp_neg(zc[r] - m[r])
             zc[r] = v
-            s[r] += v
+            ones[r] += one if v == one else zero
+            acc[r] += zero if v == one else v
+    for r in range(nr):
+        k = float(ones[r])
+        d = float(acc[r])
+        s[r] = k + d
+        logs[r] = flog(k) + flog1p(d / k)
 
 
 @njit(**_F)
@@ -265,15 +339,19 @@ def _tile_smooth_sum(zt, nr, n, m, w, out):
 
 @njit(**_F)
 def _tile_softmax(x, a, nr, buf, f64):
-    """zt <- softmax of rows [a, a + nr), transposed; returns zt (and m, s, as views)."""
+    """zt <- exp(x - max) of rows [a, a + nr), transposed; returns zt and views of the
+    row maxima, sums and log-sums."""
     n = x.shape[1]
-    zt = buf[: n * TILE_ROWS]
-    m = buf[n * TILE_ROWS : (n + 1) * TILE_ROWS]
-    s = f64[:TILE_ROWS]
+    R = TILE_ROWS
+    zt = buf[: n * R]
+    m = buf[n * R : (n + 1) * R]
     _tile_load(x, a, nr, zt)
     _tile_max(zt, nr, n, m)
-    _tile_expsum(zt, nr, n, m, s)
-    return zt, m, s
+    s, logs = f64[:R], f64[R : 2 * R]
+    acc = buf[(n + 3) * R + n : (n + 4) * R + n]
+    ones = buf[(n + 4) * R + n : (n + 5) * R + n]
+    _tile_expsum(zt, nr, n, m, s, logs, acc, ones)
+    return zt, m, s, logs
 
 
 # --------------------------------------------------------------------------------------
@@ -316,13 +394,15 @@ def _xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
         smooth = _row_smooth_sum(z, i, m, w) if eps_c != 0.0 else 0.0
         # all of z[i] has been read: g may now overwrite it (in-place mode)
         if g is None:
-            s = _row_expsum(z, i, m)
+            k, d = _row_expsum(z, i, m)
         else:
-            s = _row_expsum_into(z, i, m, g, inplace)
-        logs = math.log(s)
+            k, d = _row_expsum_into(z, i, m, g, inplace)
+        s = k + d
+        logs = _log_kd(k, d)
         row = coef_y * (logs - ty) if coef_y != 0.0 else 0.0
         loss[i] = row + (eps_c * (wsum * logs + smooth) if eps_c != 0.0 else 0.0)
         if g is not None:
+            e_y = float(g[i, yi])
             ga = like(g, scale * (coef_y + eps_c * wsum) / s)
             gb = like(g, scale * eps_c)
             if w is None:
@@ -331,7 +411,8 @@ def _xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             else:
                 for j in range(n):
                     g[i, j] = g[i, j] * ga - gb * w[j]
-            g[i, yi] -= like(g, scale * coef_y)
+            w_y = 1.0 if w is None else float(w[yi])
+            g[i, yi] = like(g, _true_class_grad(e_y, k, d, coef_y, eps_c, wsum, w_y, scale))
 
 
 @njit(**_F)
@@ -343,10 +424,14 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
     zero = like(z, 0.0)
     ga = buf[(n + 1) * R : (n + 2) * R]
     gb = buf[(n + 3) * R : (n + 3) * R + n]  # scale (eps/C) w_c
-    ty = f64[R : 2 * R]  # z[y] - max
-    coef = f64[2 * R : 3 * R]  # (1 - eps) w_y; 0 for ignored rows
-    valid = f64[3 * R : 4 * R]  # 1.0 unless the row is ignored
-    smooth = f64[4 * R : 5 * R]
+    s, logs = f64[:R], f64[R : 2 * R]
+    ty = f64[2 * R : 3 * R]  # z[y] - max
+    coef = f64[3 * R : 4 * R]  # (1 - eps) w_y; 0 for ignored rows
+    valid = f64[4 * R : 5 * R]  # 1.0 unless the row is ignored
+    smooth = f64[5 * R : 6 * R]
+    g_y = f64[6 * R : 7 * R]  # the gradient at the target
+    acc = buf[(n + 3) * R + n : (n + 4) * R + n]
+    ones = buf[(n + 4) * R + n : (n + 5) * R + n]
     for c in range(n):
         gb[c] = like(z, scale * eps_c * (1.0 if w is None else float(w[c])))
     for a in range(r0, r1, R):
@@ -362,19 +447,24 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
             ok = yi != ignore
             yc = yi if ok else 0
             valid[r] = 1.0 if ok else 0.0
-            ty[r] = float(zt[yc * R + r]) - float(m[r])
+            ty[r] = float(zt[np.uintp(yc * R + r)]) - float(m[r])
             coef[r] = (1.0 - eps) * (1.0 if w is None else float(w[yc])) if ok else 0.0
-        s = f64[:R]
-        _tile_expsum(zt, nr, n, m, s)
-        # per-row loss and gradient factor, vectorised across rows (flog, not libm's log)
+        _tile_expsum(zt, nr, n, m, s, logs, acc, ones)
+        # per-row loss and gradient factors, vectorised across rows
         for r in range(nr):
-            logs = flog(s[r])
             cy = coef[r]
-            row = cy * (logs - ty[r]) if cy != 0.0 else 0.0
-            row += eps_c * (wsum * logs + smooth[r]) if eps_c != 0.0 else 0.0
+            row = cy * (logs[r] - ty[r]) if cy != 0.0 else 0.0
+            row += eps_c * (wsum * logs[r] + smooth[r]) if eps_c != 0.0 else 0.0
             ok = valid[r] != 0.0
             loss[a + r] = row if ok else 0.0
             ga[r] = like(z, scale * (cy + eps_c * wsum) / s[r]) if ok else zero
+            yi = y[a + r]
+            yc = yi if ok else 0
+            w_y = 1.0 if w is None else float(w[yc])
+            k, d = float(ones[r]), float(acc[r])
+            g_y[r] = _true_class_grad(
+                float(zt[np.uintp(yc * R + r)]), k, d, cy, eps_c, wsum, w_y, scale
+            )
         if g is None:
             continue
         # g = (a p - b) scale, stored row-major straight from the transposed buffer
@@ -390,7 +480,7 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
         for r in range(nr):
             i = a + r
             if valid[r] != 0.0:
-                g[i, y[i]] -= like(z, scale * coef[r])
+                g[i, y[i]] = like(z, g_y[r])
             else:
                 for c in range(n):
                     g[i, c] = zero
@@ -442,6 +532,19 @@ def _prob_coef(q, w, i, j, keep, eps_c):
     return c if w is None else w[j] * c
 
 
+@njit(**_FR)
+def _prob_row_sums(z, q, w, i, m, keep, eps_c):
+    """(sum_c wq_c, sum_c wq_c (m - z_c)) in float64; zero coefficients skipped."""
+    zero = like(z, 0.0)
+    a = 0.0
+    lin = 0.0
+    for j in range(z.shape[1]):
+        wq = _prob_coef(q, w, i, j, keep, eps_c)
+        a += wq
+        lin += wq * (m - z[i, j]) if wq != zero else zero
+    return a, lin
+
+
 @njit(**_F)
 def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
     nrows, n = z.shape
@@ -449,23 +552,18 @@ def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
     nchunks = partial.shape[0]
     keep = like(z, 1.0 - eps)
     eps_c = like(z, eps / n)
-    zero = like(z, 0.0)
     inplace = _same_memory(z, g)
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         acc = 0.0
         for i in range(c * per, min(c * per + per, nrows)):
             m = _row_max(z, i)
-            a = 0.0  # sum_c wq_c
-            lin = 0.0  # sum_c wq_c (m - z_c)
-            for j in range(n):
-                wq = _prob_coef(q, w, i, j, keep, eps_c)
-                a += wq
-                lin += wq * (m - z[i, j]) if wq != zero else zero
+            a, lin = _prob_row_sums(z, q, w, i, m, keep, eps_c)
             if g is None:
-                s = _row_expsum(z, i, m)
+                k, d = _row_expsum(z, i, m)
             else:
-                s = _row_expsum_into(z, i, m, g, inplace)
-            row = a * math.log(s) + lin
+                k, d = _row_expsum_into(z, i, m, g, inplace)
+            s = k + d
+            row = a * _log_kd(k, d) + lin
             loss[i] = row
             acc += row
             if g is not None:
@@ -500,7 +598,7 @@ def _softmax_run(x, out, t, nth):
         r1 = min(r0 + per, nrows)
         if n <= SMALL_C_MAX:
             nr = r1 - r0
-            zt, m, s = _tile_softmax(x, r0, nr, buf, f64)
+            zt, m, s, _ = _tile_softmax(x, r0, nr, buf, f64)
             inv = m  # m is no longer needed
             for r in range(nr):
                 inv[r] = like(x, 1.0 / s[r])
@@ -513,8 +611,8 @@ def _softmax_run(x, out, t, nth):
         else:
             inplace = _same_memory(x, out)
             for i in range(r0, r1):
-                s = _row_expsum_into(x, i, _row_max(x, i), out, inplace)
-                inv = like(out, 1.0 / s)
+                k, d = _row_expsum_into(x, i, _row_max(x, i), out, inplace)
+                inv = like(out, 1.0 / (k + d))
                 for j in range(n):
                     out[i, j] *= inv
 
@@ -534,16 +632,21 @@ def softmax_serial(x, out):
 
 
 @njit(**_F)
-def _lse_block(x, a, r1, buf, f64, lse):
-    """lse[r] for the rows from a: a whole tile (small C) or one row; returns the count."""
+def _lse_block(x, a, r1, buf, f64, shift, logs):
+    """shift[r] = max and logs[r] = log(sum(exp(x - max))) for the rows from a: a whole
+    tile (small C) or one row (large C).  Returns the number of rows done."""
     n = x.shape[1]
     if n <= SMALL_C_MAX:
         nr = min(TILE_ROWS, r1 - a)
-        _, m, s = _tile_softmax(x, a, nr, buf, f64)
+        _, m, _, tile_logs = _tile_softmax(x, a, nr, buf, f64)
         for r in range(nr):
-            lse[r] = float(m[r]) + flog(s[r])
+            shift[r] = m[r]
+            logs[r] = tile_logs[r]
         return nr
-    lse[0] = _row_lse(x, a)
+    m = _row_max(x, a)
+    shift[0] = m
+    k, d = _row_expsum(x, a, m)
+    logs[0] = _log_kd(k, d)
     return 1
 
 
@@ -553,20 +656,25 @@ def _log_softmax_run(x, out, t, nth):
     per, nchunks = _chunking(nrows, n)
     inplace = _same_memory(x, out)
     buf, f64 = _scratch(x)
-    lse = f64[TILE_ROWS : 2 * TILE_ROWS]
+    shift = f64[2 * TILE_ROWS : 3 * TILE_ROWS]
+    logs = f64[3 * TILE_ROWS : 4 * TILE_ROWS]
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
-            nr = _lse_block(x, a, r1, buf, f64, lse)
+            nr = _lse_block(x, a, r1, buf, f64, shift, logs)
             for r in range(nr):
-                li = like(x, lse[r])
+                # (x - max) - log(s), not x - (max + log(s)): x - max is exact for the
+                # entries that matter, so the result keeps full relative precision
+                # even at |x| ~ 1e4 in float32
+                m = like(x, shift[r])
+                ls = like(x, logs[r])
                 if inplace:  # one array: see _row_expsum_into
                     for j in range(n):
-                        out[a + r, j] -= li
+                        out[a + r, j] = (out[a + r, j] - m) - ls
                 else:
                     for j in range(n):
-                        out[a + r, j] = x[a + r, j] - li
+                        out[a + r, j] = (x[a + r, j] - m) - ls
             a += nr
 
 
@@ -575,14 +683,15 @@ def _logsumexp_run(x, out, t, nth):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     buf, f64 = _scratch(x)
-    lse = f64[TILE_ROWS : 2 * TILE_ROWS]
+    shift = f64[2 * TILE_ROWS : 3 * TILE_ROWS]
+    logs = f64[3 * TILE_ROWS : 4 * TILE_ROWS]
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
-            nr = _lse_block(x, a, r1, buf, f64, lse)
+            nr = _lse_block(x, a, r1, buf, f64, shift, logs)
             for r in range(nr):
-                v = lse[r]
+                v = shift[r] + logs[r]
                 out[a + r] = v if np.isfinite(v) else _lse_nonfinite(x, a + r, v)
             a += nr
 
@@ -636,14 +745,19 @@ def logsumexp_serial(x, out):
 # Backward (vector-Jacobian products): no exp on the hot path but log_softmax's, and
 # rows that vectorise plainly, so one row loop serves every C.
 # --------------------------------------------------------------------------------------
+@njit(**_FR)
+def _row_dot(a, b, i):
+    acc = 0.0
+    for j in range(a.shape[1]):
+        acc += a[i, j] * b[i, j]
+    return acc
+
+
 @njit(**_KW, parallel=True)
 def softmax_backward(p, gout, out):
     """out = p * (gout - sum(gout * p)) along axis 1 (out may alias p or gout)."""
     for i in prange(p.shape[0]):
-        dot = 0.0
-        for j in range(p.shape[1]):
-            dot += gout[i, j] * p[i, j]
-        d = like(out, dot)
+        d = like(out, _row_dot(p, gout, i))
         for j in range(p.shape[1]):
             out[i, j] = p[i, j] * (gout[i, j] - d)
 

@@ -1,0 +1,110 @@
+"""Shared benchmark machinery: the machine's copy bandwidth, measured in the same run,
+and a closing table of ratios (speedups and fraction of the copy bandwidth).
+
+Run: pytest bench/ [--benchmark-json=out.json]   (CI: --benchmark-disable)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+THREADS = int(os.environ.get("FASTSOFTMAX_BENCH_THREADS", "2"))
+_results: dict[str, dict[str, dict]] = defaultdict(dict)
+
+
+def pytest_configure(config):
+    try:
+        import numba
+
+        numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(THREADS)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth() -> float:
+    """Bytes/s of a parallel copy (read + write counted) of 512 MiB with THREADS threads:
+    the physical limit a memory-bound kernel is judged against."""
+    numba = pytest.importorskip("numba")
+
+    @numba.njit(parallel=True, cache=False)
+    def copy(src, dst):
+        for i in numba.prange(src.shape[0]):
+            dst[i] = src[i]
+
+    src = np.ones(1 << 27, np.float32)
+    dst = np.empty_like(src)
+    copy(src, dst)
+    best = min(_timed(copy, src, dst) for _ in range(7))
+    return 2 * src.nbytes / best
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def record(
+    group: str, name: str, benchmark, bytes_moved: int | None, copy_bw: float | None, **info
+):
+    """Attach the napkin-math figures to the result and keep them for the summary."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
+        return
+    seconds = stats.stats.median
+    entry = {"seconds": seconds, **info}
+    if bytes_moved:
+        entry["bytes_moved"] = bytes_moved
+        entry["GB/s"] = bytes_moved / seconds / 1e9
+        if copy_bw:
+            entry["copy_GB/s"] = copy_bw / 1e9
+            entry["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
+    benchmark.extra_info.update(entry)
+    _results[group][name] = entry
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _results:
+        return
+    tr = terminalreporter
+    tr.section("fastsoftmax: ratios from this run (median times)")
+    tr.write_line(f"machine: {_cpu_name()}, {os.cpu_count()} cores, {THREADS} threads")
+    for group, rows in _results.items():
+        ref = rows.get("numpy", {}).get("seconds")
+        peer = rows.get("torch", {}).get("seconds")
+        tr.write_line(f"{group}")
+        for name, e in rows.items():
+            parts = [f"  {name:16s} {e['seconds'] * 1e3:10.3f} ms"]
+            if ref:
+                parts.append(f"{ref / e['seconds']:7.1f}x numpy")
+            if peer:
+                parts.append(f"{peer / e['seconds']:7.1f}x torch")
+            if "GB/s" in e:
+                parts.append(f"{e['GB/s']:6.1f} GB/s")
+            if "fraction_of_copy_bandwidth" in e:
+                parts.append(f"{100 * e['fraction_of_copy_bandwidth']:5.0f}% of copy")
+            tr.write_line("  ".join(parts))

@@ -128,7 +128,12 @@ def _download(stem: str, md5: str, directory: Path) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return target
-    raise DatasetNotFoundError("could not download " + stem + ".gz:\n  " + "\n  ".join(errors))
+    raise DatasetNotFoundError(
+        f"could not download {stem}.gz into {directory}:\n  "
+        + "\n  ".join(errors)
+        + f"\nWithout network access, copy {stem}.gz there, or point data_dir (the CLI's "
+        "--data-dir) or $FASTSOFTMAX_DATA_DIR at a folder that holds it."
+    )
 
 
 def load(

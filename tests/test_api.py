@@ -249,3 +249,12 @@ def test_auto_falls_back_to_numpy_without_numba(monkeypatch):
     ):
         _backends.load("numba")
     monkeypatch.delitem(_backends._loaded, "numba", raising=False)
+
+
+def test_import_needs_only_numpy():
+    """numba is imported on first use of its backend, not by `import fastsoftmax`."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastsoftmax; assert 'numba' not in sys.modules, 'numba imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -58,3 +58,33 @@ def test_serial_threshold(benchmark, rows, mode):
     else:
         benchmark(k.xent_index, *args, numba.get_num_threads())
     record(benchmark.group, mode, benchmark, 2 * z.nbytes, None)
+
+
+@pytest.mark.parametrize("layer", ["kernel", "public API"])
+def test_api_overhead(benchmark, layer):
+    """What the Python layer (checks, dispatch, target validation) adds at 512 x 10."""
+    import fastsoftmax as fs
+
+    rows, c = 512, 10
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((rows, c), dtype=np.float32)
+    y = rng.integers(0, c, rows)
+    loss, g = np.empty(rows), np.empty_like(z)
+    benchmark.group = f"public API vs kernel alone, {rows}x{c}, out="
+    if layer == "kernel":
+        benchmark(
+            k.xent_index,
+            z,
+            y,
+            None,
+            float(c),
+            -100,
+            0.0,
+            1.0 / rows,
+            loss,
+            g,
+            numba.config.NUMBA_NUM_THREADS,
+        )
+    else:
+        benchmark(fs.cross_entropy_with_grad, z, y, out=g)
+    record(benchmark.group, layer, benchmark, 2 * z.nbytes, None)

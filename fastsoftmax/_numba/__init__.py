@@ -17,8 +17,9 @@ from .kernels import log_softmax_backward, softmax_backward, target_stats
 name = "numba"
 
 # At or below this many logits a call runs on the calling thread: waking the thread pool
-# costs ~3 us, more than the second core saves.  bench/bench_small_c.py, fused, C=10:
-# serial 6.1 us vs parallel 7.6 us at 2560 logits, 16.4 vs 10.1 us at 5120.
+# costs a few us, about what the second core saves at this size.  bench/bench_small_c.py,
+# fused, C=10, medians: serial 4 vs parallel 5 us at 1280 logits, 7 vs 7 at 2560, 13 vs
+# 12 at 5120, 25 vs 21 at 10240.
 SERIAL_MAX_ELEMENTS = 4096
 _RUNS = numba.config.NUMBA_NUM_THREADS
 

@@ -258,3 +258,16 @@ def test_import_needs_only_numpy():
 
     code = "import sys, fastsoftmax; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_softmax_out_is_x_runs_in_place(shape, rng, monkeypatch):
+    """out=x is computed in x's memory (no temporary and copy), and right."""
+    x = random_logits(rng, shape, np.float32)
+    expected = fs.softmax(x, backend="numba")
+    copies = []
+    real_copyto = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda *a, **k: copies.append(1) or real_copyto(*a, **k))
+    assert fs.softmax(x, out=x, backend="numba") is x
+    assert copies == []
+    np.testing.assert_array_equal(x, expected)

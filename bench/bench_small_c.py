@@ -29,14 +29,18 @@ def _tiles_path(z, y, loss, g):
     )
 
 
+def _problem(rows, c):
+    """float32 logits (rows, c), targets, and the loss and gradient buffers."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((rows, c), dtype=np.float32)
+    return z, rng.integers(0, c, rows), np.empty(rows), np.empty_like(z)
+
+
 @pytest.mark.parametrize("path", ["tiles", "rows"])
 @pytest.mark.parametrize("c", [8, 10, 16, 20, 24, 28, 32, 48])
 def test_small_c_path(benchmark, c, path):
     n = 65536
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((n, c), dtype=np.float32)
-    y = rng.integers(0, c, n)
-    loss, g = np.empty(n), np.empty_like(z)
+    z, y, loss, g = _problem(n, c)
     fn = _tiles_path if path == "tiles" else _rows_path
     benchmark.group = f"small-C path, 1 thread, {n}x{c}"
     benchmark(fn, z, y, loss, g)
@@ -47,10 +51,7 @@ def test_small_c_path(benchmark, c, path):
 @pytest.mark.parametrize("rows", [64, 128, 256, 512, 1024])
 def test_serial_threshold(benchmark, rows, mode):
     c = 10
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((rows, c), dtype=np.float32)
-    y = rng.integers(0, c, rows)
-    loss, g = np.empty(rows), np.empty_like(z)
+    z, y, loss, g = _problem(rows, c)
     args = (z, y, None, float(c), -100, 0.0, 1.0 / rows, loss, g)
     benchmark.group = f"serial vs parallel, {rows}x{c} ({rows * c} elements)"
     if mode == "serial":
@@ -66,10 +67,7 @@ def test_api_overhead(benchmark, layer):
     import fastsoftmax as fs
 
     rows, c = 512, 10
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((rows, c), dtype=np.float32)
-    y = rng.integers(0, c, rows)
-    loss, g = np.empty(rows), np.empty_like(z)
+    z, y, loss, g = _problem(rows, c)
     benchmark.group = f"public API vs kernel alone, {rows}x{c}, out="
     if layer == "kernel":
         benchmark(

@@ -58,14 +58,21 @@ def _timed(fn, *args) -> float:
 
 
 def record(
-    group: str, name: str, benchmark, bytes_moved: int | None, copy_bw: float | None, **info
+    group: str,
+    name: str,
+    benchmark,
+    bytes_moved: int | None,
+    copy_bw: float | None,
+    rows: int | None = None,
 ):
     """Attach the napkin-math figures to the result and keep them for the summary."""
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
         return
     seconds = stats.stats.median
-    entry = {"seconds": seconds, **info}
+    entry = {"seconds": seconds}
+    if rows:
+        entry["samples_per_s"] = rows / seconds
     if bytes_moved:
         entry["bytes_moved"] = bytes_moved
         entry["GB/s"] = bytes_moved / seconds / 1e9

@@ -100,21 +100,22 @@ def xent_index(z, y, w, wsum, ignore_index, eps, scale, loss, g):
     rows = np.flatnonzero(y != ignore_index)
     yv = y[rows]
     lp = logp[rows]
+    lp_y = lp[np.arange(rows.size), yv]
+    wtot = w64.sum()  # recomputed, not the contract's wsum: the oracle derives its own
     coef_y = (1.0 - eps) * w64[yv]  # Q's one-hot part: Q[n, y_n] = coef_y + eps/C w_y
     row = np.zeros(n)
-    row[rows] = -np.where(coef_y != 0, coef_y * lp[np.arange(rows.size), yv], 0.0)
+    row[rows] = -np.where(coef_y != 0, coef_y * lp_y, 0.0)
     if eps:
         row[rows] -= eps / c * _xlogy_sum(np.broadcast_to(w64, lp.shape), lp)
     loss[...] = row
     if g is not None:
         grad = np.zeros((n, c))
-        a = coef_y + eps / c * w64.sum()  # sum_c Q[n, c]
+        a = coef_y + eps / c * wtot  # sum_c Q[n, c]
         p = np.exp(lp)
         grad[rows] = a[:, None] * p - eps / c * w64
         # at the target a p_y - Q[n, y] = coef_y (p_y - 1) + eps/C (W p_y - w_y), with
         # p_y - 1 = expm1(log p_y): exact even when 1 - p_y is far below float eps
-        p_y, lp_y = p[np.arange(rows.size), yv], lp[np.arange(rows.size), yv]
-        grad[rows, yv] = coef_y * np.expm1(lp_y) + eps / c * (w64.sum() * p_y - w64[yv])
+        grad[rows, yv] = coef_y * np.expm1(lp_y) + eps / c * (wtot * np.exp(lp_y) - w64[yv])
         g[...] = (scale * grad).astype(z.dtype)
     return float(row.sum())
 
@@ -147,10 +148,11 @@ def log_softmax(x, out):
 def logsumexp(x, out):
     x = x.astype(np.float64)
     m = x.max(axis=1, keepdims=True)
-    finite = np.isfinite(m)
-    # a row whose max is infinite: all -inf gives -inf (log 0), +inf gives +inf
-    lse = m + _log_sum_exp_shifted(x - np.where(finite, m, 0.0))
-    out[...] = np.where(finite, lse, np.log(np.exp(x).sum(axis=1, keepdims=True)))[:, 0]
+    finite = np.isfinite(m[:, 0])
+    out[finite] = (m[finite] + _log_sum_exp_shifted(x[finite] - m[finite]))[:, 0]
+    # a row whose max is not finite needs no shift: all -inf gives log(0) = -inf,
+    # +inf gives +inf, NaN gives NaN
+    out[~finite] = np.log(np.exp(x[~finite]).sum(axis=1))
 
 
 @_quiet

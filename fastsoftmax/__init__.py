@@ -18,6 +18,7 @@ from ._api import (
     softmax_backward,
 )
 from ._backends import BackendUnavailableError, available_backends, use_backend
+from .estimator import NotFittedError, SoftmaxRegression
 
 try:
     __version__ = version("fastsoftmax")
@@ -26,6 +27,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "BackendUnavailableError",
+    "NotFittedError",
+    "SoftmaxRegression",
     "__version__",
     "available_backends",
     "cross_entropy",

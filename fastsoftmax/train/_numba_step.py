@@ -1,0 +1,368 @@
+"""The fused softmax-regression SGD step on the CPU (Numba).
+
+One step on a minibatch B of rows (``order[s*batch : (s+1)*batch]`` of X)::
+
+    z  = a X_B W^T + b                   (B, C)   a = x_scale (1/255 for uint8 pixels)
+    loss, G = mean cross-entropy of z and its gradient (the Core kernel, scale 1/B)
+    dW = a G^T X_B + wd W,  db = sum_rows G
+    v  = momentum v + dW;  W -= lr v      (plain SGD when momentum == 0: v = dW)
+
+Work split: the batch's rows are cut into ``nth`` contiguous parts, one per thread
+(``nth`` depends on the batch size and the thread count only).  A thread walks its part
+``GROUP`` rows at a time: the rows are gathered (through ``order``: shuffling costs no
+copy of X) and converted to the parameter dtype into a small scratch block that stays
+in L1/L2, the logits of the group are computed from it, the Core kernel turns them into
+loss and gradient, and the group's contribution to dW is added from the same block
+before the next group is read.  So X is read from memory once per step ("one pass"),
+and uint8 pixels move 4x fewer bytes than float32.  The per-thread dW partials are
+added in thread order and the update is applied by one thread (C x d numbers: a few us),
+so a run is deterministic for a given thread count.
+
+Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
+* logits: for one class, ``GROUP`` dot products over k at once (one load of W[c] feeds
+  GROUP FMAs, against 2 loads per FMA for one dot at a time).  Vectorising a dot needs
+  reassociation, granted to that helper only.
+* dW: ``dW[c, k] += g0 x0[k] + ... + g3 x3[k]``: a plain vector loop over k (no
+  reduction, no reassociation) that reads and writes dW[c] once per 4 rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .._numba._math import REDUCE_FLAGS, like
+from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_index_tiles
+
+# Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
+BLOCK = 64
+# Rows per group: the logits loop keeps GROUP accumulators per vector lane.
+GROUP = 8
+PF_DIST = GROUP
+PF_LOCALITY = 2
+# A thread gets at least this many rows of a batch (fewer are not worth a wake-up).
+MIN_ROWS_PER_THREAD = 16
+
+_F = {"fastmath": {"contract"}, "error_model": "numpy", "nogil": True}
+_FR = {"fastmath": REDUCE_FLAGS, "error_model": "numpy", "nogil": True}
+
+
+@intrinsic
+def _prefetch_row(typingctx, x, i):
+    """Ask for row i of the C-contiguous 2-D array x to be brought into L2 (a hint:
+    llvm.prefetch, read, locality 2), one request per 64-byte line."""
+    if not (isinstance(x, types.Array) and x.ndim == 2 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        row = builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64 else args[1]
+        zero = ir.Constant(ir.IntType(64), 0)
+        start = cgutils.get_item_pointer2(
+            context,
+            builder,
+            ary.data,
+            cgutils.unpack_tuple(builder, ary.shape),
+            cgutils.unpack_tuple(builder, ary.strides),
+            aryty.layout,
+            [row, zero],
+        )
+        i8p = ir.IntType(8).as_pointer()
+        base = builder.bitcast(start, i8p)
+        nbytes = builder.mul(
+            cgutils.unpack_tuple(builder, ary.shape)[1],
+            ir.Constant(ir.IntType(64), context.get_abi_sizeof(context.get_data_type(aryty.dtype))),
+        )
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        with cgutils.for_range_slice(
+            builder, ir.Constant(ir.IntType(64), 0), nbytes, ir.Constant(ir.IntType(64), 64)
+        ) as (off, _):
+            builder.call(fn, [builder.gep(base, [off]), i32(0), i32(PF_LOCALITY), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(x, i), codegen
+
+
+def _block(X, order, s0, nr, xb, rows):
+    """Where the block's rows order[s0 : s0 + nr] are read from: X itself when it has
+    the parameters' dtype (rows[q] = order[s0 + q], no copy), else the scratch xb that
+    they are converted into (rows[q] = q)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(_block, jit_options=_F)
+def _block_overload(X, order, s0, nr, xb, rows):
+    if X.dtype == xb.dtype:
+
+        def view(X, order, s0, nr, xb, rows):
+            for q in range(nr):
+                rows[q] = order[s0 + q]
+            return X
+
+        return view
+
+    def convert(X, order, s0, nr, xb, rows):
+        for q in range(nr):
+            rows[q] = q
+            src = X[order[s0 + q]]
+            dst = xb[q]
+            for k in range(src.shape[0]):
+                dst[k] = src[k]
+        return xb
+
+    return convert
+
+
+@njit(**_FR)
+def _logits_group(x, rows, q, W, b, a, z):
+    """z[q : q + GROUP] = a x[rows[q : q + GROUP]] W^T + b: GROUP dot products per class
+    share each load of W[c]."""
+    C, d = W.shape
+    a = like(W, a)
+    i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
+    i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
+    for c in range(C):
+        wc = W[c]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = like(W, 0.0)
+        for k in range(d):
+            wk = wc[k]
+            s0 += x[i0, k] * wk
+            s1 += x[i1, k] * wk
+            s2 += x[i2, k] * wk
+            s3 += x[i3, k] * wk
+            s4 += x[i4, k] * wk
+            s5 += x[i5, k] * wk
+            s6 += x[i6, k] * wk
+            s7 += x[i7, k] * wk
+        bc = b[c]
+        z[q, c] = s0 * a + bc
+        z[q + 1, c] = s1 * a + bc
+        z[q + 2, c] = s2 * a + bc
+        z[q + 3, c] = s3 * a + bc
+        z[q + 4, c] = s4 * a + bc
+        z[q + 5, c] = s5 * a + bc
+        z[q + 6, c] = s6 * a + bc
+        z[q + 7, c] = s7 * a + bc
+
+
+@njit(**_FR)
+def _logits_row(x, rows, q, W, b, a, z):
+    C, d = W.shape
+    a = like(W, a)
+    i = rows[q]
+    for c in range(C):
+        wc = W[c]
+        s = like(W, 0.0)
+        for k in range(d):
+            s += x[i, k] * wc[k]
+        z[q, c] = s * a + b[c]
+
+
+@njit(**_F)
+def _grad_group(x, rows, q, g, a, gW):
+    """gW += a g[q : q + GROUP]^T x[rows[q : q + GROUP]]: one read and write of gW[c]
+    per GROUP rows, no reduction (so no reassociation either)."""
+    C, d = gW.shape
+    a = like(gW, a)
+    i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
+    i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
+    for c in range(C):
+        g0, g1, g2, g3 = g[q, c] * a, g[q + 1, c] * a, g[q + 2, c] * a, g[q + 3, c] * a
+        g4, g5, g6, g7 = g[q + 4, c] * a, g[q + 5, c] * a, g[q + 6, c] * a, g[q + 7, c] * a
+        gc = gW[c]
+        for k in range(d):
+            gc[k] += (
+                g0 * x[i0, k]
+                + g1 * x[i1, k]
+                + g2 * x[i2, k]
+                + g3 * x[i3, k]
+                + g4 * x[i4, k]
+                + g5 * x[i5, k]
+                + g6 * x[i6, k]
+                + g7 * x[i7, k]
+            )
+
+
+@njit(**_F)
+def _grad_row(x, rows, q, g, a, gW):
+    C, d = gW.shape
+    a = like(gW, a)
+    i = rows[q]
+    for c in range(C):
+        g0 = g[q, c] * a
+        gc = gW[c]
+        for k in range(d):
+            gc[k] += g0 * x[i, k]
+
+
+@njit(**_F)
+def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, lrow, buf, f64):
+    """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
+    (added into gW, gb).  Returns the sum of the part's row losses (float64).
+    order[n0:n1] is the thread's part of the next step (its first rows are prefetched).
+
+    Rows go BLOCK at a time: the second read of a block (for dW) hits L2."""
+    C = W.shape[0]
+    total = 0.0
+    for s0 in range(i0, i1, BLOCK):
+        nr = min(BLOCK, i1 - s0)
+        for q in range(nr):
+            yb[q] = y[order[s0 + q]]
+        x = _block(X, order, s0, nr, xb, rows)
+        full = nr - nr % GROUP
+        for q in range(0, full, GROUP):
+            # the rows GROUP positions ahead (perhaps in the next block) load from
+            # memory while this group computes
+            for p in range(s0 + q + PF_DIST, s0 + q + PF_DIST + GROUP):
+                if p < i1:
+                    _prefetch_row(X, order[p])
+                elif p - i1 + n0 < n1:  # this thread's first rows of the next step
+                    _prefetch_row(X, order[p - i1 + n0])
+            _logits_group(x, rows, q, W, b, a, z)
+        for q in range(full, nr):
+            _logits_row(x, rows, q, W, b, a, z)
+        zz = z[:nr]
+        # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
+        if C <= SMALL_C_MAX:
+            _xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
+        else:
+            _xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
+        for q in range(nr):
+            total += lrow[q]
+            for c in range(C):
+                gb[c] += zz[q, c]
+        for q in range(0, full, GROUP):
+            _grad_group(x, rows, q, zz, a, gW)
+        for q in range(full, nr):
+            _grad_row(x, rows, q, zz, a, gW)
+    return total
+
+
+@njit(**_F)
+def _update_classes(W, b, vW, vb, gW, gb, nth, lr, mu, wd, c0, c1, sqc):
+    """Classes c0..c1-1: add the thread partials in thread order, then the (momentum)
+    SGD update; sqc[c] = ||W[c]||^2 afterwards (for the next step's decay term)."""
+    d = W.shape[1]
+    lr = like(W, lr)
+    mu = like(W, mu)
+    wd = like(W, wd)
+    for c in range(c0, c1):
+        g = gW[0, c]
+        for t in range(1, nth):
+            gt = gW[t, c]
+            for k in range(d):
+                g[k] += gt[k]
+        gbc = gb[0, c]
+        for t in range(1, nth):
+            gbc += gb[t, c]
+        wc = W[c]
+        if mu != 0.0:
+            vc = vW[c]
+            for k in range(d):
+                v = g[k] + wd * wc[k] + mu * vc[k]
+                vc[k] = v
+                wc[k] -= lr * v
+            vb[c] = gbc + mu * vb[c]
+            b[c] -= lr * vb[c]
+        else:
+            for k in range(d):
+                wc[k] -= lr * (g[k] + wd * wc[k])
+            b[c] -= lr * gbc
+        if wd != 0.0:
+            sqc[c] = _sq(wc)
+
+
+@njit(**_F)
+def _sq(w):
+    """sum(w**2) in float64, in index order (the same value wherever it is computed)."""
+    acc = 0.0
+    for k in range(w.shape[0]):
+        acc += float(w[k]) * float(w[k])
+    return acc
+
+
+@njit(cache=True, parallel=True, **_F)
+def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads):
+    """Steps s0..s1-1 of an epoch whose row order is `order`; W (C, d), b (C,) and the
+    momentum buffers vW, vb are updated in place; losses[s] gets step s's objective
+    (mean cross-entropy + wd/2 ||W||^2, before its update).
+
+    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale."""
+    n = order.shape[0]
+    C, d = W.shape
+    P = max(1, nthreads)
+    gW = np.zeros((P, C, d), W.dtype)
+    gb = np.zeros((P, C), W.dtype)
+    part_loss = np.zeros(P)
+    sqc = np.zeros(C)
+    xbs = np.empty((P, BLOCK, d), W.dtype)
+    zs = np.empty((P, BLOCK, C), W.dtype)
+    ybs = np.empty((P, BLOCK), np.int64)
+    rowss = np.empty((P, BLOCK), np.int64)
+    lrows = np.empty((P, BLOCK))
+    bufs = np.empty((P, _scratch_for(C if C <= SMALL_C_MAX else 0, W.dtype)[0].shape[0]), W.dtype)
+    f64s = np.empty((P, _scratch_for(0, W.dtype)[1].shape[0]))
+    if wd != 0.0:
+        for c in range(C):
+            sqc[c] = _sq(W[c])
+    for s in range(s0, s1):
+        r0 = s * batch
+        r1 = min(r0 + batch, n)
+        nb = r1 - r0
+        nth = _parts(nb, P)
+        # where the same thread's part of the next step starts: prefetched at the end
+        nr0 = min(r1, n)
+        nnb = min(nr0 + batch, n) - nr0
+        nnth = _parts(nnb, P)
+        inv_b = 1.0 / nb
+        for t in prange(nth):
+            gW[t] = 0
+            gb[t] = 0
+            nxt0 = nr0 + t * nnb // nnth if t < nnth and nnb > 0 else n
+            nxt1 = nr0 + (t + 1) * nnb // nnth if t < nnth and nnb > 0 else n
+            part_loss[t] = _part(
+                X,
+                y,
+                order,
+                r0 + t * nb // nth,
+                r0 + (t + 1) * nb // nth,
+                nxt0,
+                nxt1,
+                W,
+                b,
+                a,
+                inv_b,
+                gW[t],
+                gb[t],
+                xbs[t],
+                rowss[t],
+                zs[t],
+                ybs[t],
+                lrows[t],
+                bufs[t],
+                f64s[t],
+            )
+        total = 0.0
+        for t in range(nth):
+            total += part_loss[t]
+        sq = 0.0
+        for c in range(C):
+            sq += sqc[c]
+        losses[s] = total * inv_b + 0.5 * wd * sq
+        nu = min(nth, C)
+        for t in prange(nu):
+            _update_classes(
+                W, b, vW, vb, gW, gb, nth, lr, mu, wd, t * C // nu, (t + 1) * C // nu, sqc
+            )
+
+
+@njit(**_F)
+def _parts(nb, P):
+    """Threads (contiguous parts) for a batch of nb rows."""
+    return max(1, min(P, nb // MIN_ROWS_PER_THREAD))

@@ -1,0 +1,158 @@
+"""The epoch loop of minibatch SGD for softmax regression, shared by the estimator and
+the CLI: shuffling, the per-backend fused step, progress and stop hooks, and a state
+that can be saved mid-epoch and resumed to the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._backends import BackendUnavailableError
+
+STEP_BACKENDS = ("numpy", "numba")
+# Rows per call into the step kernel: between calls the loop reports progress and
+# checks for a stop request (Ctrl-C); the kernels' results do not depend on it.
+ROWS_PER_CALL = 8192
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped.
+
+    W: (C, d) and b: (C,) the parameters; vW, vb their momentum buffers; `epoch` the
+    completed epochs; `step` the completed steps of the current epoch, whose row order is
+    `order` (None between epochs) and whose per-step objectives go into `step_losses`.
+    """
+
+    W: np.ndarray
+    b: np.ndarray
+    vW: np.ndarray
+    vb: np.ndarray
+    rng: np.random.Generator
+    epoch: int = 0
+    step: int = 0
+    order: np.ndarray | None = None
+    step_losses: np.ndarray | None = None
+    loss_curve: list[float] = field(default_factory=list)
+
+    @classmethod
+    def zeros(cls, num_classes: int, num_features: int, dtype, rng) -> TrainState:
+        W = np.zeros((num_classes, num_features), dtype)
+        b = np.zeros(num_classes, dtype)
+        return cls(W, b, np.zeros_like(W), np.zeros_like(b), rng)
+
+    def rng_json(self) -> str:
+        return json.dumps(self.rng.bit_generator.state)
+
+    @staticmethod
+    def rng_from_json(text: str) -> np.random.Generator:
+        state = json.loads(text)
+        bitgen = getattr(np.random, state["bit_generator"])()
+        bitgen.state = state
+        return np.random.Generator(bitgen)
+
+
+def resolve_step_backend(backend: str) -> str:
+    """'auto' -> 'numba' when importable, else 'numpy'; unknown or missing -> error."""
+    if backend == "auto":
+        try:
+            import numba
+        except ImportError:
+            return "numpy"
+        return "numba"
+    if backend not in STEP_BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {STEP_BACKENDS}, got {backend!r}")
+    if backend == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError as err:
+            raise BackendUnavailableError(
+                "backend 'numba' needs numba: pip install 'fastsoftmax[numba]'"
+            ) from err
+    return backend
+
+
+def _step_function(backend: str):
+    if backend == "numba":
+        import numba
+
+        from . import _numba_step
+
+        def run(*args):
+            _numba_step.sgd_steps(*args, numba.get_num_threads())
+
+        return run
+    from . import _numpy_step
+
+    return _numpy_step.sgd_steps
+
+
+def x_scale_for(X: np.ndarray) -> float:
+    """uint8 inputs are 8-bit intensities: the model sees X / 255."""
+    return 1.0 / 255.0 if X.dtype == np.uint8 else 1.0
+
+
+def train_epochs(
+    state: TrainState,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    until_epoch: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float,
+    weight_decay: float,
+    shuffle: bool,
+    backend: str,
+    on_progress: Callable[[TrainState, int], None] | None = None,
+    on_epoch_end: Callable[[TrainState, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Run epochs until `state.epoch == until_epoch`.  X: (n, d) C-contiguous float32,
+    float64 (the parameters' dtype) or uint8; y: (n,) int64 class indices.
+
+    on_progress(state, steps_per_epoch) runs after every call into the kernel,
+    on_epoch_end(state, seconds) after every epoch.  Returns False when should_stop()
+    asked to stop: `state` is then consistent (a whole number of steps) and can be saved.
+    """
+    step = _step_function(backend)
+    n = X.shape[0]
+    steps = -(-n // batch_size)
+    per_call = max(1, ROWS_PER_CALL // batch_size)
+    a = x_scale_for(X)
+    import time
+
+    while state.epoch < until_epoch:
+        if state.order is None:
+            state.order = state.rng.permutation(n) if shuffle else np.arange(n)
+            state.step = 0
+            state.step_losses = np.zeros(steps)
+        t0 = time.perf_counter()
+        while state.step < steps:
+            s1 = min(state.step + per_call, steps)
+            step(
+                X, y, state.order, state.step, s1, batch_size, state.W, state.b, state.vW,
+                state.vb, learning_rate, momentum, weight_decay, a, state.step_losses,
+            )  # fmt: skip
+            state.step = s1
+            if on_progress is not None:
+                on_progress(state, steps)
+            if should_stop is not None and should_stop() and state.step < steps:
+                return False
+        # the epoch's objective: the batch-size-weighted mean of its steps' objectives
+        sizes = np.full(steps, batch_size, dtype=np.float64)
+        sizes[-1] = n - batch_size * (steps - 1)
+        state.loss_curve.append(float(np.dot(state.step_losses, sizes) / n))
+        state.epoch += 1
+        state.order = None
+        state.step = 0
+        state.step_losses = None
+        if on_epoch_end is not None:
+            on_epoch_end(state, time.perf_counter() - t0)
+        if should_stop is not None and should_stop() and state.epoch < until_epoch:
+            return False
+    return True

@@ -1,7 +1,10 @@
 """The ``fastsoftmax`` command.
 
+``fastsoftmax train``: softmax regression on MNIST (or Fashion-MNIST) with the fused
+kernels; progress per epoch, Ctrl-C saves a checkpoint, ``--resume`` continues it.
+``fastsoftmax evaluate MODEL`` and ``fastsoftmax predict MODEL IMAGES...`` use a saved model.
 ``fastsoftmax compare``: parity and speed of every available implementation on logits
-computed from the real MNIST test set (downloaded on first use).
+computed from the real MNIST test set.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -101,9 +105,274 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ train
+class _StopFlag:
+    """Set by SIGINT (Ctrl-C) while training: the loop stops after the kernel call in
+    progress, so the saved checkpoint holds a whole number of steps."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self) -> bool:
+        return self.stop
+
+    def install(self):
+        import signal
+
+        def handler(signum, frame):
+            if self.stop:  # a second Ctrl-C: give up at once
+                raise KeyboardInterrupt
+            self.stop = True
+
+        try:
+            return signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            return None
+
+
+def _default_checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if args.save:
+        save = Path(args.save)
+        return save.with_name(save.stem + ".checkpoint.npz")
+    return Path("fastsoftmax-checkpoint.npz")
+
+
+def train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .estimator import SoftmaxRegression
+    from .train.model_file import load_model, save_model
+
+    if args.plots:
+        from . import plots  # fail now, not after training, if matplotlib is missing
+    load = dict(data_dir=args.data_dir, download=not args.no_download)
+    if args.resume:
+        model, meta = load_model(args.resume)
+        dataset = meta.get("dataset", args.dataset)
+        if dataset != args.dataset and args.dataset_given:
+            raise ValueError(
+                f"--resume {args.resume} was trained on {dataset!r}, not {args.dataset!r}"
+            )
+        history = meta.get("history", {})
+        epochs = args.epochs if args.epochs_given else meta.get("epochs", args.epochs)
+    else:
+        dataset = args.dataset
+        model = SoftmaxRegression(
+            learning_rate=args.lr,
+            batch_size=args.batch_size,
+            max_epochs=args.epochs,
+            weight_decay=args.weight_decay,
+            momentum=args.momentum,
+            backend=args.backend,
+            random_state=args.seed,
+        )
+        history = {}
+        epochs = args.epochs
+    if args.backend_given:
+        model.set_params(backend=args.backend)
+    x_train, y_train = data.load(dataset, "train", **load)
+    x_test, y_test = data.load(dataset, "test", **load)
+    if args.train_size:
+        x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
+    for key in ("epoch", "train_loss", "test_accuracy", "samples_per_s"):
+        history.setdefault(key, [])
+    ckpt = _default_checkpoint(args)
+    meta = {"dataset": dataset, "epochs": epochs, "history": history}
+    from .train.loop import resolve_step_backend, warm_up
+
+    backend = resolve_step_backend(model.backend)
+    warm_up(x_train, backend)  # JIT compilation stays out of the first epoch's samples/s
+    print(
+        f"{dataset}: {len(x_train)} training and {len(x_test)} test images; backend "
+        f"{backend}; {epochs} epochs, batch {model.batch_size}, lr {model.learning_rate}, "
+        f"weight decay {model.weight_decay}, momentum {model.momentum}"
+        + (f"; resuming {args.resume} at epoch {model.n_iter_}" if args.resume else "")
+    )
+    bar = None
+    start = getattr(model, "_state", None)
+    done_rows = [(start.step * model.batch_size) if start is not None else 0]
+
+    def on_progress(state, steps):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(
+                total=len(x_train), unit="img", unit_scale=True, leave=False,
+                desc=f"epoch {state.epoch + 1}/{epochs}", disable=args.quiet,
+            )  # fmt: skip
+            bar.update(done_rows[0])
+        rows = min(state.step * model.batch_size, len(x_train))
+        bar.update(rows - bar.n)
+
+    def on_epoch_end(state, seconds):
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+        rows = len(x_train) - done_rows[0]
+        done_rows[0] = 0
+        model._publish()
+        acc = model.score(x_test, y_test)
+        history["epoch"].append(state.epoch)
+        history["train_loss"].append(state.loss_curve[-1])
+        history["test_accuracy"].append(acc)
+        history["samples_per_s"].append(rows / seconds)
+        print(
+            f"epoch {state.epoch:3d}/{epochs}  train loss {state.loss_curve[-1]:.4f}  "
+            f"test accuracy {100 * acc:.2f}%  {rows / seconds:,.0f} samples/s",
+            flush=True,
+        )
+
+    flag = _StopFlag()
+    previous = flag.install()
+    try:
+        finished = model.train_until(
+            x_train, y_train, epochs, classes=np.arange(10),
+            on_progress=on_progress, on_epoch_end=on_epoch_end, should_stop=flag,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous)
+    if not finished:
+        save_model(ckpt, model, metadata=meta)
+        st = model._state
+        print(
+            f"interrupted at epoch {st.epoch + 1}, step {st.step}: checkpoint saved to "
+            f"{ckpt}; continue with: fastsoftmax train --resume {ckpt}",
+            file=sys.stderr,
+        )
+        return 130
+    acc = model.score(x_test, y_test)
+    print(f"final test accuracy: {100 * acc:.2f}% ({len(x_test)} images)")
+    if args.save:
+        save_model(args.save, model, metadata=meta)
+        print(f"model saved to {args.save}")
+    if args.plots:
+        paths = plots.write_training_plots(
+            args.plots, history, model._state.W, model.classes_, y_test, model.predict(x_test)
+        )
+        print("plots: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from . import cross_entropy
+    from .train.model_file import ModelFileError, load_model
+
+    model, meta = load_model(args.model)
+    x, y = data.load(
+        args.dataset, args.split, data_dir=args.data_dir, download=not args.no_download
+    )
+    if x.shape[1] != model.n_features_in_:
+        raise ModelFileError(
+            f"{args.model}: the model takes {model.n_features_in_} features per image, "
+            f"{args.dataset} images have {x.shape[1]}"
+        )
+    trained_on = meta.get("dataset")
+    if trained_on and trained_on != args.dataset:
+        print(f"note: {args.model} was trained on {trained_on}", file=sys.stderr)
+    logits = model.decision_function(x) if len(model.classes_) > 2 else model._logits(x)
+    idx = np.searchsorted(model.classes_, y)
+    pred = model.classes_[np.argmax(logits, axis=1)]
+    loss = cross_entropy(logits, np.clip(idx, 0, len(model.classes_) - 1))
+    print(
+        f"{args.dataset} {args.split}: {len(y)} images, accuracy {100 * np.mean(pred == y):.2f}%,"
+        f" mean cross-entropy {float(loss):.4f}"
+    )
+    for c in model.classes_:
+        sel = y == c
+        if sel.any():
+            print(f"  class {c}: {100 * np.mean(pred[sel] == c):6.2f}% of {int(sel.sum())}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from .train.model_file import ModelFileError, load_model
+
+    model, _ = load_model(args.model)
+    x = data.read_images(args.images)
+    if x.shape[1] != model.n_features_in_:
+        raise ModelFileError(
+            f"{args.model}: the model takes {model.n_features_in_} features per image, "
+            f"the images have {x.shape[1]}"
+        )
+    proba = model.predict_proba(x)
+    labels = model.classes_[np.argmax(proba, axis=1)]
+    names = _image_names(args.images, len(x))
+    for name, label, p in zip(names, labels, proba.max(axis=1), strict=True):
+        print(f"{name}\t{label}\t{p:.4f}")
+    return 0
+
+
+def _image_names(paths: Sequence[str], n: int) -> list[str]:
+    """One name per image: the PNG's path, or path[i] for images of an IDX file."""
+    names: list[str] = []
+    for p in paths:
+        try:
+            count = len(data.read_images([p]))
+        except ValueError:
+            count = 1
+        names += [p] if count == 1 and not _is_idx(p) else [f"{p}[{i}]" for i in range(count)]
+    return names[:n]
+
+
+def _is_idx(path: str) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head[:2] == b"\x1f\x8b" or (head[:2] == b"\x00\x00" and len(head) == 4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsoftmax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p):
+        p.add_argument(
+            "--data-dir", default=None, help="folder with the IDX files (default: "
+            "$FASTSOFTMAX_DATA_DIR or ~/.cache/fastsoftmax/<dataset>)",
+        )  # fmt: skip
+        p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+
+    p = sub.add_parser(
+        "train",
+        help="train softmax regression on MNIST",
+        description="Minibatch SGD for softmax regression with the fused kernels. Ctrl-C "
+        "saves a checkpoint; --resume continues it to the same result as an "
+        "uninterrupted run.",
+    )
+    p.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+    p.add_argument("--backend", default="auto", choices=("auto", "numba", "numpy"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 coefficient lambda")
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffling")
+    p.add_argument("--train-size", type=int, default=0, help="use the first N training images")
+    p.add_argument("--save", default=None, metavar="MODEL.npz", help="write the model here")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here")
+    p.add_argument("--checkpoint", default=None, help="where Ctrl-C saves the checkpoint")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    data_args(p)
+    p.set_defaults(func=train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a saved model on a dataset split")
+    p.add_argument("model", help="a model file written by train --save")
+    p.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+    p.add_argument("--split", default="test", choices=data.SPLITS)
+    data_args(p)
+    p.set_defaults(func=evaluate)
+
+    p = sub.add_parser("predict", help="classify images with a saved model")
+    p.add_argument("model", help="a model file written by train --save")
+    p.add_argument("images", nargs="+", help="IDX image files and/or 28x28 PNG files")
+    p.set_defaults(func=predict)
     p = sub.add_parser(
         "compare",
         help="parity and speed of every backend on MNIST logits",
@@ -120,11 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # which options were typed (a resumed run keeps the checkpoint's unless overridden)
+    for opt in ("dataset", "epochs", "backend"):
+        typed = any(a == f"--{opt}" or a.startswith(f"--{opt}=") for a in argv)
+        setattr(args, f"{opt}_given", typed)
     try:
         return args.func(args)
-    except (data.DatasetNotFoundError, data.IDXFormatError) as err:
-        print(f"fastsoftmax: {err}", file=sys.stderr)
+    except BrokenPipeError:  # e.g. `fastsoftmax predict ... | head`
+        sys.stderr.close()
+        return 141
+    except (
+        ValueError,  # IDXFormatError, ModelFileError and bad options among them
+        OSError,  # DatasetNotFoundError, missing or unreadable files
+        ImportError,  # an optional extra that is not installed
+    ) as err:
+        print(f"fastsoftmax: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -328,6 +328,54 @@ class SoftmaxRegression:
         self._train(X, y_idx, self._state.epoch + 1)
         return self
 
+    def train_until(
+        self,
+        X,
+        y,
+        epochs: int,
+        *,
+        classes=None,
+        on_progress=None,
+        on_epoch_end=None,
+        should_stop=None,
+    ) -> bool:
+        """Continue training (from zeros when unfitted) until ``n_iter_ == epochs``,
+        resuming mid-epoch where a stopped run left off.  The CLI's loop, usable from code.
+
+        X: (n, d); y: (n,).  `classes` fixes the labels on the first call (default: those
+        in y).  Hooks: ``on_progress(state, steps_per_epoch)`` after every kernel call,
+        ``on_epoch_end(state, seconds)`` after every epoch, ``should_stop() -> bool``
+        polled between kernel calls.  Returns False when should_stop() stopped it (the
+        model is then consistent and can be saved with ``fastsoftmax.train.save_model``;
+        the continuation gives the same weights as an uninterrupted run).
+        """
+        self._validate_params()
+        X = _as_2d_features(X)
+        y = _as_labels(y, X.shape[0])
+        if not hasattr(self, "_state"):
+            labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if len(labels) < 2:
+                raise ValueError("training needs at least 2 classes")
+            self._init(labels, X)
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        if self._state.order is not None and len(self._state.order) != X.shape[0]:
+            raise ValueError(
+                f"the stopped epoch ran over {len(self._state.order)} rows, but X has "
+                f"{X.shape[0]}: resume with the same training data"
+            )
+        return self._train(
+            X,
+            self._encode(y),
+            int(epochs),
+            on_progress=on_progress,
+            on_epoch_end=on_epoch_end,
+            should_stop=should_stop,
+        )
+
     def _init(self, classes: np.ndarray, X: np.ndarray) -> None:
         self.classes_ = classes
         self.n_features_in_ = X.shape[1]
@@ -355,7 +403,7 @@ class SoftmaxRegression:
         def report(st: TrainState, seconds: float) -> None:
             if verbose:
                 print(f"epoch {st.epoch}: loss {st.loss_curve[-1]:.6f} ({seconds:.3f} s)")
-            if "on_epoch_end" in hooks:
+            if hooks.get("on_epoch_end") is not None:
                 hooks["on_epoch_end"](st, seconds)
 
         done = train_epochs(

@@ -91,6 +91,21 @@ def _step_function(backend: str):
     return _numpy_step.sgd_steps
 
 
+def warm_up(X: np.ndarray, backend: str, dtype=np.float32, num_classes: int = 10) -> None:
+    """Compile (or load from Numba's cache) the step kernel for X's dtype, running no
+    step, so that timings of the first epoch do not include it."""
+    if backend != "numba":
+        return
+    d = X.shape[1]
+    W = np.zeros((num_classes, d), dtype)
+    b = np.zeros(num_classes, dtype)
+    order = np.arange(min(len(X), 1))
+    y = np.zeros(len(X), np.int64)
+    _step_function(backend)(
+        X, y, order, 0, 0, 1, W, b, W.copy(), b.copy(), 0.0, 0.0, 0.0, 1.0, np.zeros(1)
+    )
+
+
 def x_scale_for(X: np.ndarray) -> float:
     """uint8 inputs are 8-bit intensities: the model sees X / 255."""
     return 1.0 / 255.0 if X.dtype == np.uint8 else 1.0

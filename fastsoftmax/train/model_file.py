@@ -1,0 +1,161 @@
+"""Model and checkpoint files: ``.npz`` archives of plain arrays, read with
+``allow_pickle=False`` (nothing in a file can run code).
+
+A file holds the classes, the parameters W (C, d) and b (C,), the hyperparameters (JSON),
+the package version and the loss history; a checkpoint also holds the optimiser state
+(momentum buffers, the position inside the current epoch, its row order and the shuffling
+RNG state), so ``fastsoftmax train --resume`` continues to the same result as an
+uninterrupted run.  Callers may attach JSON metadata (the CLI stores the dataset and the
+per-epoch history).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..estimator import SoftmaxRegression
+from .loop import TrainState
+
+FORMAT = "fastsoftmax/softmax-regression"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, or does not fit the data it is used with."""
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def save_model(
+    path: str | os.PathLike, model: SoftmaxRegression, *, metadata: dict | None = None
+) -> Path:
+    """Write a fitted model (with its training state) to `path` atomically."""
+    if not hasattr(model, "_state"):
+        raise ValueError("model is not fitted: nothing to save")
+    st = model._state
+    classes = np.asarray(model.classes_.tolist())
+    if classes.dtype.kind not in "biufU" or classes.shape != model.classes_.shape:
+        raise ValueError(
+            f"cannot store class labels of dtype {model.classes_.dtype} without pickling; "
+            "use integer or string labels"
+        )
+    arrays: dict[str, Any] = {
+        "format": np.array(FORMAT),
+        "format_version": np.array(FORMAT_VERSION),
+        "fastsoftmax_version": np.array(_version()),
+        "classes": classes,
+        "W": st.W,
+        "b": st.b,
+        "vW": st.vW,
+        "vb": st.vb,
+        "hyperparameters": np.array(json.dumps(_jsonable_params(model))),
+        "epoch": np.array(st.epoch),
+        "step": np.array(st.step),
+        "loss_curve": np.asarray(st.loss_curve, np.float64),
+        "rng_state": np.array(st.rng_json()),
+        "metadata": np.array(json.dumps(metadata or {})),
+    }
+    if st.order is not None:
+        arrays["order"] = st.order
+        arrays["step_losses"] = st.step_losses
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _jsonable_params(model: SoftmaxRegression) -> dict:
+    params = model.get_params()
+    rs = params["random_state"]
+    if not (rs is None or isinstance(rs, int)):
+        params["random_state"] = None  # the RNG's state is saved separately
+    return params
+
+
+def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
+    """(model, metadata) from a file written by save_model; ModelFileError names the
+    file and what is wrong with it."""
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a fastsoftmax model file (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError as err:
+        raise ModelFileError(f"{path}: no such model file") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ModelFileError(f"{path}: not a readable fastsoftmax model file ({err})") from err
+
+    def need(key):
+        if key not in arrays:
+            raise ModelFileError(f"{path}: not a fastsoftmax model file (no {key!r} entry)")
+        return arrays[key]
+
+    if str(need("format")) != FORMAT:
+        raise ModelFileError(f"{path}: format {str(arrays['format'])!r}, expected {FORMAT!r}")
+    if int(need("format_version")) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: format version {int(arrays['format_version'])} is newer than this "
+            f"fastsoftmax ({_version()}) reads; upgrade fastsoftmax"
+        )
+    W, b, classes = need("W"), need("b"), need("classes")
+    vW, vb = need("vW"), need("vb")
+    if W.ndim != 2 or W.dtype not in (np.float32, np.float64):
+        raise ModelFileError(f"{path}: W must be a 2-D float array, got {W.dtype} {W.shape}")
+    C, d = W.shape
+    if C < 2 or classes.shape != (C,) or b.shape != (C,) or vW.shape != W.shape or vb.shape != (C,):
+        raise ModelFileError(
+            f"{path}: inconsistent shapes: W {W.shape}, b {b.shape}, classes "
+            f"{classes.shape}, momentum {vW.shape} {vb.shape}"
+        )
+    if not (np.isfinite(W).all() and np.isfinite(b).all()):
+        raise ModelFileError(f"{path}: the weights contain NaN or infinity")
+    try:
+        params = json.loads(str(need("hyperparameters")))
+        metadata = json.loads(str(need("metadata")))
+        rng = TrainState.rng_from_json(str(need("rng_state")))
+        model = SoftmaxRegression(**params)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ModelFileError(f"{path}: corrupt hyperparameters or state ({err})") from err
+    state = TrainState(
+        W=W.copy(), b=b.astype(W.dtype), vW=vW.astype(W.dtype), vb=vb.astype(W.dtype), rng=rng,
+        epoch=int(need("epoch")), step=int(need("step")),
+        loss_curve=[float(v) for v in need("loss_curve")],
+    )  # fmt: skip
+    if "order" in arrays:
+        order, losses = arrays["order"], arrays.get("step_losses")
+        n = order.shape[0]
+        steps = -(-n // int(params["batch_size"])) if n else 0
+        if (
+            order.ndim != 1
+            or order.dtype.kind not in "iu"
+            or losses is None
+            or losses.shape != (steps,)
+            or not 0 <= state.step <= steps
+            or not np.array_equal(np.sort(order), np.arange(n))
+        ):
+            raise ModelFileError(f"{path}: corrupt checkpoint (epoch order or step count)")
+        state.order, state.step_losses = order.astype(np.int64), losses.astype(np.float64)
+    model.classes_ = classes
+    model.n_features_in_ = d
+    model._state = state
+    model._publish()
+    return model, metadata

@@ -41,7 +41,9 @@ from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_
 BLOCK = 64
 # Rows per group: the logits loop keeps GROUP accumulators per vector lane.
 GROUP = 8
-PF_DIST = GROUP
+# Rows prefetched per group (of either pass): a block has 2 BLOCK / GROUP groups, so the
+# next block (BLOCK rows) arrives while this one is worked on.
+PF_ROWS = GROUP // 2
 PF_LOCALITY = 2
 # A thread gets at least this many rows of a batch (fewer are not worth a wake-up).
 MIN_ROWS_PER_THREAD = 16
@@ -202,6 +204,19 @@ def _grad_row(x, rows, q, g, a, gW):
 
 
 @njit(**_F)
+def _prefetch_next(X, order, pf, i1, n0, n1):
+    """Prefetch PF_ROWS rows from position pf on (past i1: the thread's part of the next
+    step, order[n0:n1]); returns the new position.  Called once per group of either
+    pass, so the next block streams in at an even rate over the whole block's work."""
+    for p in range(pf, pf + PF_ROWS):
+        if p < i1:
+            _prefetch_row(X, order[p])
+        elif p - i1 + n0 < n1:
+            _prefetch_row(X, order[p - i1 + n0])
+    return pf + PF_ROWS
+
+
+@njit(**_F)
 def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, lrow, buf, f64):
     """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
     (added into gW, gb).  Returns the sum of the part's row losses (float64).
@@ -210,6 +225,7 @@ def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, 
     Rows go BLOCK at a time: the second read of a block (for dW) hits L2."""
     C = W.shape[0]
     total = 0.0
+    pf = i0 + BLOCK  # the next row to prefetch (the first block came with the last step)
     for s0 in range(i0, i1, BLOCK):
         nr = min(BLOCK, i1 - s0)
         for q in range(nr):
@@ -217,13 +233,7 @@ def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, 
         x = _block(X, order, s0, nr, xb, rows)
         full = nr - nr % GROUP
         for q in range(0, full, GROUP):
-            # the rows GROUP positions ahead (perhaps in the next block) load from
-            # memory while this group computes
-            for p in range(s0 + q + PF_DIST, s0 + q + PF_DIST + GROUP):
-                if p < i1:
-                    _prefetch_row(X, order[p])
-                elif p - i1 + n0 < n1:  # this thread's first rows of the next step
-                    _prefetch_row(X, order[p - i1 + n0])
+            pf = _prefetch_next(X, order, pf, i1, n0, n1)
             _logits_group(x, rows, q, W, b, a, z)
         for q in range(full, nr):
             _logits_row(x, rows, q, W, b, a, z)
@@ -238,6 +248,7 @@ def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, 
             for c in range(C):
                 gb[c] += zz[q, c]
         for q in range(0, full, GROUP):
+            pf = _prefetch_next(X, order, pf, i1, n0, n1)
             _grad_group(x, rows, q, zz, a, gW)
         for q in range(full, nr):
             _grad_row(x, rows, q, zz, a, gW)

@@ -101,6 +101,13 @@ def _as_2d_features(X, name: str = "X") -> np.ndarray:
 
 
 def _all_finite(arr: np.ndarray) -> bool:
+    if arr.size >= 1 << 18:
+        try:
+            from .train._numba_step import all_finite
+        except ImportError:
+            pass
+        else:
+            return bool(all_finite(arr))
     # in blocks of rows: no temporary the size of X (whose first touch alone costs more
     # than an epoch of the fused step on MNIST)
     rows = max(1, (1 << 16) // max(arr.shape[1], 1))

@@ -516,3 +516,27 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(backend, stop_at_call,
     np.testing.assert_array_equal(part.W, full.W)
     np.testing.assert_array_equal(part.b, full.b)
     assert part.loss_curve == full.loss_curve
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_kernel_matches_numpy(dtype):
+    pytest.importorskip("numba")
+    from fastsoftmax.train._numba_step import all_finite
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((1000, 301)) * 1e30).astype(dtype)  # large but finite
+    assert all_finite(x) and np.isfinite(x).all()
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in [(0, 0), (999, 300), tuple(rng.integers(0, (1000, 301)))]:
+            y = x.copy()
+            y[pos] = bad
+            assert not all_finite(y), (bad, pos)
+
+
+def test_estimator_rejects_nan_in_large_input():
+    from fastsoftmax import SoftmaxRegression
+
+    x = np.random.default_rng(0).random((3000, 100), dtype=np.float32)
+    x[2999, 99] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        SoftmaxRegression(max_epochs=1).fit(x, np.arange(3000) % 3)

@@ -13,46 +13,20 @@ implementation runs EPOCHS epochs from zero weights; samples/s = EPOCHS n / time
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from conftest import record
 
-from fastsoftmax import SoftmaxRegression
+from fastsoftmax import SoftmaxRegression, benchmarks
 
 N, D, C = 60000, 784, 10
 EPOCHS = 3
 BATCH = 128
-FLOP_PER_EPOCH = 2 * 2 * N * D * C
+FLOP_PER_EPOCH = benchmarks.train_flop(N, D, C)
 
 
 @pytest.fixture(scope="module")
 def mnist_shaped():
-    """Pixels in MNIST's layout (uint8) and as float32 in [0, 1]; labels from a fixed
-    random linear teacher so the problem is learnable like MNIST."""
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (N, D), dtype=np.uint8)
-    x = pixels.astype(np.float32) / 255
-    teacher = rng.standard_normal((D, C)).astype(np.float32)
-    y = np.argmax(x @ teacher + rng.standard_normal((N, C)).astype(np.float32), axis=1)
-    return pixels, x, y.astype(np.int64)
-
-
-def _torch_loop(x, y, epochs, batch, lr, seed=0):
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model = torch.nn.Linear(x.shape[1], C)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for s in range(0, len(xt), batch):
-            idx = perm[s : s + batch]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model
+    return benchmarks.mnist_shaped(N, D, C)
 
 
 def _fit(backend, x, y):
@@ -76,7 +50,7 @@ def test_fit_mnist_shaped(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     benchmark.group = f"fit softmax regression {N}x{D}, batch {BATCH}, {EPOCHS} epochs"
     if impl == "torch":
         pytest.importorskip("torch")
-        run = (_torch_loop, (data, y, EPOCHS, BATCH, 0.1))
+        run = (benchmarks.torch_sgd_epochs, (data, y, EPOCHS, BATCH, 0.1))
     else:
         if impl == "numba":
             pytest.importorskip("numba")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from collections import defaultdict
 
-import numpy as np
 import pytest
+
+from fastsoftmax import benchmarks
 
 THREADS = int(os.environ.get("FASTSOFTMAX_BENCH_THREADS", "2"))
 _results: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -34,27 +34,21 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def copy_bandwidth() -> float:
+def copy_bandwidth(request) -> float | None:
     """Bytes/s of a parallel copy (read + write counted) of 512 MiB with THREADS threads:
-    the physical limit a memory-bound kernel is judged against."""
-    numba = pytest.importorskip("numba")
-
-    @numba.njit(parallel=True, cache=False)
-    def copy(src, dst):
-        for i in numba.prange(src.shape[0]):
-            dst[i] = src[i]
-
-    src = np.ones(1 << 27, np.float32)
-    dst = np.empty_like(src)
-    copy(src, dst)
-    best = min(_timed(copy, src, dst) for _ in range(7))
-    return 2 * src.nbytes / best
+    the physical limit a memory-bound kernel is judged against (None, not measured,
+    under --benchmark-disable)."""
+    if request.config.getoption("benchmark_disable", False):
+        return None
+    return benchmarks.copy_bandwidth(THREADS)
 
 
-def _timed(fn, *args) -> float:
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
+@pytest.fixture(scope="session")
+def gpu_copy_bandwidth(request) -> float | None:
+    """Device-to-device copy bandwidth, or None without a GPU."""
+    if request.config.getoption("benchmark_disable", False):
+        return None
+    return benchmarks.gpu_copy_bandwidth()
 
 
 def record(

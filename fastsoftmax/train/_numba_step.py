@@ -19,11 +19,14 @@ added in thread order and the update is applied by one thread (C x d numbers: a 
 so a run is deterministic for a given thread count.
 
 Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
-* logits: for one class, ``GROUP`` dot products over k at once (one load of W[c] feeds
-  GROUP FMAs, against 2 loads per FMA for one dot at a time).  Vectorising a dot needs
-  reassociation, granted to that helper only.
-* dW: ``dW[c, k] += g0 x0[k] + ... + g3 x3[k]``: a plain vector loop over k (no
-  reduction, no reassociation) that reads and writes dW[c] once per 4 rows.
+* logits: for two classes, ``GROUP`` = 8 dot products over k at once: per vector of k,
+  8 row loads and 2 W loads feed 16 FMAs (one class at a time was load-bound at 9 loads
+  per 8 FMAs: Zen 4 does one 512-bit load and one 512-bit FMA per cycle).  Vectorising a
+  dot needs reassociation, granted to that helper only.  Measured (2 threads, batch 128,
+  float32, best of 9 interleaved): 34.0 -> 28.5 ms per epoch with both loops blocked.
+* dW: ``dW[c, k] += g0 x0[k] + ... + g7 x7[k]`` for two classes per pass: a plain
+  vector loop over k (no reduction, no reassociation) that reads and writes dW[c] once
+  per 8 rows.
 """
 
 from __future__ import annotations
@@ -123,13 +126,67 @@ def _block_overload(X, order, s0, nr, xb, rows):
 
 @njit(**_FR)
 def _logits_group(x, rows, q, W, b, a, z):
-    """z[q : q + GROUP] = a x[rows[q : q + GROUP]] W^T + b: GROUP dot products per class
-    share each load of W[c]."""
+    """z[q : q + GROUP] = a x[rows[q : q + GROUP]] W^T + b, two classes per pass: each
+    load of a row feeds 2 FMAs and each load of W 8 (10 loads per 16 FMAs, against 9 per
+    8 one class at a time: the loop was load-bound).  Reassociation lets LLVM split each
+    dot product across vector lanes."""
     C, d = W.shape
     a = like(W, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
     i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
-    for c in range(C):
+    c = 0
+    while c + 2 <= C:
+        wc = W[c]
+        wn = W[c + 1]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = like(W, 0.0)
+        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = like(W, 0.0)
+        for k in range(d):
+            wk = wc[k]
+            vk = wn[k]
+            x0 = x[i0, k]
+            x1 = x[i1, k]
+            x2 = x[i2, k]
+            x3 = x[i3, k]
+            x4 = x[i4, k]
+            x5 = x[i5, k]
+            x6 = x[i6, k]
+            x7 = x[i7, k]
+            s0 += x0 * wk
+            s1 += x1 * wk
+            s2 += x2 * wk
+            s3 += x3 * wk
+            s4 += x4 * wk
+            s5 += x5 * wk
+            s6 += x6 * wk
+            s7 += x7 * wk
+            t0 += x0 * vk
+            t1 += x1 * vk
+            t2 += x2 * vk
+            t3 += x3 * vk
+            t4 += x4 * vk
+            t5 += x5 * vk
+            t6 += x6 * vk
+            t7 += x7 * vk
+        bc = b[c]
+        z[q, c] = s0 * a + bc
+        z[q + 1, c] = s1 * a + bc
+        z[q + 2, c] = s2 * a + bc
+        z[q + 3, c] = s3 * a + bc
+        z[q + 4, c] = s4 * a + bc
+        z[q + 5, c] = s5 * a + bc
+        z[q + 6, c] = s6 * a + bc
+        z[q + 7, c] = s7 * a + bc
+        bc = b[c + 1]
+        z[q, c + 1] = t0 * a + bc
+        z[q + 1, c + 1] = t1 * a + bc
+        z[q + 2, c + 1] = t2 * a + bc
+        z[q + 3, c + 1] = t3 * a + bc
+        z[q + 4, c + 1] = t4 * a + bc
+        z[q + 5, c + 1] = t5 * a + bc
+        z[q + 6, c + 1] = t6 * a + bc
+        z[q + 7, c + 1] = t7 * a + bc
+        c += 2
+    if c < C:
         wc = W[c]
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = like(W, 0.0)
         for k in range(d):
@@ -168,13 +225,34 @@ def _logits_row(x, rows, q, W, b, a, z):
 
 @njit(**_F)
 def _grad_group(x, rows, q, g, a, gW):
-    """gW += a g[q : q + GROUP]^T x[rows[q : q + GROUP]]: one read and write of gW[c]
-    per GROUP rows, no reduction (so no reassociation either)."""
+    """gW += a g[q : q + GROUP]^T x[rows[q : q + GROUP]], two classes per pass (each row
+    load feeds both): a vector loop over k with no reduction, so no reassociation."""
     C, d = gW.shape
     a = like(gW, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
     i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
-    for c in range(C):
+    c = 0
+    while c + 2 <= C:
+        g0, g1, g2, g3 = g[q, c] * a, g[q + 1, c] * a, g[q + 2, c] * a, g[q + 3, c] * a
+        g4, g5, g6, g7 = g[q + 4, c] * a, g[q + 5, c] * a, g[q + 6, c] * a, g[q + 7, c] * a
+        n = c + 1
+        h0, h1, h2, h3 = g[q, n] * a, g[q + 1, n] * a, g[q + 2, n] * a, g[q + 3, n] * a
+        h4, h5, h6, h7 = g[q + 4, n] * a, g[q + 5, n] * a, g[q + 6, n] * a, g[q + 7, n] * a
+        gc = gW[c]
+        hc = gW[c + 1]
+        for k in range(d):
+            x0 = x[i0, k]
+            x1 = x[i1, k]
+            x2 = x[i2, k]
+            x3 = x[i3, k]
+            x4 = x[i4, k]
+            x5 = x[i5, k]
+            x6 = x[i6, k]
+            x7 = x[i7, k]
+            gc[k] += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3 + g4 * x4 + g5 * x5 + g6 * x6 + g7 * x7
+            hc[k] += h0 * x0 + h1 * x1 + h2 * x2 + h3 * x3 + h4 * x4 + h5 * x5 + h6 * x6 + h7 * x7
+        c += 2
+    if c < C:
         g0, g1, g2, g3 = g[q, c] * a, g[q + 1, c] * a, g[q + 2, c] * a, g[q + 3, c] * a
         g4, g5, g6, g7 = g[q + 4, c] * a, g[q + 5, c] * a, g[q + 6, c] * a, g[q + 7, c] * a
         gc = gW[c]

@@ -16,8 +16,14 @@ Speed is judged against the machine's copy bandwidth measured in the same run
 
 from __future__ import annotations
 
+import json
+import statistics
+import textwrap
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 
@@ -180,3 +186,692 @@ def torch_sgd_epochs(x, y, epochs: int, batch: int, lr: float = 0.1, seed: int =
             F.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     return model
+
+
+# ----------------------------------------------------------------- fastsoftmax bench
+# The command's side of the suite: the same cases and napkin math as bench/, timed
+# without pytest, written in pytest-benchmark's JSON format (so `pytest-benchmark
+# compare` and `--benchmark-compare` read it), tabulated, plotted and compared.
+
+# pytest-benchmark version whose JSON layout the documents follow (its "version" field)
+FORMAT_VERSION = "5.2.3"
+QUICK_TRAIN_N = 20000
+# The reference is skipped (quick) or timed with few rounds (full) above this N x C
+SLOW_ELEMENTS = 10**7
+BYTES_MODEL = {
+    "softmax": "read N x C once, write N x C once (2 passes)",
+    "log_softmax": "read N x C once, write N x C once (2 passes)",
+    "cross_entropy": "read N x C once (1 pass) + N int64 targets",
+    "cross_entropy_with_grad": "read N x C once, write dlogits once (2 passes) + N int64 targets",
+}
+TRAIN_BYTES_MODEL = "X read once per epoch (n x d x itemsize)"
+TRAIN_FLOP_MODEL = "2 matmuls per epoch, 2 n d C each"
+
+
+def time_it(
+    fn: Callable[[], object],
+    *,
+    sync: Callable[[], object] | None = None,
+    warmup: int = 1,
+    min_rounds: int = 3,
+    max_rounds: int = 200,
+    min_time: float = 0.3,
+) -> list[float]:
+    """Wall seconds (``time.perf_counter``) of each timed call of `fn`.
+
+    `warmup` untimed calls come first (JIT and NVRTC compilation, first-touch
+    allocations).  Then at least `min_rounds` and at most `max_rounds` timed calls, until
+    they add up to `min_time` seconds.  `sync` (a GPU's synchronize) runs after every
+    call, before the clock stops, so queued work is timed rather than its launch.
+    """
+    if warmup < 0 or min_rounds < 1 or max_rounds < min_rounds:
+        raise ValueError(
+            f"need warmup >= 0 and 1 <= min_rounds <= max_rounds, got warmup={warmup}, "
+            f"min_rounds={min_rounds}, max_rounds={max_rounds}"
+        )
+    for _ in range(warmup):
+        fn()
+        if sync is not None:
+            sync()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < max_rounds and (len(times) < min_rounds or total < min_time):
+        t0 = perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        dt = perf_counter() - t0
+        times.append(dt)
+        total += dt
+    return times
+
+
+def _quartiles(data: list[float]) -> tuple[float, float]:
+    """q1, q3 as pytest-benchmark computes them (Wikipedia's quartile methods 3 and 2)."""
+    rounds = len(data)
+    if rounds == 1:
+        return data[0], data[0]
+    if rounds % 2:  # method 3
+        n, q = rounds // 4, rounds % 4
+        if q == 1:
+            return (
+                0.25 * data[n - 1] + 0.75 * data[n],
+                0.75 * data[3 * n] + 0.25 * data[3 * n + 1],
+            )
+        return (
+            0.75 * data[n] + 0.25 * data[n + 1],
+            0.25 * data[3 * n + 1] + 0.75 * data[3 * n + 2],
+        )
+    return statistics.median(data[: rounds // 2]), statistics.median(data[rounds // 2 :])
+
+
+def stats_of(times) -> dict:
+    """pytest-benchmark's "stats" of per-round seconds, computed as its ``Stats`` does:
+    sample standard deviation, quartiles by Wikipedia's methods 3 (odd) and 2 (even),
+    Tukey's 1.5 IQR fences, ops = rounds / total, one iteration per round."""
+    data = [float(t) for t in times]
+    if not data:
+        raise ValueError("no timings")
+    s = sorted(data)
+    rounds = len(data)
+    mean = statistics.mean(data)
+    stddev = statistics.stdev(data) if rounds > 1 else 0
+    q1, q3 = _quartiles(s)
+    iqr = q3 - q1
+    if rounds == 1:
+        ld15iqr = hd15iqr = data[0]
+    else:
+        ld15iqr = s[bisect_left(s, q1 - 1.5 * iqr)]
+        pos = bisect_right(s, q3 + 1.5 * iqr)
+        hd15iqr = s[-1] if pos == rounds else s[pos]
+    iqr_outliers = sum(v < q1 - 1.5 * iqr or v > q3 + 1.5 * iqr for v in data)
+    stddev_outliers = sum(v < mean - stddev or v > mean + stddev for v in data)
+    total = sum(data)
+    return {
+        "min": min(data),
+        "max": max(data),
+        "mean": mean,
+        "stddev": stddev,
+        "rounds": rounds,
+        "median": statistics.median(data),
+        "iqr": iqr,
+        "q1": q1,
+        "q3": q3,
+        "iqr_outliers": iqr_outliers,
+        "stddev_outliers": stddev_outliers,
+        "outliers": f"{stddev_outliers};{iqr_outliers}",
+        "ld15iqr": ld15iqr,
+        "hd15iqr": hd15iqr,
+        "ops": rounds / total if total else 0,
+        "total": total,
+        "data": data,
+        "iterations": 1,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _gpu_name(impls) -> str | None:
+    """The GPU's name, asked of the library of an available GPU row (None without one)."""
+    for impl in impls:
+        if impl.device != "gpu":
+            continue
+        try:
+            if impl.name.startswith("cupy"):
+                import cupy as cp
+
+                name = cp.cuda.runtime.getDeviceProperties(0)["name"]
+                return name.decode() if isinstance(name, bytes) else str(name)
+            import torch
+
+            return torch.cuda.get_device_name(0)
+        except Exception:  # a GPU row we cannot name: leave it out
+            continue
+    return None
+
+
+def device_copy_bandwidth() -> float | None:
+    """`gpu_copy_bandwidth` (CuPy), else the same device-to-device copy with PyTorch's
+    CUDA events, else None."""
+    bw = gpu_copy_bandwidth()
+    if bw is not None:
+        return bw
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        src = torch.ones((1 << 30) // 4, dtype=torch.float32, device="cuda")
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        best = float("inf")
+        for _ in range(10):
+            start.record()
+            dst.copy_(src)
+            stop.record()
+            stop.synchronize()
+            best = min(best, start.elapsed_time(stop) / 1e3)
+        return 2 * src.numel() * src.element_size() / best
+    except Exception:  # no PyTorch, no CUDA build, no device
+        return None
+
+
+def _set_threads(threads: int, torch_too: bool) -> tuple[int | None, int | None]:
+    """Set Numba's and (when `torch_too` and it is installed) PyTorch's thread counts;
+    return the previous ones."""
+    import importlib.util
+
+    old_nb = old_torch = None
+    try:
+        import numba
+
+        old_nb = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    if torch_too and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        old_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    return old_nb, old_torch
+
+
+def _restore_threads(old: tuple[int | None, int | None]) -> None:
+    old_nb, old_torch = old
+    if old_nb is not None:
+        import numba
+
+        numba.set_num_threads(old_nb)
+    if old_torch is not None:
+        import torch
+
+        torch.set_num_threads(old_torch)
+
+
+def _entry(group, name, params, times, options, extra) -> dict:
+    return {
+        "group": group,
+        "name": name,
+        "fullname": f"fastsoftmax bench::{group}::{name}",
+        "params": params,
+        "param": name,
+        "extra_info": extra,
+        "options": options,
+        "stats": stats_of(times),
+    }
+
+
+def _rates(seconds, bytes_moved, rows, copy_bw) -> dict:
+    extra = {
+        "seconds": seconds,
+        "samples_per_s": rows / seconds,
+        "bytes_moved": bytes_moved,
+        "GB/s": bytes_moved / seconds / 1e9,
+    }
+    if copy_bw:
+        extra["copy_GB/s"] = copy_bw / 1e9
+        extra["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
+    return extra
+
+
+def _add_speedups(benchmarks_: list[dict], reference: str) -> None:
+    """extra_info["speedup"] = reference median / this median, in groups where the
+    reference ran."""
+    ref = {
+        b["group"]: b["stats"]["median"] for b in benchmarks_ if b["params"]["impl"] == reference
+    }
+    for b in benchmarks_:
+        if b["group"] in ref:
+            b["extra_info"]["speedup"] = ref[b["group"]] / b["stats"]["median"]
+            b["extra_info"]["reference"] = reference
+
+
+def _train_cases(impls):
+    """(name, base implementation, xtype) of the trainer's cases that can run here."""
+    names = {i.name for i in impls}
+    cases = [("numpy", "numpy", "float32"), ("numba", "numba", "float32")]
+    cases.append(("numba-uint8", "numba", "uint8"))
+    cases.append(("torch", "torch", "float32"))
+    return [c for c in cases if c[1] in names]
+
+
+def run(
+    *,
+    full: bool = False,
+    threads: int = 2,
+    impls=None,
+    ops=None,
+    train: bool = True,
+    progress: Callable[[str], object] | None = print,
+    shapes=None,
+    train_rows: int | None = None,
+) -> dict:
+    """Time every available implementation on every case; return a pytest-benchmark
+    JSON document (``machine_info``, ``commit_info``, ``benchmarks``, ``datetime``,
+    ``version``).
+
+    full: every shape and both dtypes (else ``QUICK_SHAPES``, float32, and the trainer on
+    ``QUICK_TRAIN_N`` rows).  threads: Numba's and PyTorch's thread count, and the copy
+    bandwidth's (restored afterwards).  impls: implementation names (default: all that
+    can run here).  ops: a subset of ``OPS``.  shapes: (N, C) pairs instead of the mode's.
+    train: also time one ``SoftmaxRegression.fit`` epoch per backend (and PyTorch's SGD
+    loop) on MNIST-shaped data; train_rows overrides its row count.  progress: called
+    with a line per result (None: silent).
+    """
+    import datetime
+    import os
+    import platform
+
+    from . import __version__
+    from .implementations import IMPLEMENTATIONS
+
+    say = progress or (lambda line: None)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    known = {i.name: i for i in IMPLEMENTATIONS}
+    if impls is not None:
+        impls = list(dict.fromkeys(impls))
+        unknown = [n for n in impls if n not in known]
+        if unknown:
+            raise ValueError(f"unknown implementation(s) {unknown}; have {sorted(known)}")
+    ops = OPS if ops is None else tuple(dict.fromkeys(ops))
+    bad_ops = [op for op in ops if op not in OPS]
+    if bad_ops:
+        raise ValueError(f"unknown op(s) {bad_ops}; have {list(OPS)}")
+    selected = [i for i in IMPLEMENTATIONS if impls is None or i.name in impls]
+    runnable = []
+    for impl in selected:
+        reason = impl.unavailable()
+        if reason is None:
+            runnable.append(impl)
+        elif impls is not None or impl.device == "cpu":
+            say(f"skipping {impl.name}: {reason}")
+    reference = next((i.name for i in IMPLEMENTATIONS if i.kind == "reference"), "numpy")
+
+    if shapes is None:
+        cases = op_cases(full, ops=ops)
+    else:
+        dts = DTYPES if full else ("float32",)
+        cases = [OpCase(op, int(n), int(c), dt) for op in ops for (n, c) in shapes for dt in dts]
+    n_train = train_rows or (TRAIN_N if full else QUICK_TRAIN_N)
+    train_cases = _train_cases(runnable) if train else []
+
+    import sys
+
+    uses_torch = any(i.name.startswith("torch") for i in runnable) or "torch" in sys.modules
+    old_threads = _set_threads(threads, uses_torch)
+    try:
+        try:
+            import numba
+
+            used_threads = numba.get_num_threads()
+        except ImportError:
+            used_threads = 1
+        copy_bw = copy_bandwidth(threads)
+        say(f"copy bandwidth ({threads} threads): {copy_bw / 1e9:.1f} GB/s")
+        gpu_bw = None
+        if any(i.device == "gpu" for i in runnable):
+            gpu_bw = device_copy_bandwidth()
+            if gpu_bw:
+                say(f"GPU device-to-device copy bandwidth: {gpu_bw / 1e9:.1f} GB/s")
+        options = {
+            "disable_gc": False,
+            "timer": "perf_counter",
+            "min_rounds": 3,
+            "max_rounds": 200,
+            "min_time": 0.3 if not full else 1.0,
+            "warmup": 1,
+        }
+        results: list[dict] = []
+        for case in cases:
+            host_args = None
+            for impl in runnable:
+                if case.op not in impl.ops:
+                    continue
+                slow = impl.kind == "reference" or impl.name == "torch"
+                slow = slow and case.n * case.c > SLOW_ELEMENTS
+                if slow and not full and impl.kind == "reference":
+                    say(f"{case.group:36s} {impl.name:14s} skipped (N x C > 1e7; --full times it)")
+                    continue
+                if host_args is None:
+                    host_args = case.inputs()
+                args = impl.to_device(*host_args)
+                sync = synchronizer(impl.name)
+                opts = dict(options, min_rounds=3, min_time=0.0) if slow else options
+                times = time_it(
+                    lambda i=impl, a=args, op=case.op: i.on_device(op, *a),
+                    sync=sync,
+                    warmup=opts["warmup"],
+                    min_rounds=opts["min_rounds"],
+                    max_rounds=opts["max_rounds"],
+                    min_time=opts["min_time"],
+                )
+                del args
+                limit = gpu_bw if impl.device == "gpu" else copy_bw
+                extra = _rates(statistics.median(times), case.bytes_moved, case.n, limit)
+                extra["bytes_model"] = BYTES_MODEL[case.op]
+                extra["device"] = impl.device
+                params = {"impl": impl.name, "op": case.op, "n": case.n, "c": case.c}
+                params["dtype"] = case.dtype
+                results.append(_entry(case.group, impl.name, params, times, opts, extra))
+                say(
+                    f"{case.group:36s} {impl.name:14s} {extra['seconds'] * 1e3:10.3f} ms "
+                    f"{extra['GB/s']:8.2f} GB/s"
+                )
+        if train_cases:
+            results += _run_train(train_cases, n_train, full, copy_bw, options, say)
+    finally:
+        _restore_threads(old_threads)
+    _add_speedups(results, reference)
+
+    machine = {
+        "node": platform.node(),
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "python_implementation": platform.python_implementation(),
+        "python_version": platform.python_version(),
+        "release": platform.release(),
+        "system": platform.system(),
+        "cpu": {
+            "brand_raw": cpu_model(),
+            "count": os.cpu_count(),
+            "arch_string_raw": platform.machine(),
+        },
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": used_threads,
+        "copy_GB/s": copy_bw / 1e9,
+        "gpu": _gpu_name(runnable),
+        "gpu_copy_GB/s": None if gpu_bw is None else gpu_bw / 1e9,
+        "mode": "full" if full else "quick",
+        "fastsoftmax": __version__,
+        "numpy": np.__version__,
+        "numba": _version("numba"),
+        "torch": _version("torch"),
+    }
+    return {
+        "machine_info": machine,
+        "commit_info": {},
+        "benchmarks": results,
+        "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "version": FORMAT_VERSION,
+    }
+
+
+def _run_train(train_cases, n, full, copy_bw, options, say) -> list[dict]:
+    """One epoch of ``SoftmaxRegression.fit`` (validation included) per backend, and
+    the PyTorch loop, on n MNIST-shaped rows."""
+    from .estimator import SoftmaxRegression
+
+    pixels, x, y = mnist_shaped(n)
+    d, c = x.shape[1], TRAIN_C
+    group = f"train fit 1 epoch {n}x{d} batch {TRAIN_BATCH}"
+    if n < TRAIN_N:
+        group += f" (quick: {n} of {TRAIN_N} rows)"
+    opts = dict(options, min_rounds=3, max_rounds=20)
+    out = []
+    for name, backend, xtype in train_cases:
+        data = pixels if xtype == "uint8" else x
+        if backend == "torch":
+            fn = lambda: torch_sgd_epochs(x, y, 1, TRAIN_BATCH, 0.1)  # noqa: E731
+        else:
+            fn = lambda b=backend, X=data: SoftmaxRegression(  # noqa: E731
+                backend=b, batch_size=TRAIN_BATCH, max_epochs=1, random_state=0
+            ).fit(X, y)
+        times = time_it(
+            fn,
+            warmup=opts["warmup"],
+            min_rounds=opts["min_rounds"],
+            max_rounds=opts["max_rounds"],
+            min_time=opts["min_time"],
+        )
+        seconds = statistics.median(times)
+        extra = _rates(seconds, train_bytes(data), n, copy_bw)
+        extra["GFLOP/s"] = train_flop(n, d, c) / seconds / 1e9
+        extra["bytes_model"] = TRAIN_BYTES_MODEL
+        extra["flop_model"] = TRAIN_FLOP_MODEL
+        extra["device"] = "cpu"
+        params = {"impl": backend, "xtype": xtype, "n": n, "d": d, "c": c}
+        params.update(batch=TRAIN_BATCH, epochs=1)
+        out.append(_entry(group, name, params, times, opts, extra))
+        say(
+            f"{group:36s} {name:14s} {seconds * 1e3:10.3f} ms "
+            f"{n / seconds:12,.0f} samples/s {extra['GFLOP/s']:6.2f} GFLOP/s"
+        )
+    return out
+
+
+def write_json(doc: dict, path) -> Path:
+    """Write a document of `run` (pytest-benchmark's format) to `path`."""
+    path = Path(path)
+    if path.parent != Path():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_json(path) -> dict:
+    """A pytest-benchmark JSON document (ours or pytest-benchmark's own); ValueError
+    naming the file when it is not one."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")  # OSError (with the name) when unreadable
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+        raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    for b in doc["benchmarks"]:
+        if not (
+            isinstance(b, dict)
+            and isinstance(b.get("stats"), dict)
+            and isinstance(b["stats"].get("median"), int | float)
+            and "name" in b
+        ):
+            raise ValueError(f"{path}: a benchmark without a name or stats.median: {b!r:.200}")
+    return doc
+
+
+def _key(b: dict) -> tuple[str, str]:
+    return (str(b.get("group")), str(b["name"]))
+
+
+def compare(a_doc: dict, b_doc: dict) -> list[dict]:
+    """The benchmarks present in both documents (matched by group and name), in A's
+    order: median_a, median_b (seconds) and change = median_b / median_a - 1 (negative:
+    B is faster)."""
+    b_by_key = {_key(b): b for b in b_doc["benchmarks"]}
+    rows = []
+    for a in a_doc["benchmarks"]:
+        b = b_by_key.get(_key(a))
+        if b is None:
+            continue
+        ma, mb = a["stats"]["median"], b["stats"]["median"]
+        rows.append(
+            {
+                "group": _key(a)[0],
+                "name": _key(a)[1],
+                "median_a": ma,
+                "median_b": mb,
+                "change": mb / ma - 1 if ma else float("nan"),
+            }
+        )
+    return rows
+
+
+def format_compare(rows: list[dict]) -> str:
+    """A table of `compare`'s rows."""
+    if not rows:
+        return "no benchmark is in both files (matched by group and name)"
+    lines = [f"{'implementation':16s}{'A ms':>12s}{'B ms':>12s}{'change':>10s}"]
+    lines.append("-" * len(lines[0]))
+    group = None
+    for r in rows:
+        if r["group"] != group:
+            group = r["group"]
+            lines.append(group)
+        ratio = r["median_b"] / r["median_a"] if r["median_a"] else float("nan")
+        verdict = f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
+        lines.append(
+            f"  {r['name']:14s}{r['median_a'] * 1e3:12.3f}{r['median_b'] * 1e3:12.3f}"
+            f"{100 * r['change']:+9.1f}%  {verdict}"
+        )
+    lines.append("change = B median / A median - 1 (negative: B is faster)")
+    return "\n".join(lines)
+
+
+def format_table(doc: dict) -> str:
+    """Per group, one line per implementation: median ms, samples/s, GB/s, % of the copy
+    bandwidth measured in the same run, speedup vs the reference."""
+    m = doc.get("machine_info", {})
+    head = []
+    if m.get("cpu_model"):
+        head.append(
+            f"{m.get('mode', '')} run on {m['cpu_model']}, {m.get('cores')} cores, "
+            f"{m.get('threads')} threads; copy bandwidth {m.get('copy_GB/s', 0):.1f} GB/s"
+            + (f"; GPU {m['gpu']}" if m.get("gpu") else "")
+            + (f" ({m['gpu_copy_GB/s']:.0f} GB/s)" if m.get("gpu_copy_GB/s") else "")
+        )
+    cols = f"{'implementation':16s}{'median ms':>12s}{'samples/s':>12s}{'GB/s':>9s}"
+    cols += f"{'% copy':>8s}{'GFLOP/s':>9s}{'speedup':>9s}"
+    head += [cols, "-" * len(cols)]
+    groups: dict[str, list[dict]] = {}
+    for b in doc["benchmarks"]:
+        groups.setdefault(str(b.get("group")), []).append(b)
+    lines = list(head)
+    for group, entries in groups.items():
+        lines.append(group)
+        for b in entries:
+            e = b.get("extra_info", {})
+            med = b["stats"]["median"]
+
+            def num(key, fmt, scale=1.0, e=e):
+                return format(e[key] * scale, fmt) if e.get(key) is not None else "-"
+
+            lines.append(
+                f"  {b['name']:14s}{med * 1e3:12.3f}{num('samples_per_s', '.3g'):>12s}"
+                f"{num('GB/s', '.2f'):>9s}{num('fraction_of_copy_bandwidth', '.1f', 100):>8s}"
+                f"{num('GFLOP/s', '.2f'):>9s}"
+                + (f"{e['speedup']:8.1f}x" if e.get("speedup") else f"{'-':>9s}")
+            )
+    lines.append("speedup = reference (numpy) median time / implementation median time")
+    lines.append(
+        "% copy = GB/s (bytes of a stated pass-count model) / copy bandwidth measured in this run"
+    )
+    return "\n".join(lines)
+
+
+def _samples_per_s(b: dict) -> float:
+    rate = b.get("extra_info", {}).get("samples_per_s")
+    if rate is None:
+        rate = b.get("params", {}).get("n", 0) / b["stats"]["median"]
+    return rate
+
+
+def plot(doc: dict, path) -> Path:
+    """A PNG: left, GB/s of the fused cross_entropy_with_grad (float32) against the
+    number of classes per implementation (the largest N per C), the copy bandwidth
+    dashed; right, MNIST training samples/s per implementation."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            "the benchmark plot needs matplotlib: pip install 'fastsoftmax[plot]'"
+        ) from exc
+
+    fig = Figure(figsize=(12, 4.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+    m = doc.get("machine_info", {})
+
+    best: dict[str, dict[int, dict]] = {}
+    for b in doc["benchmarks"]:
+        p = b.get("params", {})
+        e = b.get("extra_info", {})
+        if p.get("op") != "cross_entropy_with_grad" or p.get("dtype") != "float32":
+            continue
+        if e.get("GB/s") is None:
+            continue
+        per_c = best.setdefault(b["name"], {})
+        if p["c"] not in per_c or p["n"] > per_c[p["c"]]["params"]["n"]:
+            per_c[p["c"]] = b
+    colors: dict[str, str] = {}  # one colour per implementation in both panels
+    for b in doc["benchmarks"]:
+        colors.setdefault(b["name"], f"C{len(colors) % 10}")
+    top = m.get("copy_GB/s") or 0.0
+    for name, per_c in best.items():
+        cs = sorted(per_c)
+        gbs = [per_c[c]["extra_info"]["GB/s"] for c in cs]
+        left.plot(cs, gbs, "o-", label=name, color=colors[name])
+        top = max(top, *gbs)
+    if m.get("copy_GB/s"):
+        label = f"CPU copy, {m.get('threads')} threads ({m['copy_GB/s']:.0f} GB/s)"
+        left.axhline(m["copy_GB/s"], color="k", ls="--", lw=1, label=label)
+    on_gpu = any(
+        b["extra_info"].get("device") == "gpu" for per_c in best.values() for b in per_c.values()
+    )
+    if on_gpu and m.get("gpu_copy_GB/s"):
+        label = f"GPU device-to-device copy ({m['gpu_copy_GB/s']:.0f} GB/s)"
+        left.axhline(m["gpu_copy_GB/s"], color="k", ls=":", lw=1, label=label)
+    if best:
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.set_ylim(top=4 * top)  # room for the legend above the copy line
+        left.legend(fontsize="small", loc="upper left", ncols=2)
+    else:
+        msg = "no cross_entropy_with_grad float32\nin this run"
+        left.text(0.5, 0.5, msg, ha="center", va="center", transform=left.transAxes)
+    left.set_xlabel("number of classes C (largest N run per C)")
+    left.set_ylabel("GB/s (read logits + write dlogits)")
+    left.set_title("fused cross-entropy + gradient, float32")
+    left.grid(True, which="both", alpha=0.3)
+
+    train = [b for b in doc["benchmarks"] if str(b.get("group", "")).startswith("train")]
+    if train:
+        group = train[0]["group"]
+        train = [b for b in train if b["group"] == group]
+        names = [b["name"] for b in train]
+        rates = [_samples_per_s(b) for b in train]
+        bars = right.bar(names, rates, color=[colors[n] for n in names])
+        right.bar_label(bars, labels=[f"{r / 1e6:.2f} M" for r in rates], fontsize="small")
+        right.set_title(textwrap.fill(group, 45), fontsize="medium")
+    else:
+        msg = "no training run\n(--no-train)"
+        right.text(0.5, 0.5, msg, ha="center", va="center", transform=right.transAxes)
+        right.set_title("MNIST-shaped training")
+    right.set_ylabel("samples/s (one epoch of fit)")
+    right.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(
+        f"fastsoftmax bench: {m.get('cpu_model', '')}"
+        + (f", {m['threads']} threads" if m.get("threads") else "")
+        + (f"; {m['gpu']}" if m.get("gpu") else "")
+    )
+    path = Path(path)
+    if path.parent != Path():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -327,6 +327,49 @@ def _is_idx(path: str) -> bool:
     return head[:2] == b"\x1f\x8b" or (head[:2] == b"\x00\x00" and len(head) == 4)
 
 
+# ------------------------------------------------------------------------------ bench
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        n, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NxC (e.g. 512x10), got {text!r}") from None
+    if n < 1 or c < 1:
+        raise argparse.ArgumentTypeError(f"N and C must be >= 1, got {text!r}")
+    return n, c
+
+
+def bench(args: argparse.Namespace) -> int:
+    from . import benchmarks
+
+    if args.compare:
+        a_path, b_path = args.compare
+        rows = benchmarks.compare(benchmarks.load_json(a_path), benchmarks.load_json(b_path))
+        print(f"A = {a_path}\nB = {b_path}")
+        print(benchmarks.format_compare(rows))
+        return 0
+    started = time.perf_counter()
+    doc = benchmarks.run(
+        full=args.full,
+        threads=args.threads,
+        impls=args.impl,
+        ops=args.op,
+        train=not args.no_train,
+        shapes=args.shape,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(benchmarks.format_table(doc))
+    json_path = benchmarks.write_json(doc, args.json)
+    print(f"JSON (pytest-benchmark format): {json_path}")
+    if not args.no_plot:
+        png = Path(args.plot) if args.plot else json_path.with_suffix(".png")
+        try:
+            print(f"plot: {benchmarks.plot(doc, png)}")
+        except ImportError as err:
+            print(f"note: no plot written ({err})", file=sys.stderr)
+    print(f"took {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsoftmax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -385,6 +428,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=0, help="repeat the 10k rows up to this count")
     p.add_argument("--repeat", type=int, default=20, help="timed runs per cell (best is kept)")
     p.set_defaults(func=compare)
+
+    from .benchmarks import OPS as BENCH_OPS
+    from .implementations import IMPLEMENTATIONS
+
+    p = sub.add_parser(
+        "bench",
+        help="time every implementation; table, JSON and plot",
+        description="Time every available implementation on the benchmark cases (a quick "
+        "subset unless --full) and the trainer on MNIST-shaped data.  Prints median times, "
+        "speedup = reference (numpy) time / implementation time and the fraction of the copy "
+        "bandwidth measured in the same run; writes pytest-benchmark JSON and a PNG plot.  "
+        "--compare A.json B.json shows the change between two runs.",
+    )
+    p.add_argument("--full", action="store_true", help="every shape and dtype (minutes)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument(
+        "--json",
+        default="fastsoftmax-bench.json",
+        metavar="PATH",
+        help="where the results go (default fastsoftmax-bench.json)",
+    )
+    p.add_argument(
+        "--plot", default=None, metavar="PATH", help="PNG plot (default: the JSON's path with .png)"
+    )
+    p.add_argument("--no-plot", action="store_true", help="write no plot")
+    p.add_argument(
+        "--impl",
+        action="append",
+        default=None,
+        metavar="NAME",
+        choices=[i.name for i in IMPLEMENTATIONS],
+        help="only this implementation (repeatable; default: every available one)",
+    )
+    p.add_argument(
+        "--op", action="append", default=None, choices=BENCH_OPS, help="only this op (repeatable)"
+    )
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        type=_shape,
+        metavar="NxC",
+        help="only this shape, e.g. 512x10 (repeatable)",
+    )
+    p.add_argument("--no-train", action="store_true", help="skip the trainer's cases")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        default=None,
+        metavar=("A.json", "B.json"),
+        help="show the change from run A to run B, then exit",
+    )
+    p.set_defaults(func=bench)
     return parser
 
 

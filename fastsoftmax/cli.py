@@ -3,6 +3,8 @@
 ``fastsoftmax train``: softmax regression on MNIST (or Fashion-MNIST) with the fused
 kernels; progress per epoch, Ctrl-C saves a checkpoint, ``--resume`` continues it.
 ``fastsoftmax evaluate MODEL`` and ``fastsoftmax predict MODEL IMAGES...`` use a saved model.
+``fastsoftmax bench``: the benchmark cases (quick, or ``--full``), a table of speedups and
+fractions of the copy bandwidth, pytest-benchmark JSON and a plot; ``--compare A B``.
 ``fastsoftmax compare``: parity and speed of every available implementation on logits
 computed from the real MNIST test set.
 """

@@ -282,8 +282,9 @@ def stats_of(times) -> dict:
         ld15iqr = hd15iqr = data[0]
     else:
         ld15iqr = s[bisect_left(s, q1 - 1.5 * iqr)]
-        pos = bisect_right(s, q3 + 1.5 * iqr)
-        hd15iqr = s[-1] if pos == rounds else s[pos]
+        # the highest datum within the fence (pytest-benchmark >= 5.3.1; earlier
+        # versions returned the first datum above it)
+        hd15iqr = s[bisect_right(s, q3 + 1.5 * iqr) - 1]
     iqr_outliers = sum(v < q1 - 1.5 * iqr or v > q3 + 1.5 * iqr for v in data)
     stddev_outliers = sum(v < mean - stddev or v > mean + stddev for v in data)
     total = sum(data)

@@ -43,6 +43,13 @@ def _extra(benchmark, flop):
         benchmark.extra_info["GFLOP/s"] = flop / stats.median / 1e9
 
 
+def _inputs(mnist_shaped, impl, xtype):
+    """(x float32, y, the X this case trains on, the result's name)."""
+    pixels, x, y = mnist_shaped
+    data = pixels if xtype == "uint8" else x
+    return x, y, data, impl if xtype == "float32" else f"{impl}-{xtype}"
+
+
 def _needs(impl):
     if impl == "torch":
         pytest.importorskip("torch")
@@ -54,8 +61,7 @@ def _needs(impl):
 def test_sgd_step(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     """One SGD step on a shuffled batch of 128 rows (the unit the epoch repeats)."""
     _needs(impl)
-    pixels, x, y = mnist_shaped
-    data = pixels if xtype == "uint8" else x
+    x, y, data, name = _inputs(mnist_shaped, impl, xtype)
     benchmark.group = f"train: one SGD step, batch {BATCH}, d={D}, C={C}"
     order = np.random.default_rng(0).permutation(N)
     if impl == "torch":
@@ -83,7 +89,6 @@ def test_sgd_step(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
             run(data, y, order, 0, 1, BATCH, st.W, st.b, st.vW, st.vb, 0.1, 0.0, 0.0, a, losses)
 
     benchmark.pedantic(step, rounds=200, warmup_rounds=3)
-    name = impl if xtype == "float32" else f"{impl}-{xtype}"
     nbytes = BATCH * D * data.itemsize
     record(benchmark.group, name, benchmark, nbytes, copy_bandwidth, rows=BATCH)
     _extra(benchmark, benchmarks.train_flop(BATCH, D, C))
@@ -93,8 +98,7 @@ def test_sgd_step(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
 def test_mnist_epoch(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     """One epoch over 60000 MNIST-shaped rows, batch 128, from zero weights."""
     _needs(impl)
-    pixels, x, y = mnist_shaped
-    data = pixels if xtype == "uint8" else x
+    x, y, data, name = _inputs(mnist_shaped, impl, xtype)
     benchmark.group = f"train: one epoch, {N}x{D}, batch {BATCH}"
     if impl == "torch":
 
@@ -112,7 +116,6 @@ def test_mnist_epoch(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
 
     rounds = 3 if impl in ("numpy", "torch") else 7
     benchmark.pedantic(epoch, rounds=rounds, warmup_rounds=1)
-    name = impl if xtype == "float32" else f"{impl}-{xtype}"
     record(benchmark.group, name, benchmark, data.nbytes, copy_bandwidth, rows=N)
     _extra(benchmark, benchmarks.train_flop(N, D, C))
 
@@ -121,8 +124,7 @@ def test_mnist_epoch(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
 def test_fit(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     """``fit`` (validation included) for EPOCHS epochs: what a user's call costs."""
     _needs(impl)
-    pixels, x, y = mnist_shaped
-    data = pixels if xtype == "uint8" else x
+    _, y, data, name = _inputs(mnist_shaped, impl, xtype)
     benchmark.group = f"train: fit {N}x{D}, batch {BATCH}, {EPOCHS} epochs"
     if impl == "torch":
         run = (benchmarks.torch_sgd_epochs, (data, y, EPOCHS, BATCH, 0.1))
@@ -136,7 +138,6 @@ def test_fit(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
         run = (fit, (impl, data, y))
     rounds = 3 if impl in ("numpy", "torch") else 5
     result = benchmark.pedantic(run[0], args=run[1], rounds=rounds, warmup_rounds=1)
-    name = impl if xtype == "float32" else f"{impl}-{xtype}"
     record(benchmark.group, name, benchmark, EPOCHS * data.nbytes, copy_bandwidth, rows=EPOCHS * N)
     _extra(benchmark, benchmarks.train_flop(N, D, C, EPOCHS))
     if impl != "torch":  # the benchmark also checks that it learned something

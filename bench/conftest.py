@@ -7,7 +7,6 @@ Run: pytest bench/ [--benchmark-json=out.json]   (CI: --benchmark-disable)
 from __future__ import annotations
 
 import os
-import platform
 from collections import defaultdict
 
 import pytest
@@ -77,23 +76,12 @@ def record(
     _results[group][name] = entry
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def pytest_terminal_summary(terminalreporter):
     if not _results:
         return
     tr = terminalreporter
     tr.section("fastsoftmax: ratios from this run (median times)")
-    tr.write_line(f"machine: {_cpu_name()}, {os.cpu_count()} cores, {THREADS} threads")
+    tr.write_line(f"machine: {benchmarks.cpu_model()}, {os.cpu_count()} cores, {THREADS} threads")
     for group, rows in _results.items():
         ref = rows.get("numpy", {}).get("seconds")
         peer = rows.get("torch", {}).get("seconds")

@@ -284,14 +284,17 @@ class SoftmaxRegression:
                 "appropriate arguments before using this estimator."
             )
 
+    def _feature_count_error(self, X: np.ndarray):
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+            f"{self.n_features_in_} features as input."
+        )
+
     def _check_X_predict(self, X) -> np.ndarray:
         self._check_fitted()
         arr = _as_2d_features(X)
         if arr.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {arr.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
+            self._feature_count_error(arr)
         return arr
 
     @staticmethod
@@ -307,10 +310,7 @@ class SoftmaxRegression:
         warm = self.warm_start and hasattr(self, "_state")
         if warm:
             if X.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                    f"{self.n_features_in_} features as input (warm_start)."
-                )
+                self._feature_count_error(X)
             y_idx = self._encode(y)
             self._state.order = None  # a new fit starts a new epoch
             until = self._state.epoch + self.max_epochs
@@ -347,10 +347,7 @@ class SoftmaxRegression:
                     f"call: {self.classes_!r}"
                 )
             if X.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                    f"{self.n_features_in_} features as input."
-                )
+                self._feature_count_error(X)
         y_idx = self._encode(y)
         self._state.order = None
         self._train(X, y_idx, self._state.epoch + 1)
@@ -387,10 +384,7 @@ class SoftmaxRegression:
             _encode_labels(labels, y)
             self._init(labels, X)
         elif X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
+            self._feature_count_error(X)
         if self._state.order is not None and len(self._state.order) != X.shape[0]:
             raise ValueError(
                 f"the stopped epoch ran over {len(self._state.order)} rows, but X has "

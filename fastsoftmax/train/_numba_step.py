@@ -134,10 +134,10 @@ def _logits_group(x, rows, q, W, b, a, z):
     a = like(W, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
     i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
-    c = 0
-    while c + 2 <= C:
+    for c in range(0, C, 2):
+        cn = min(c + 1, C - 1)  # an odd last class is computed twice, stored once
         wc = W[c]
-        wn = W[c + 1]
+        wn = W[cn]
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = like(W, 0.0)
         t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = like(W, 0.0)
         for k in range(d):
@@ -167,47 +167,21 @@ def _logits_group(x, rows, q, W, b, a, z):
             t5 += x5 * vk
             t6 += x6 * vk
             t7 += x7 * vk
-        bc = b[c]
-        z[q, c] = s0 * a + bc
-        z[q + 1, c] = s1 * a + bc
-        z[q + 2, c] = s2 * a + bc
-        z[q + 3, c] = s3 * a + bc
-        z[q + 4, c] = s4 * a + bc
-        z[q + 5, c] = s5 * a + bc
-        z[q + 6, c] = s6 * a + bc
-        z[q + 7, c] = s7 * a + bc
-        bc = b[c + 1]
-        z[q, c + 1] = t0 * a + bc
-        z[q + 1, c + 1] = t1 * a + bc
-        z[q + 2, c + 1] = t2 * a + bc
-        z[q + 3, c + 1] = t3 * a + bc
-        z[q + 4, c + 1] = t4 * a + bc
-        z[q + 5, c + 1] = t5 * a + bc
-        z[q + 6, c + 1] = t6 * a + bc
-        z[q + 7, c + 1] = t7 * a + bc
-        c += 2
-    if c < C:
-        wc = W[c]
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = like(W, 0.0)
-        for k in range(d):
-            wk = wc[k]
-            s0 += x[i0, k] * wk
-            s1 += x[i1, k] * wk
-            s2 += x[i2, k] * wk
-            s3 += x[i3, k] * wk
-            s4 += x[i4, k] * wk
-            s5 += x[i5, k] * wk
-            s6 += x[i6, k] * wk
-            s7 += x[i7, k] * wk
-        bc = b[c]
-        z[q, c] = s0 * a + bc
-        z[q + 1, c] = s1 * a + bc
-        z[q + 2, c] = s2 * a + bc
-        z[q + 3, c] = s3 * a + bc
-        z[q + 4, c] = s4 * a + bc
-        z[q + 5, c] = s5 * a + bc
-        z[q + 6, c] = s6 * a + bc
-        z[q + 7, c] = s7 * a + bc
+        _store8(z, q, c, a, b[c], s0, s1, s2, s3, s4, s5, s6, s7)
+        _store8(z, q, cn, a, b[cn], t0, t1, t2, t3, t4, t5, t6, t7)
+
+
+@njit(**_F)
+def _store8(z, q, c, a, bc, s0, s1, s2, s3, s4, s5, s6, s7):
+    """z[q : q + 8, c] = a s + bc."""
+    z[q, c] = s0 * a + bc
+    z[q + 1, c] = s1 * a + bc
+    z[q + 2, c] = s2 * a + bc
+    z[q + 3, c] = s3 * a + bc
+    z[q + 4, c] = s4 * a + bc
+    z[q + 5, c] = s5 * a + bc
+    z[q + 6, c] = s6 * a + bc
+    z[q + 7, c] = s7 * a + bc
 
 
 @njit(**_FR)
@@ -231,15 +205,16 @@ def _grad_group(x, rows, q, g, a, gW):
     a = like(gW, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
     i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
-    c = 0
-    while c + 2 <= C:
+    for c in range(0, C, 2):
+        n = min(c + 1, C - 1)
         g0, g1, g2, g3 = g[q, c] * a, g[q + 1, c] * a, g[q + 2, c] * a, g[q + 3, c] * a
         g4, g5, g6, g7 = g[q + 4, c] * a, g[q + 5, c] * a, g[q + 6, c] * a, g[q + 7, c] * a
-        n = c + 1
-        h0, h1, h2, h3 = g[q, n] * a, g[q + 1, n] * a, g[q + 2, n] * a, g[q + 3, n] * a
-        h4, h5, h6, h7 = g[q + 4, n] * a, g[q + 5, n] * a, g[q + 6, n] * a, g[q + 7, n] * a
+        # an odd last class pairs with itself, with zero coefficients the second time
+        h = a if n != c else like(gW, 0.0)
+        h0, h1, h2, h3 = g[q, n] * h, g[q + 1, n] * h, g[q + 2, n] * h, g[q + 3, n] * h
+        h4, h5, h6, h7 = g[q + 4, n] * h, g[q + 5, n] * h, g[q + 6, n] * h, g[q + 7, n] * h
         gc = gW[c]
-        hc = gW[c + 1]
+        hc = gW[n]
         for k in range(d):
             x0 = x[i0, k]
             x1 = x[i1, k]
@@ -251,22 +226,6 @@ def _grad_group(x, rows, q, g, a, gW):
             x7 = x[i7, k]
             gc[k] += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3 + g4 * x4 + g5 * x5 + g6 * x6 + g7 * x7
             hc[k] += h0 * x0 + h1 * x1 + h2 * x2 + h3 * x3 + h4 * x4 + h5 * x5 + h6 * x6 + h7 * x7
-        c += 2
-    if c < C:
-        g0, g1, g2, g3 = g[q, c] * a, g[q + 1, c] * a, g[q + 2, c] * a, g[q + 3, c] * a
-        g4, g5, g6, g7 = g[q + 4, c] * a, g[q + 5, c] * a, g[q + 6, c] * a, g[q + 7, c] * a
-        gc = gW[c]
-        for k in range(d):
-            gc[k] += (
-                g0 * x[i0, k]
-                + g1 * x[i1, k]
-                + g2 * x[i2, k]
-                + g3 * x[i3, k]
-                + g4 * x[i4, k]
-                + g5 * x[i5, k]
-                + g6 * x[i6, k]
-                + g7 * x[i7, k]
-            )
 
 
 @njit(**_F)

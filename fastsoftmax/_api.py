@@ -12,9 +12,15 @@ from typing import Literal
 import numpy as np
 
 from . import _validate as check
-from ._backends import resolve
+from ._backends import _is_cupy_array, load, resolve
 
 Reduction = Literal["mean", "sum", "none"]
+
+
+def _cupy_api():
+    """The CuPy twin of this module (fastsoftmax/_cupy/api.py): CuPy arrays stay on the
+    device from validation to result."""
+    return load("cupy")
 
 
 # --------------------------------------------------------------------------------------
@@ -103,6 +109,8 @@ def softmax(
     `out` when given; `out` may be `x` itself for an in-place softmax).  A slice whose
     entries are all -inf gives NaN (0/0), as in PyTorch.
     """
+    if _is_cupy_array(x):
+        return _cupy_api().softmax(x, axis, out=out, backend=backend)
     return _rowwise("softmax", x, axis, out, backend)
 
 
@@ -110,6 +118,8 @@ def log_softmax(
     x: np.ndarray, axis: int = -1, *, out: np.ndarray | None = None, backend: str | None = None
 ) -> np.ndarray:
     """log_softmax(x) = x - logsumexp(x) along `axis`; same shapes and rules as softmax."""
+    if _is_cupy_array(x):
+        return _cupy_api().log_softmax(x, axis, out=out, backend=backend)
     return _rowwise("log_softmax", x, axis, out, backend)
 
 
@@ -121,6 +131,8 @@ def logsumexp(
     x: (..., C, ...) -> x's shape without `axis` (or with it as 1 if keepdims), x's dtype.
     An all -inf slice gives -inf, a slice holding +inf gives +inf, an empty one -inf.
     """
+    if _is_cupy_array(x):
+        return _cupy_api().logsumexp(x, axis, keepdims=keepdims, backend=backend)
     arr = check.float_array(x, "x")
     if arr.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
@@ -164,6 +176,8 @@ def softmax_backward(
 
     probs, grad_out: the same shape; the result has that shape and their common dtype.
     """
+    if _is_cupy_array(probs):
+        return _cupy_api().softmax_backward(probs, grad_out, axis, out=out, backend=backend)
     return _backward("softmax_backward", probs, "probs", grad_out, axis, out, backend)
 
 
@@ -178,6 +192,8 @@ def log_softmax_backward(
     """Vector-Jacobian product of log_softmax: given log_probs = log_softmax(x) and
     grad_out = dL/dlog_probs, returns dL/dx = grad_out - exp(log_probs) * sum(grad_out, axis).
     """
+    if _is_cupy_array(log_probs):
+        return _cupy_api().log_softmax_backward(log_probs, grad_out, axis, out=out, backend=backend)
     return _backward("log_softmax_backward", log_probs, "log_probs", grad_out, axis, out, backend)
 
 
@@ -293,6 +309,11 @@ def cross_entropy(
     target ignored, or an empty batch) is 0, not NaN; and a term with a zero coefficient
     (a zero weight or probability) contributes 0 even where log_softmax is -inf.
     """
+    if _is_cupy_array(logits):
+        return _cupy_api().cross_entropy(
+            logits, target, reduction=reduction, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, weight=weight, backend=backend,
+        )  # fmt: skip
     return _cross_entropy(
         logits,
         target,
@@ -328,6 +349,12 @@ def cross_entropy_with_grad(
     out: an (N, C) array of logits' dtype to receive dlogits (saves the allocation).
     inplace: write dlogits over logits and return logits (opt-in memory saving).
     """
+    if _is_cupy_array(logits):
+        return _cupy_api().cross_entropy_with_grad(
+            logits, target, reduction=reduction, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, weight=weight, out=out, inplace=inplace,
+            backend=backend,
+        )  # fmt: skip
     return _cross_entropy(
         logits,
         target,

@@ -19,7 +19,7 @@ import numpy as np
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("fastsoftmax.reference", ""),
     "numba": ("fastsoftmax._numba", "numba"),
-    "cupy": ("fastsoftmax._cupy", "cuda"),
+    "cupy": ("fastsoftmax._cupy.api", "cuda"),
 }
 CPU_BACKENDS = ("numba", "numpy")  # order of preference for NumPy arrays
 AUTO = "auto"
@@ -85,7 +85,8 @@ def default_cpu_backend() -> ModuleType:
 
 
 def _is_cupy_array(x: object) -> bool:
-    return type(x).__module__.split(".", 1)[0] == "cupy"
+    t = type(x)
+    return t is not np.ndarray and t.__module__.split(".", 1)[0] == "cupy"
 
 
 def resolve(x: object, backend: str | None) -> ModuleType:

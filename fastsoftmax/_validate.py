@@ -128,12 +128,18 @@ def same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
 def out_array(
     out: object, shape: tuple[int, ...], dtype: np.dtype, name: str = "out"
 ) -> np.ndarray:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    out_array_like(out, shape, dtype, np.ndarray, name)
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
     return out
+
+
+def out_array_like(out: object, shape, dtype, array_type: type, name: str = "out") -> None:
+    """`out` is an `array_type` (NumPy or CuPy) of `shape` and `dtype`."""
+    if not isinstance(out, array_type):
+        kind = "a NumPy" if array_type is np.ndarray else f"a {array_type.__module__}"
+        raise TypeError(f"{name} must be {kind} array, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")

@@ -1,0 +1,1 @@
+"""CUDA C device code of the CuPy backend, shipped as package data (no Python here)."""

@@ -1,0 +1,540 @@
+// kernels/xent.cu -- fused cross-entropy (loss and gradient in one kernel) over the rows
+// of row-major, C-contiguous (N, C) logits, for float32, float64 and float16 (computed in
+// float32), with PyTorch's weight, label_smoothing and ignore_index.
+//
+// Entry points (extern "C", looked up by f"{op}_{dtype.name}"); T = float, double,
+// fs::half_t (the bits of a float16); W = float for float32 and float16, double for
+// float64 (the API's weight array in the compute dtype):
+//
+//   xent_fused_<dt>(const T* z, const long long* y, const W* w, double wsum,
+//                   long long ignore_index, double eps, double scale,
+//                   double* loss, T* g, long long* err, long long N, long long C)
+//   xent_fwd_<dt>  (const T* z, const long long* y, const W* w, double wsum,
+//                   long long ignore_index, double eps, double scale,
+//                   double* loss, long long* err, long long N, long long C)
+//   xent_prob_<dt> (const T* z, const T* q, const W* w, double eps, double scale,
+//                   double* loss, T* g, long long N, long long C)
+//
+//   z: logits (N, C).  y: int64 class indices (N,).  q: probability targets (N, C), z's
+//   dtype.  w: class weights (C,) or NULL (all 1).  wsum: sum(w) (C when w is NULL), as
+//   the API resolves it.  eps: label smoothing.  scale: the reduction's factor (1/denom
+//   for "mean", 1 otherwise); the gradient is written already multiplied by it.
+//   loss: float64 (N,) per-row losses (0 for ignored rows; the host adds them up).
+//   g: (N, C) gradient = scale * d(loss.sum())/dz, zero rows for ignored rows; g may be z
+//   itself (in-place: every row is read in full before any of it is written).  In
+//   xent_prob, g may be NULL: forward only.
+//   err: int64 scalar the host sets to N before the launch; a row whose target is
+//   neither ignore_index nor in [0, C) does atomicMin(err, row), gets loss NaN and a NaN
+//   gradient row, so after the launch err < N names the first bad row.
+//
+// Launch: blockDim = 256 (any multiple of 32 up to 256 works), grid as in
+// kernels/README.md; every kernel loops over rows grid-stride, so any grid >= 1 gives the
+// same bits.
+//
+// Versions (karpathy/llm.c dev/cuda style)
+// ----------------------------------------
+// xent_kernel1  C <= 128: a group of G = pow2ceil(ceil(C/4)) lanes per row (MNIST's
+//               C = 10: G = 4, 8 rows per warp; G = 32 for C > 64), the row in
+//               registers: max by shuffles, then exp, (k, d) and the smoothing sum by
+//               shuffles, then the gradient from registers.  Reads z once, writes g once.
+// xent_kernel2  C > 128: a team per row, a warp for C <= 1024 (8 rows per block), the
+//               block above.  Pass 1 reads the row with 128-bit loads, two in flight per
+//               thread (a scalar head aligns the row to 16 bytes first, so C = 50257
+//               vectorises) and folds it into online statistics (Milakov & Gimelshein
+//               2018, arXiv:1805.02867) with the -inf guard (see common.cuh), then
+//               shuffles and, for a block, the warps' partials merged in warp order
+//               (deterministic).  Pass 2 rereads the row and writes g with 128-bit stores.
+// xent_prob_kernel1 / xent_prob_kernel2: the same two shapes for probability targets.
+// Tried and dropped (see softmax.cu): 1024- and 256-element rows in registers (80-208
+// registers for every path of an entry), and compile-time variants of the lane count,
+// the team and the smoothing (~60 s of compilation for this file, now ~9 s); those are
+// launch-uniform branches now.
+//
+// Which entry uses what: xent_fused, xent_fwd and xent_prob all take kernel1 for
+// C <= 128, kernel2 with a warp per row for 128 < C <= 1024 and kernel2 with a block per
+// row above; xent_fwd is the GRAD = false instance (no pass 2), xent_prob with g = NULL
+// too.  The smoothing sum is accumulated only when eps != 0.  The true-class gradient is
+// written by the thread that read z_y, after its generic store of that element.
+//
+// Napkin math (bytes per row, S = sizeof(T)):
+//   kernel1 fused: C*S in + C*S out (the minimum) + 8 (y) + 8 (loss).
+//   kernel2 fused: 2 reads + 1 write = 3*C*S from the SMs' view, close to 2*C*S in DRAM
+//   (the reread hits L1 for a warp's row, mostly L2 for a block's: a 32000-class
+//   float32 row is 128 KB) + 16.  xent_fwd: C*S + 16 on both paths.
+//   N = 4096, C = 32000, float32 (Llama-ish vocab slice): 524 MB of logits, fused moves
+//   1.05-1.57 GB = 0.31-0.47 ms at ~3.35 TB/s (H100 SXM); forward only 0.16 ms.
+//   prob targets add C*S (q) per pass that reads it (2 reads with a gradient).
+//
+// Math (class-index targets; as fastsoftmax/_numba/kernels.py and reference.py)
+// ---------------------------------------------------------------------------
+// With weight w (all 1 when NULL), smoothing eps, C classes, m = max_c z_c,
+// t_c = z_c - m, s = sum_c exp(t_c) (kept as (k, d), so log s = log(k) + log1p(d/k)) and
+// log p_c = t_c - log s, the smoothed weighted target is
+//   Q_c = w_c ((1-eps) [c == y] + eps/C), so
+//   loss  = -sum_c Q_c log p_c
+//         = (1-eps) w_y (log s - t_y) + (eps/C) sum_c w_c (log s - t_c)
+//         = a log s - (1-eps) w_y t_y + (eps/C) sum_c w_c (m - z_c),
+//   a     = (1-eps) w_y + (eps/C) W,   W = sum_c w_c (the host's `wsum`),
+//   dloss/dz_c = a p_c - (1-eps) w_y [c == y] - (eps/C) w_c.
+// Computed as:  loss = coef_y (log s - t_y) + (eps/C)(W log s + smooth), coef_y =
+// (1-eps) w_y, smooth = sum_{w_c != 0} w_c (m - z_c) -- a sum of non-negative numbers
+// (no cancellation at logits of 1e4), in the sum type (double for float32 and float64:
+// m - z_c of +-3e38 is finite in double; float for float16); each part is skipped when
+// its coefficient is exactly 0 (0 * log 0 = 0).
+// t_y = z_y - m is formed in double (finite at +-3e38).  Row scalars are all double.
+// Gradient: g_c = scale (e_c * a/s - (eps/C) w_c), e_c = exp(t_c), with a/s rounded to
+// the compute type once; at the target
+//   g_y = scale (coef_y (p_y - 1) + (eps/C)(W p_y - w_y)),  p_y - 1 = -(s - e_y)/s,
+// where s - e_y = (k - 1) + d when e_y is one of the k exact ones: the float32 product
+// e_y * (1/s) - 1 would be 0 for a confident row (1 - p_y ~ 1e-11).  float16 forms all
+// of it in float32/double and rounds once on the store.
+// Rows: y == ignore_index -> loss 0, g row 0 (whatever the logits, NaN included);
+// y outside [0, C) -> err, loss NaN, g row NaN; all -inf row -> loss and g NaN (0/0);
+// a NaN or +inf logit -> loss and g NaN for that row only.
+//
+// Probability targets: wq_c = w_c ((1-eps) q_c + eps/C) (formed in the compute type as
+// the CPU backends do), a = sum_c wq_c, lin = sum_{wq_c != 0} wq_c (m - z_c):
+//   loss = a log s + lin,   g_c = scale (e_c a/s - wq_c).
+// A zero coefficient contributes 0 even where log p_c = -inf.
+
+#ifndef FASTSOFTMAX_COMMON_CUH
+#include "common.cuh"
+#endif
+
+namespace fs {
+
+template <class T> struct XentArgs {
+  typedef typename Traits<T>::cmp cmp;
+  const T* z;
+  const long long* y;  // class indices (index targets)
+  const T* q;          // probabilities (prob targets)
+  const cmp* w;        // NULL: all weights 1
+  double wsum;
+  long long ignore;
+  double eps;
+  double scale;
+  double* loss;
+  T* g;  // NULL: forward only
+  long long* err;
+  long long N, C;
+};
+
+// scale * dloss/dz_y in double (see the header).  e_y = exp(z_y - m) in the compute type.
+__device__ __forceinline__ double true_class_grad(double e_y, double k, double d,
+                                                  double coef_y, double eps_c, double wsum,
+                                                  double w_y, double scale) {
+  const double inv_s = 1.0 / (k + d);
+  const double rest = (e_y == 1.0) ? ((k - 1.0) + d) : ((k + d) - e_y);
+  return scale * (-coef_y * (rest * inv_s) + eps_c * (wsum * (e_y * inv_s) - w_y));
+}
+
+// Per-row loss of the index targets (see the header), in double.
+__device__ __forceinline__ double index_row_loss(double logs, double ty, double coef_y,
+                                                 double eps_c, double wsum, double smooth) {
+  const double row = coef_y != 0.0 ? coef_y * (logs - ty) : 0.0;
+  return row + (eps_c != 0.0 ? eps_c * (wsum * logs + smooth) : 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// xent_kernel1: class-index targets, G lanes per row, kLaneElems per lane in registers
+// ---------------------------------------------------------------------------------------
+template <class T, bool GRAD>
+__device__ void xent_kernel1(const XentArgs<T>& a) {
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  constexpr int E = kLaneElems;
+  const long long C = a.C;
+  const int G = small_group(C);
+  const int gl = lane_id() & (G - 1);
+  const unsigned mask = group_mask(G);
+  const long long groups_per_block = blockDim.x / G;
+  const long long stride = (long long)gridDim.x * groups_per_block;
+  const double eps_c = a.eps / (double)C;
+  const bool lin = a.eps != 0.0;
+  for (long long row = (long long)blockIdx.x * groups_per_block + threadIdx.x / G; row < a.N;
+       row += stride) {
+    const long long yi = a.y[row];
+    T* gr = GRAD ? a.g + row * C : nullptr;
+    const bool ignored = yi == a.ignore;
+    if (ignored || yi < 0 || yi >= C) {  // group-uniform
+      const cmp fill = ignored ? cmp(0) : Num<cmp>::nan();
+      if (gl == 0) {
+        a.loss[row] = ignored ? 0.0 : Num<double>::nan();
+        if (!ignored) atomicMin(a.err, row);
+      }
+      if (GRAD)
+        for (long long j = gl; j < C; j += G) Traits<T>::store(gr + j, fill);
+      continue;
+    }
+    const T* zr = a.z + row * C;
+    const int y = (int)yi;  // 0 <= y < C <= kRegCMax: kernel1 indexes a row with ints
+    const int c = (int)C;
+    cmp v[E];
+    cmp m = -Num<cmp>::inf();
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      const int j = gl + G * i;
+      if (j < c) {
+        v[i] = Traits<T>::load(zr + j);
+        m = v[i] > m ? v[i] : m;
+      }
+    }
+    m = group_max(m, mask, G);
+    acc k = acc(0), d = acc(0), smooth = acc(0);
+    cmp zy = cmp(0);  // z_y, on the lane that holds it
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      const int j = gl + G * i;
+      if (j < c) {
+        if (j == y) zy = v[i];
+        if (lin) {
+          const acc cw = a.w ? acc(a.w[j]) : acc(1);
+          if (cw != acc(0)) smooth += cw * (acc(m) - acc(v[i]));
+        }
+        const cmp e = add_term(k, d, v[i], m);
+        if (GRAD) v[i] = e;
+      }
+    }
+    k = group_sum(k, mask, G);
+    d = group_sum(d, mask, G);
+    if (lin) smooth = group_sum(smooth, mask, G);
+    zy = __shfl_sync(mask, zy, y % G, G);
+    poison_nonfinite(m, d);
+    const double kk = (double)k, dd = (double)d;
+    const double w_y = a.w ? (double)a.w[y] : 1.0;
+    const double coef_y = (1.0 - a.eps) * w_y;
+    if (GRAD) {  // first, so that v[] is dead before the log below needs its registers
+      const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / (kk + dd));
+      const cmp gb = cmp(a.scale * eps_c);
+      cmp ey = cmp(0);
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        const int j = gl + G * i;
+        if (j < c) {
+          if (j == y) ey = v[i];
+          Traits<T>::store(gr + j, v[i] * ga - gb * (a.w ? a.w[j] : cmp(1)));
+        }
+      }
+      if (gl == y % G)  // the lane that holds z_y overwrites its own store
+        Traits<T>::store(gr + y, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
+                                                     a.wsum, w_y, a.scale)));
+    }
+    if (gl == 0)
+      a.loss[row] = index_row_loss(log_kd(kk, dd), (double)zy - (double)m, coef_y, eps_c,
+                                   a.wsum, (double)smooth);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// xent_kernel2: class-index targets, a team (warp or block) per row, online statistics
+// ---------------------------------------------------------------------------------------
+// Per-element work of the kernel2 passes: functors, not lambdas (NVRTC compiles an
+// unannotated lambda as host code; annotating it needs nvcc's --extended-lambda).
+template <class T> struct XentStats {  // pass 1, class-index targets
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  RowStats<cmp, acc>& s;
+  const cmp* w;
+  bool lin;  // accumulate the smoothing sum (eps != 0)
+  template <int N>
+  __device__ __forceinline__ void operator()(long long j, const cmp* v, Int<N>) const {
+#pragma unroll
+    for (int i = 0; i < N; ++i) push(s, v[i], (lin && w) ? acc(w[j + i]) : acc(1), lin);
+  }
+};
+
+template <class T> struct XentGrad {  // pass 2, class-index targets
+  typedef typename Traits<T>::cmp cmp;
+  T* gr;
+  const cmp* w;
+  cmp m, ga, gb;  // g_c = exp(z_c - m) ga - gb w_c
+  long long y;
+  bool vec_ok;
+  bool& owner;  // set by the thread that meets z_y, with e_y
+  cmp& ey;
+  template <int N>
+  __device__ __forceinline__ void operator()(long long j, const cmp* v, Int<N> n) const {
+    cmp o[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const cmp e = fs_exp(v[i] - m);
+      o[i] = e * ga - gb * (w ? w[j + i] : cmp(1));
+      if (j + i == y) {
+        owner = true;
+        ey = e;
+      }
+    }
+    store_n(gr, j, o, n, vec_ok);
+  }
+};
+
+template <class T, bool GRAD>
+__device__ void xent_kernel2(const XentArgs<T>& a) {
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  const long long C = a.C;
+  const Team team(C > kSmallCMax);
+  const long long t = team.t, nt = team.nt;
+  const double eps_c = a.eps / (double)C;
+  const bool lin = a.eps != 0.0;
+  const bool g_vec = GRAD && congruent16(a.z, a.g);
+  const cmp* w = a.w;
+  for (long long row = team.first; row < a.N; row += team.stride) {
+    const long long yi = a.y[row];
+    T* gr = GRAD ? a.g + row * C : nullptr;
+    const bool ignored = yi == a.ignore;
+    if (ignored || yi < 0 || yi >= C) {  // team-uniform
+      if (t == 0) {
+        a.loss[row] = ignored ? 0.0 : Num<double>::nan();
+        if (!ignored) atomicMin(a.err, row);
+      }
+      if (GRAD) fill_row(gr, C, t, nt, ignored ? cmp(0) : Num<cmp>::nan());
+      continue;
+    }
+    const T* zr = a.z + row * C;
+    cmp zy = cmp(0);
+    if (t == 0) zy = Traits<T>::load(zr + yi);  // read before the team's barrier
+    RowStats<cmp, acc> s;
+    s.init();
+    for_each_in_row(zr, C, t, nt, XentStats<T>{s, w, lin});
+    s = team.merge(s);  // every read of pass 1 is done after this
+    poison_nonfinite(s.m, s.d);
+    const double kk = (double)s.k, dd = (double)s.d, ss = kk + dd;
+    const double w_y = w ? (double)w[yi] : 1.0;
+    const double coef_y = (1.0 - a.eps) * w_y;
+    if (GRAD) {
+      bool owner = false;
+      cmp ey = cmp(0);
+      const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
+      const cmp gb = cmp(a.scale * eps_c);
+      for_each_in_row(zr, C, t, nt, XentGrad<T>{gr, w, s.m, ga, gb, yi, g_vec, owner, ey});
+      if (owner)  // the thread that read z_y in this pass overwrites its own store
+        Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
+                                                      a.wsum, w_y, a.scale)));
+    }
+    if (t == 0)
+      a.loss[row] = index_row_loss(log_kd(kk, dd), (double)zy - (double)s.m, coef_y, eps_c,
+                                   a.wsum, (double)s.lin);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Probability targets
+// ---------------------------------------------------------------------------------------
+// wq_c = w_c ((1-eps) q_c + eps/C) in the compute type (keep = 1-eps, epsc = eps/C rounded
+// to it once, as the CPU backends do).
+template <class Cmp>
+__device__ __forceinline__ Cmp prob_coef(const Cmp* w, long long j, Cmp q, Cmp keep,
+                                         Cmp epsc) {
+  const Cmp c = keep * q + epsc;
+  return w ? w[j] * c : c;
+}
+
+template <class T, bool GRAD>
+__device__ void xent_prob_kernel1(const XentArgs<T>& a) {
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  constexpr int E = kLaneElems;
+  const long long C = a.C;
+  const int G = small_group(C);
+  const int gl = lane_id() & (G - 1);
+  const unsigned mask = group_mask(G);
+  const long long groups_per_block = blockDim.x / G;
+  const long long stride = (long long)gridDim.x * groups_per_block;
+  const cmp keep = cmp(1.0 - a.eps), epsc = cmp(a.eps / (double)C);
+  for (long long row = (long long)blockIdx.x * groups_per_block + threadIdx.x / G; row < a.N;
+       row += stride) {
+    const T* zr = a.z + row * C;
+    const T* qr = a.q + row * C;
+    const int c = (int)C;  // <= kRegCMax
+    cmp v[E], wq[E];
+    cmp m = -Num<cmp>::inf();
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      const int j = gl + G * i;
+      if (j < c) {
+        v[i] = Traits<T>::load(zr + j);
+        wq[i] = prob_coef(a.w, j, Traits<T>::load(qr + j), keep, epsc);
+        m = v[i] > m ? v[i] : m;
+      }
+    }
+    m = group_max(m, mask, G);
+    acc k = acc(0), d = acc(0), asum = acc(0), lin = acc(0);
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      if (gl + G * i < c) {
+        const acc cq = acc(wq[i]);
+        if (cq != acc(0)) {
+          asum += cq;
+          lin += cq * (acc(m) - acc(v[i]));
+        }
+        const cmp e = add_term(k, d, v[i], m);
+        if (GRAD) v[i] = e;
+      }
+    }
+    k = group_sum(k, mask, G);
+    d = group_sum(d, mask, G);
+    asum = group_sum(asum, mask, G);
+    lin = group_sum(lin, mask, G);
+    poison_nonfinite(m, d);
+    const double kk = (double)k, dd = (double)d;
+    if (GRAD) {  // before the log (registers)
+      T* gr = a.g + row * C;
+      const cmp ga = cmp(a.scale * (double)asum / (kk + dd));
+      const cmp gs = cmp(a.scale);
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        const int j = gl + G * i;
+        if (j < c) Traits<T>::store(gr + j, v[i] * ga - gs * wq[i]);
+      }
+    }
+    if (gl == 0) a.loss[row] = (double)asum * log_kd(kk, dd) + (double)lin;
+  }
+}
+
+template <class T> struct ProbStats {  // pass 1, probability targets
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  RowStats<cmp, acc>& s;
+  const T* qr;
+  const cmp* w;
+  cmp keep, epsc;
+  bool q_vec;
+  template <int N>
+  __device__ __forceinline__ void operator()(long long j, const cmp* v, Int<N> n) const {
+    cmp q[N];
+    load_n(qr, j, q, n, q_vec);
+#pragma unroll
+    for (int i = 0; i < N; ++i) push(s, v[i], acc(prob_coef(w, j + i, q[i], keep, epsc)), true);
+  }
+};
+
+template <class T> struct ProbGrad {  // pass 2, probability targets
+  typedef typename Traits<T>::cmp cmp;
+  T* gr;
+  const T* qr;
+  const cmp* w;
+  cmp m, ga, gs, keep, epsc;  // g_c = exp(z_c - m) ga - gs wq_c
+  bool q_vec, g_vec;
+  template <int N>
+  __device__ __forceinline__ void operator()(long long j, const cmp* v, Int<N> n) const {
+    cmp q[N], o[N];
+    load_n(qr, j, q, n, q_vec);
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      o[i] = fs_exp(v[i] - m) * ga - gs * prob_coef(w, j + i, q[i], keep, epsc);
+    store_n(gr, j, o, n, g_vec);
+  }
+};
+
+template <class T, bool GRAD>
+__device__ void xent_prob_kernel2(const XentArgs<T>& a) {
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  const long long C = a.C;
+  const Team team(C > kSmallCMax);
+  const long long t = team.t, nt = team.nt;
+  const cmp keep = cmp(1.0 - a.eps), epsc = cmp(a.eps / (double)C);
+  const bool q_vec = congruent16(a.z, a.q);
+  const bool g_vec = GRAD && congruent16(a.z, a.g);
+  const cmp* w = a.w;
+  for (long long row = team.first; row < a.N; row += team.stride) {
+    const T* zr = a.z + row * C;
+    const T* qr = a.q + row * C;
+    RowStats<cmp, acc> s;
+    s.init();
+    for_each_in_row(zr, C, t, nt, ProbStats<T>{s, qr, w, keep, epsc, q_vec});
+    s = team.merge(s);
+    poison_nonfinite(s.m, s.d);
+    const double kk = (double)s.k, dd = (double)s.d;
+    if (GRAD) {
+      const cmp ga = cmp(a.scale * (double)s.wsum / (kk + dd));
+      for_each_in_row(zr, C, t, nt,
+                      ProbGrad<T>{a.g + row * C, qr, w, s.m, ga, cmp(a.scale), keep, epsc,
+                                  q_vec, g_vec});
+    }
+    if (t == 0) a.loss[row] = (double)s.wsum * log_kd(kk, dd) + (double)s.lin;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch: one entry per op and dtype, the path chosen by C
+// ---------------------------------------------------------------------------------------
+template <class T, bool GRAD>
+__device__ __forceinline__ void xent_index_entry(const XentArgs<T>& a) {
+  check_launch();
+  if (a.C <= kRegCMax)
+    xent_kernel1<T, GRAD>(a);
+  else
+    xent_kernel2<T, GRAD>(a);
+}
+
+template <class T>
+__device__ __forceinline__ void xent_prob_entry(const XentArgs<T>& a) {
+  check_launch();
+  if (a.g) {
+    if (a.C <= kRegCMax)
+      xent_prob_kernel1<T, true>(a);
+    else
+      xent_prob_kernel2<T, true>(a);
+  } else {
+    if (a.C <= kRegCMax)
+      xent_prob_kernel1<T, false>(a);
+    else
+      xent_prob_kernel2<T, false>(a);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ XentArgs<T> index_args(const T* z, const long long* y,
+                                                  const typename Traits<T>::cmp* w,
+                                                  double wsum, long long ignore, double eps,
+                                                  double scale, double* loss, T* g,
+                                                  long long* err, long long N, long long C) {
+  XentArgs<T> a;
+  a.z = z;
+  a.y = y;
+  a.q = nullptr;
+  a.w = w;
+  a.wsum = wsum;
+  a.ignore = ignore;
+  a.eps = eps;
+  a.scale = scale;
+  a.loss = loss;
+  a.g = g;
+  a.err = err;
+  a.N = N;
+  a.C = C;
+  return a;
+}
+
+}  // namespace fs
+
+#define FS_XENT_ENTRIES(T, W, DT)                                                          \
+  extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks) xent_fused_##DT(                \
+      const T* z, const long long* y, const W* w, double wsum, long long ignore_index,     \
+      double eps, double scale, double* loss, T* g, long long* err, long long N,           \
+      long long C) {                                                                       \
+    fs::xent_index_entry<T, true>(                                                         \
+        fs::index_args<T>(z, y, w, wsum, ignore_index, eps, scale, loss, g, err, N, C));   \
+  }                                                                                        \
+  extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks) xent_fwd_##DT(                  \
+      const T* z, const long long* y, const W* w, double wsum, long long ignore_index,     \
+      double eps, double scale, double* loss, long long* err, long long N, long long C) {  \
+    fs::xent_index_entry<T, false>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,    \
+                                                     scale, loss, nullptr, err, N, C));    \
+  }                                                                                        \
+  extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks)                                 \
+      xent_prob_##DT(const T* z, const T* q, const W* w, double eps, double scale,         \
+                     double* loss, T* g, long long N, long long C) {                       \
+    fs::XentArgs<T> a = fs::index_args<T>(z, nullptr, w, 0.0, 0, eps, scale, loss, g,      \
+                                          nullptr, N, C);                                  \
+    a.q = q;                                                                               \
+    fs::xent_prob_entry<T>(a);                                                             \
+  }
+
+FS_XENT_ENTRIES(float, float, float32)
+FS_XENT_ENTRIES(double, double, float64)
+FS_XENT_ENTRIES(fs::half_t, float, float16)
+
+#undef FS_XENT_ENTRIES

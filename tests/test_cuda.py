@@ -1,0 +1,195 @@
+"""The CUDA backend.  Without CuPy or a GPU only the parts that need neither run (the
+kernels shipped in the wheel, the loader's lookups, the launch rule and the argument
+checks); the parity tests skip with the reason."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TOLERANCES
+
+from fastsoftmax._cupy import _loader
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_FILES = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
+
+
+def _gpu_reason() -> str | None:
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (pip install 'fastsoftmax[cuda]')"
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA GPU"
+    except Exception as err:  # no driver
+        return f"no usable CUDA GPU: {err}"
+    return None
+
+
+GPU = pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))
+
+
+# ------------------------------------------------------------- no GPU needed
+def test_every_kernel_file_is_in_the_wheel(tmp_path):
+    assert KERNEL_FILES, "kernels/ holds no .cu file"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("fastsoftmax-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in KERNEL_FILES:
+        assert f"fastsoftmax/_kernels/{name}" in names, name
+
+
+def test_loader_reads_the_shipped_sources():
+    sources = _loader.kernel_sources()
+    assert sorted(sources) == KERNEL_FILES
+    for name, text in sources.items():
+        assert text == (ROOT / "kernels" / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_every_entry_point_the_loader_looks_up_is_exported(tmp_path):
+    """Compile each file to PTX (as CI does for sm_80 and sm_90) and find every
+    f"{op}_{dtype}" symbol the loader asks for among its extern "C" entries."""
+    for file in sorted(set(_loader.FILES.values())):
+        ptx = tmp_path / f"{file}.ptx"
+        done = subprocess.run(
+            ["nvcc", "-std=c++17", "-arch=sm_80", "--ptx", "-o", str(ptx),
+             str(ROOT / "kernels" / file)],
+            capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx.read_text()))
+        for op, f in _loader.FILES.items():
+            if f == file:
+                for dt in _loader.DTYPES:
+                    assert _loader.kernel_name(op, dt) in entries, (file, op, dt)
+
+
+def test_kernel_names_by_dtype():
+    assert _loader.kernel_name("xent_fused", np.float32) == "xent_fused_float32"
+    assert _loader.kernel_name("softmax", "float16") == "softmax_float16"
+    with pytest.raises(TypeError, match="int32"):
+        _loader.kernel_name("softmax", np.int32)
+    with pytest.raises(ValueError, match="no CUDA kernel"):
+        _loader.kernel_name("bogus", np.float32)
+
+
+@pytest.mark.parametrize(
+    ("c", "rows"), [(1, 256), (4, 256), (5, 128), (10, 64), (16, 64), (17, 32), (100, 8),
+                    (128, 8), (129, 8), (1024, 8), (1025, 1), (256000, 1)]
+)  # fmt: skip
+def test_launch_rule_gives_each_row_a_team(c, rows):
+    """kernels/README.md: a group of G = pow2ceil(ceil(C/4)) lanes per row up to C = 128
+    (256 // G rows per block), a warp per row up to 1024, a block per row above."""
+    assert _loader.rows_per_block(c) == rows
+    for n in (1, rows, rows + 1, 10**6):
+        (blocks, y, z) = _loader.grid_for(n, c)
+        assert (y, z) == (1, 1)
+        assert (blocks - 1) * rows < n <= blocks * rows
+    assert _loader.grid_for(2**40, c)[0] == 2**31 - 1  # capped: the kernels are grid-stride
+
+
+def test_argument_checks_refuse_what_a_raw_kernel_would_misread():
+    """RawKernel takes a raw pointer: a float64 array passed as float*, or a strided view,
+    would give wrong numbers silently.  NumPy arrays stand in for CuPy ones (the check
+    reads only dtype, shape and strides)."""
+    x = np.zeros((4, 6), np.float32)
+    _loader.check_device_array(x, "x", np.float32, (4, 6))
+    with pytest.raises(TypeError, match=r"x must be float32.*float64"):
+        _loader.check_device_array(x.astype(np.float64), "x", np.float32, (4, 6))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _loader.check_device_array(x[:, ::2], "x", np.float32, (4, 3))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _loader.check_device_array(np.zeros((6, 4), np.float32).T, "x", np.float32, (4, 6))
+    with pytest.raises(ValueError, match="shape"):
+        _loader.check_device_array(x, "x", np.float32, (4, 7))
+    # a single row or column has no stride to get wrong
+    _loader.check_device_array(np.zeros((1, 6), np.float32)[:, :], "x", np.float32, (1, 6))
+
+
+def test_cupy_backend_missing_names_the_extra():
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed")
+    import fastsoftmax as fs
+    from fastsoftmax._backends import load
+
+    with pytest.raises(fs.BackendUnavailableError, match=r"fastsoftmax\[cuda\]"):
+        load("cupy")
+    assert "cupy" not in fs.available_backends()
+
+
+# ------------------------------------------------------------- on a GPU
+@GPU
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize(
+    "shape", [(0, 7), (1, 1), (1, 2), (3, 423), (60000, 10), (257, 1000), (8, 50257), (2, 128256)]
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cupy_parity_with_reference(dtype, shape, reduction, smoothing):
+    import cupy as cp
+
+    import fastsoftmax as fs
+
+    rng = np.random.default_rng(0)
+    n, c = shape
+    z = (rng.standard_normal(shape) * 3).astype(dtype)
+    y = rng.integers(0, c, n) if c else np.zeros(n, np.int64)
+    if n > 2:
+        y[1] = -100  # ignored row
+    opts = dict(reduction=reduction, label_smoothing=smoothing)
+    loss, grad = fs.cross_entropy_with_grad(cp.asarray(z), cp.asarray(y), **opts)
+    ref_loss, ref_grad = fs.cross_entropy_with_grad(z, y, backend="numpy", **opts)
+    tol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(cp.asnumpy(loss), ref_loss, **tol)
+    np.testing.assert_allclose(cp.asnumpy(grad), ref_grad, **tol)
+    for op in ("softmax", "log_softmax", "logsumexp"):
+        np.testing.assert_allclose(
+            cp.asnumpy(getattr(fs, op)(cp.asarray(z))), getattr(fs, op)(z, backend="numpy"), **tol
+        )
+
+
+@GPU
+def test_cupy_bad_target_raises_like_the_cpu():
+    import cupy as cp
+
+    import fastsoftmax as fs
+
+    z = cp.zeros((20, 10), cp.float32)
+    y = cp.arange(20) % 10
+    y[17] = 12
+    with pytest.raises(ValueError, match=r"target\[17\] = 12 is out of range for 10 classes"):
+        fs.cross_entropy_with_grad(z, y)
+
+
+@GPU
+def test_cupy_extremes_and_inplace():
+    import cupy as cp
+
+    import fastsoftmax as fs
+
+    z = np.array([[1e4, -1e4, 0.0], [3e38, -3e38, 0], [-np.inf, 0, 1], [np.nan, 0, 1]], np.float32)
+    y = np.array([0, 1, 2, 0])
+    loss, grad = fs.cross_entropy_with_grad(cp.asarray(z), cp.asarray(y), reduction="none")
+    rl, rg = fs.cross_entropy_with_grad(z, y, reduction="none", backend="numpy")
+    np.testing.assert_allclose(cp.asnumpy(loss), rl, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(cp.asnumpy(grad), rg, rtol=1e-6, atol=1e-7, equal_nan=True)
+    zd = cp.asarray(z[:3])
+    _, g = fs.cross_entropy_with_grad(zd, cp.asarray(y[:3]), inplace=True)
+    assert g is zd
+    _, rg3 = fs.cross_entropy_with_grad(z[:3], y[:3], backend="numpy")
+    np.testing.assert_allclose(cp.asnumpy(zd), rg3, rtol=1e-6, atol=1e-7)

@@ -569,6 +569,24 @@ __device__ __forceinline__ void fill_row(T* row, long long C, long long t, long 
   for (long long j = sp.tail + t; j < C; j += nt) Traits<T>::store(row + j, v);
 }
 
+// kernel1's row load: elements j = gl + G*i (i < E, j < c) of the row into v[i] in the
+// compute type; returns the row's max over the group (-inf for lanes past the row).
+template <class T, int E>
+__device__ __forceinline__ typename Traits<T>::cmp load_row_max(
+    const T* xr, int c, int gl, int G, unsigned mask, typename Traits<T>::cmp (&v)[E]) {
+  typedef typename Traits<T>::cmp cmp;
+  cmp m = -Num<cmp>::inf();
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    const int j = gl + G * i;
+    if (j < c) {
+      v[i] = Traits<T>::load(xr + j);
+      m = v[i] > m ? v[i] : m;
+    }
+  }
+  return group_max(m, mask, G);
+}
+
 }  // namespace fs
 
 #endif  // FASTSOFTMAX_COMMON_CUH

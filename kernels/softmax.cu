@@ -85,16 +85,7 @@ __device__ void softmax_kernel1(const T* x, T* out, long long N, long long C) {
     const T* xr = x + row * C;
     const int c = (int)C;  // <= kRegCMax: kernel1 indexes a row with ints
     cmp v[E];
-    cmp m = -Num<cmp>::inf();
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      const int j = gl + G * i;
-      if (j < c) {
-        v[i] = Traits<T>::load(xr + j);
-        m = v[i] > m ? v[i] : m;
-      }
-    }
-    m = group_max(m, mask, G);
+    const cmp m = load_row_max<T, E>(xr, c, gl, G, mask, v);
     acc k = acc(0), d = acc(0);
 #pragma unroll
     for (int i = 0; i < E; ++i) {

@@ -170,16 +170,7 @@ __device__ void xent_kernel1(const XentArgs<T>& a) {
     const int y = (int)yi;  // 0 <= y < C <= kRegCMax: kernel1 indexes a row with ints
     const int c = (int)C;
     cmp v[E];
-    cmp m = -Num<cmp>::inf();
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      const int j = gl + G * i;
-      if (j < c) {
-        v[i] = Traits<T>::load(zr + j);
-        m = v[i] > m ? v[i] : m;
-      }
-    }
-    m = group_max(m, mask, G);
+    const cmp m = load_row_max<T, E>(zr, c, gl, G, mask, v);
     acc k = acc(0), d = acc(0), smooth = acc(0);
     cmp zy = cmp(0);  // z_y, on the lane that holds it
 #pragma unroll

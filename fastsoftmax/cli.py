@@ -278,7 +278,7 @@ def evaluate(args: argparse.Namespace) -> int:
     trained_on = meta.get("dataset")
     if trained_on and trained_on != args.dataset:
         print(f"note: {args.model} was trained on {trained_on}", file=sys.stderr)
-    logits = model.decision_function(x) if len(model.classes_) > 2 else model._logits(x)
+    logits = model._logits(x)  # all C logits, also for two classes
     idx = np.searchsorted(model.classes_, y)
     pred = model.classes_[np.argmax(logits, axis=1)]
     loss = cross_entropy(logits, np.clip(idx, 0, len(model.classes_) - 1))
@@ -297,7 +297,12 @@ def predict(args: argparse.Namespace) -> int:
     from .train.model_file import ModelFileError, load_model
 
     model, _ = load_model(args.model)
-    x = data.read_images(args.images)
+    blocks, names = [], []  # each file read once; one name per image
+    for path in args.images:
+        images = data.read_images([path])
+        blocks.append(images)
+        names += [f"{path}[{i}]" for i in range(len(images))] if _is_idx(path) else [path]
+    x = np.concatenate(blocks)
     if x.shape[1] != model.n_features_in_:
         raise ModelFileError(
             f"{args.model}: the model takes {model.n_features_in_} features per image, "
@@ -305,22 +310,9 @@ def predict(args: argparse.Namespace) -> int:
         )
     proba = model.predict_proba(x)
     labels = model.classes_[np.argmax(proba, axis=1)]
-    names = _image_names(args.images, len(x))
     for name, label, p in zip(names, labels, proba.max(axis=1), strict=True):
         print(f"{name}\t{label}\t{p:.4f}")
     return 0
-
-
-def _image_names(paths: Sequence[str], n: int) -> list[str]:
-    """One name per image: the PNG's path, or path[i] for images of an IDX file."""
-    names: list[str] = []
-    for p in paths:
-        try:
-            count = len(data.read_images([p]))
-        except ValueError:
-            count = 1
-        names += [p] if count == 1 and not _is_idx(p) else [f"{p}[{i}]" for i in range(count)]
-    return names[:n]
 
 
 def _is_idx(path: str) -> bool:

@@ -309,9 +309,7 @@ class SoftmaxRegression:
         y = _as_labels(y, X.shape[0])
         warm = self.warm_start and hasattr(self, "_state")
         if warm:
-            if X.shape[1] != self.n_features_in_:
-                self._feature_count_error(X)
-            y_idx = self._encode(y)
+            y_idx = self._begin(X, y, None, "")
             self._state.order = None  # a new fit starts a new epoch
             until = self._state.epoch + self.max_epochs
         else:
@@ -332,23 +330,15 @@ class SoftmaxRegression:
         self._validate_params()
         X = _as_2d_features(X)
         y = _as_labels(y, X.shape[0])
-        if not hasattr(self, "_state"):
-            labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
-            if len(labels) < 2:
-                raise ValueError(
-                    "partial_fit needs at least 2 classes: pass classes= on the first call"
-                )
-            _encode_labels(labels, y)  # a bad label must not leave a half-fitted model
-            self._init(labels, X)
-        else:
-            if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-                raise ValueError(
-                    f"classes={classes!r} differs from the classes of the first partial_fit "
-                    f"call: {self.classes_!r}"
-                )
-            if X.shape[1] != self.n_features_in_:
-                self._feature_count_error(X)
-        y_idx = self._encode(y)
+        fitted = hasattr(self, "_state")
+        if fitted and classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(
+                f"classes={classes!r} differs from the classes of the first partial_fit "
+                f"call: {self.classes_!r}"
+            )
+        y_idx = self._begin(
+            X, y, classes, "partial_fit needs at least 2 classes: pass classes= on the first call"
+        )
         self._state.order = None
         self._train(X, y_idx, self._state.epoch + 1)
         return self
@@ -377,14 +367,7 @@ class SoftmaxRegression:
         self._validate_params()
         X = _as_2d_features(X)
         y = _as_labels(y, X.shape[0])
-        if not hasattr(self, "_state"):
-            labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
-            if len(labels) < 2:
-                raise ValueError("training needs at least 2 classes")
-            _encode_labels(labels, y)
-            self._init(labels, X)
-        elif X.shape[1] != self.n_features_in_:
-            self._feature_count_error(X)
+        y_idx = self._begin(X, y, classes, "training needs at least 2 classes")
         if self._state.order is not None and len(self._state.order) != X.shape[0]:
             raise ValueError(
                 f"the stopped epoch ran over {len(self._state.order)} rows, but X has "
@@ -392,12 +375,27 @@ class SoftmaxRegression:
             )
         return self._train(
             X,
-            self._encode(y),
+            y_idx,
             int(epochs),
             on_progress=on_progress,
             on_epoch_end=on_epoch_end,
             should_stop=should_stop,
         )
+
+    def _begin(self, X: np.ndarray, y: np.ndarray, classes, too_few: str) -> np.ndarray:
+        """y as class indices (n,) int64.  On the first call this fixes the classes
+        (`classes`, or those in y) and starts from zero weights; later calls check X's
+        width.  A label outside the classes raises before anything is changed."""
+        if hasattr(self, "_state"):
+            if X.shape[1] != self.n_features_in_:
+                self._feature_count_error(X)
+            return self._encode(y)
+        labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+        if len(labels) < 2:
+            raise ValueError(too_few)
+        y_idx = _encode_labels(labels, y)  # before _init: a bad label leaves it unfitted
+        self._init(labels, X)
+        return y_idx
 
     def _init(self, classes: np.ndarray, X: np.ndarray) -> None:
         self.classes_ = classes

@@ -17,22 +17,15 @@ import pytest
 from conftest import TOLERANCES
 
 from fastsoftmax._cupy import _loader
+from fastsoftmax.implementations import get
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_FILES = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
 
 
 def _gpu_reason() -> str | None:
-    if importlib.util.find_spec("cupy") is None:
-        return "CuPy is not installed (pip install 'fastsoftmax[cuda]')"
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA GPU"
-    except Exception as err:  # no driver
-        return f"no usable CUDA GPU: {err}"
-    return None
+    # the implementations table already knows whether CuPy can use a GPU here
+    return get("cupy-reference").unavailable()
 
 
 GPU = pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))

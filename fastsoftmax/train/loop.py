@@ -6,6 +6,7 @@ that can be saved mid-epoch and resumed to the same result as an uninterrupted r
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,22 +59,19 @@ class TrainState:
 
 def resolve_step_backend(backend: str) -> str:
     """'auto' -> 'numba' when importable, else 'numpy'; unknown or missing -> error."""
-    if backend == "auto":
-        try:
-            import numba
-        except ImportError:
-            return "numpy"
-        return "numba"
-    if backend not in STEP_BACKENDS:
+    if backend != "auto" and backend not in STEP_BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {STEP_BACKENDS}, got {backend!r}")
-    if backend == "numba":
-        try:
-            import numba  # noqa: F401
-        except ImportError as err:
-            raise BackendUnavailableError(
-                "backend 'numba' needs numba: pip install 'fastsoftmax[numba]'"
-            ) from err
-    return backend
+    if backend == "numpy":
+        return backend
+    try:
+        import numba  # noqa: F401
+    except ImportError as err:
+        if backend == "auto":
+            return "numpy"
+        raise BackendUnavailableError(
+            "backend 'numba' needs numba: pip install 'fastsoftmax[numba]'"
+        ) from err
+    return "numba"
 
 
 def _step_function(backend: str):
@@ -139,8 +137,6 @@ def train_epochs(
     steps = -(-n // batch_size)
     per_call = max(1, ROWS_PER_CALL // batch_size)
     a = x_scale_for(X)
-    import time
-
     while state.epoch < until_epoch:
         if state.order is None:
             state.order = state.rng.permutation(n) if shuffle else np.arange(n)

@@ -47,7 +47,7 @@ def gpu_copy_bandwidth(request) -> float | None:
     """Device-to-device copy bandwidth, or None without a GPU."""
     if request.config.getoption("benchmark_disable", False):
         return None
-    return benchmarks.gpu_copy_bandwidth()
+    return benchmarks.device_copy_bandwidth()
 
 
 def record(

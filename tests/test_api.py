@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -271,3 +275,28 @@ def test_softmax_out_is_x_runs_in_place(shape, rng, monkeypatch):
     assert fs.softmax(x, out=x, backend="numba") is x
     assert copies == []
     np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize(
+    ("user_env", "expected"),
+    [
+        ({}, "10000"),  # the default: a short spin
+        ({"GOMP_SPINCOUNT": "5"}, "5"),  # the user's choice wins
+        ({"OMP_WAIT_POLICY": "active"}, None),  # a chosen policy is left alone
+    ],
+)
+def test_numba_backend_sets_a_short_openmp_spin_unless_the_user_chose(user_env, expected):
+    # libgomp reads its spin count when Numba first loads it; the backend must set it
+    # before that (see fastsoftmax/_numba/__init__.py for the measurements)
+    code = (
+        "import os, numpy as np, fastsoftmax as fs\n"
+        "fs.cross_entropy_with_grad(np.zeros((64, 100), np.float32), np.zeros(64, int))\n"
+        "import numba.np.ufunc.parallel as p\n"
+        "print(os.environ.get('GOMP_SPINCOUNT'), p._is_initialized)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(user_env)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(expected), "True"]

@@ -18,6 +18,7 @@ from ._api import (
     softmax_backward,
 )
 from ._backends import BackendUnavailableError, available_backends, use_backend
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from .estimator import NotFittedError, SoftmaxRegression
 
 try:
@@ -33,6 +34,8 @@ __all__ = [
     "available_backends",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",

@@ -107,15 +107,17 @@ def target(target: object, n: int, c: int, dtype: np.dtype) -> tuple[str, np.nda
     )
 
 
-def class_weight(weight: object, c: int, dtype: np.dtype) -> tuple[np.ndarray | None, float]:
+def class_weight(
+    weight: object, c: int, dtype: np.dtype, name: str = "weight"
+) -> tuple[np.ndarray | None, float]:
     """(weight as a contiguous (C,) array of `dtype`, its float64 sum); (None, C) if unset."""
     if weight is None:
         return None, float(c)
     w = weight if isinstance(weight, np.ndarray) else np.asarray(weight)
     if w.dtype.kind not in "iuf":
-        raise TypeError(f"weight must be a real numeric array (C,), got dtype {w.dtype}")
+        raise TypeError(f"{name} must be a real numeric array (C,), got dtype {w.dtype}")
     if w.shape != (c,):
-        raise ValueError(f"weight must have shape (C,) = ({c},), got {w.shape}")
+        raise ValueError(f"{name} must have shape (C,) = ({c},), got {w.shape}")
     w = np.ascontiguousarray(w, dtype=dtype)
     return w, float(w.sum(dtype=np.float64))
 

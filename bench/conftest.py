@@ -57,8 +57,10 @@ def record(
     bytes_moved: int | None,
     copy_bw: float | None,
     rows: int | None = None,
+    extra: dict | None = None,
 ):
-    """Attach the napkin-math figures to the result and keep them for the summary."""
+    """Attach the napkin-math figures (and `extra`) to the result and keep them for the
+    summary."""
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
         return
@@ -72,6 +74,7 @@ def record(
         if copy_bw:
             entry["copy_GB/s"] = copy_bw / 1e9
             entry["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
+    entry.update(extra or {})
     benchmark.extra_info.update(entry)
     _results[group][name] = entry
 
@@ -83,17 +86,21 @@ def pytest_terminal_summary(terminalreporter):
     tr.section("fastsoftmax: ratios from this run (median times)")
     tr.write_line(f"machine: {benchmarks.cpu_model()}, {os.cpu_count()} cores, {THREADS} threads")
     for group, rows in _results.items():
-        ref = rows.get("numpy", {}).get("seconds")
+        # the reference: the NumPy backend, or for a fused op the composition it replaces
+        ref_name = "numpy" if "numpy" in rows else "unfused"
+        ref = rows.get(ref_name, {}).get("seconds")
         peer = rows.get("torch", {}).get("seconds")
         tr.write_line(f"{group}")
         for name, e in rows.items():
             parts = [f"  {name:16s} {e['seconds'] * 1e3:10.3f} ms"]
             if ref:
-                parts.append(f"{ref / e['seconds']:7.1f}x numpy")
+                parts.append(f"{ref / e['seconds']:7.2f}x {ref_name}")
             if peer:
                 parts.append(f"{peer / e['seconds']:7.1f}x torch")
             if "GB/s" in e:
                 parts.append(f"{e['GB/s']:6.1f} GB/s")
             if "fraction_of_copy_bandwidth" in e:
                 parts.append(f"{100 * e['fraction_of_copy_bandwidth']:5.0f}% of copy")
+            if "peak_extra_bytes" in e:
+                parts.append(f"peak extra {e['peak_extra_bytes'] / 2**20:8.0f} MiB")
             tr.write_line("  ".join(parts))

@@ -16,9 +16,11 @@ Speed is judged against the machine's copy bandwidth measured in the same run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import textwrap
+import tracemalloc
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +98,49 @@ def mnist_shaped(n: int = TRAIN_N, d: int = TRAIN_D, c: int = TRAIN_C, seed: int
     noise = rng.standard_normal((n, c)).astype(np.float32)
     y = np.argmax(x @ teacher + noise, axis=1).astype(np.int64)
     return pixels, x, y
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory():
+    """Peak memory of the enclosed code above what was in use when it started.
+
+    Yields a dict filled on exit: ``traced`` (bytes, tracemalloc: NumPy's allocations,
+    not BLAS's, Numba's or PyTorch's own) and ``rss`` (bytes, the resident-set
+    high-water mark, which sees every allocation; Linux only, reset through
+    /proc/self/clear_refs; None elsewhere).
+    """
+    result: dict[str, int | None] = {"traced": None, "rss": None}
+    rss0 = _proc_status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        rss0 = None
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    traced0 = tracemalloc.get_traced_memory()[0]
+    try:
+        yield result
+    finally:
+        result["traced"] = tracemalloc.get_traced_memory()[1] - traced0
+        if not was_tracing:
+            tracemalloc.stop()
+        hwm = _proc_status_kib("VmHWM")
+        if rss0 is not None and hwm is not None:
+            result["rss"] = (hwm - rss0) * 1024
 
 
 def copy_bandwidth(threads: int | None = None, nbytes: int = 1 << 29, repeat: int = 7) -> float:

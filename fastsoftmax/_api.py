@@ -62,6 +62,25 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
+def _reduction_scale(be, kind, y, w, c, ignore, target, red) -> tuple[float, float]:
+    """(the mean's denominator, the gradient scale of the reduction): the sum of the
+    target weights of the non-ignored rows for class indices (checking them), N for
+    probabilities; scale 1/denominator for "mean", else 1."""
+    if kind == "index":
+        bad, denom = be.target_stats(y, w, c, ignore)
+        if bad >= 0:
+            value = np.asarray(target)[bad]
+            raise ValueError(
+                f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
+            )
+    else:
+        denom = float(y.shape[0])
+    if red != "mean":
+        return denom, 1.0
+    # PyTorch divides 0 by 0 here (NaN) when every target is ignored; we return 0.
+    return denom, (1.0 / denom if denom else 0.0)
+
+
 def _scalar(value: float, dtype: np.dtype):
     return dtype.type(value)
 
@@ -222,20 +241,7 @@ def _cross_entropy(
     kind, y = check.target(target, n, c, work)
     w, wsum = check.class_weight(weight, c, work)
 
-    if kind == "index":
-        bad, denom = be.target_stats(y, w, c, ignore)
-        if bad >= 0:
-            value = np.asarray(target)[bad]
-            raise ValueError(
-                f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
-            )
-    else:
-        denom = float(n)
-    if red == "mean":
-        # PyTorch divides 0 by 0 here (NaN) when every target is ignored; we return 0.
-        scale = 1.0 / denom if denom else 0.0
-    else:
-        scale = 1.0
+    denom, scale = _reduction_scale(be, kind, y, w, c, ignore, target, red)
 
     if z.dtype == work and z.flags.c_contiguous:
         zw = z

@@ -32,8 +32,8 @@ import operator
 import numpy as np
 
 from . import _validate as check
-from ._api import Reduction, _scalar
-from ._backends import resolve
+from ._api import Reduction, _reduction_scale, _scalar
+from ._backends import _is_cupy_array, resolve
 
 # The default chunk holds at most this many bytes of logits: at N=8192, V=128256 float32
 # it is 523 rows, 6% of the unfused 4.2 GB (the Large-vocabularies target is <= 10%),
@@ -135,6 +135,12 @@ def _linear_cross_entropy(
     hidden, weight, target, bias, reduction, ignore_index, label_smoothing, class_weight,
     chunk_size, backend, want_grad,
 ):  # fmt: skip
+    if _is_cupy_array(hidden) or _is_cupy_array(weight):
+        raise NotImplementedError(
+            "linear_cross_entropy has no CuPy backend yet; pass NumPy arrays "
+            "(cupy.asnumpy), or on the GPU compose cupy matmuls with "
+            "fastsoftmax.cross_entropy_with_grad chunk by chunk"
+        )
     h_arr = check.float_array(hidden, "hidden")
     w_arr = check.float_array(weight, "weight")
     if h_arr.ndim != 2:
@@ -172,16 +178,8 @@ def _linear_cross_entropy(
     per_logit = work.itemsize + getattr(be, "XENT_WORKSPACE_BYTES", 0)
     chunk = _chunk_size(chunk_size, n, v, per_logit)
 
-    if kind == "index":
-        bad, denom = be.target_stats(y, cw, v, ignore)
-        if bad >= 0:
-            value = np.asarray(target)[bad]
-            raise ValueError(
-                f"target[{bad}] = {value} is out of range for {v} classes (ignore_index={ignore})"
-            )
-    else:
-        denom = float(n)
-    scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
+    # the mean's denominator covers every row: each chunk's gradient is final
+    denom, scale = _reduction_scale(be, kind, y, cw, v, ignore, target, red)
 
     # float16 runs in float32 (dweight then accumulates in float32, never in half)
     hw = h_arr.astype(work, copy=False)

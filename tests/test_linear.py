@@ -319,3 +319,39 @@ def test_vocabulary_sized_rows_over_many_chunks(rng, backend):
     )
     want = unfused(hidden, weight, target, bias, label_smoothing=0.05)
     assert_matches(got, want, np.float32)
+
+
+def test_cupy_arrays_get_a_clear_error_until_the_cupy_half_lands():
+    fake_cupy_array = type("ndarray", (), {"__module__": "cupy"})()
+    with pytest.raises(NotImplementedError, match="no CuPy backend yet"):
+        fs.linear_cross_entropy_with_grad(fake_cupy_array, np.zeros((3, 2)), np.zeros(4, int))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", ["plain", "all"])
+def test_matches_pytorch_linear_cross_entropy(rng, reduction, options):
+    """A second oracle: PyTorch 2.13's F.linear_cross_entropy and autograd (when installed)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    if not hasattr(F, "linear_cross_entropy"):
+        pytest.skip("this PyTorch has no F.linear_cross_entropy")
+    hidden, weight, bias, target = make(rng, 41, 10, 23, np.float64)
+    kw, tkw = {}, {}
+    if options == "all":
+        target[::5] = 3
+        cw = rng.uniform(0.2, 2.0, 23)
+        kw = {"ignore_index": 3, "label_smoothing": 0.2, "class_weight": cw}
+        tkw = {"ignore_index": 3, "label_smoothing": 0.2, "weight": torch.from_numpy(cw)}
+    h = torch.from_numpy(hidden).requires_grad_()
+    w = torch.from_numpy(weight).requires_grad_()
+    b = torch.from_numpy(bias).requires_grad_()
+    t_loss = F.linear_cross_entropy(
+        h, w, torch.from_numpy(target), linear_bias=b, reduction=reduction, **tkw
+    )
+    t_loss.sum().backward()
+    got = fs.linear_cross_entropy_with_grad(
+        hidden, weight, target, bias=bias, reduction=reduction, chunk_size=8, **kw
+    )
+    want = (t_loss.detach().numpy(), h.grad.numpy(), w.grad.numpy(), b.grad.numpy())
+    assert_matches(got, want, np.float64)

@@ -335,6 +335,23 @@ def _sq(w):
     return acc
 
 
+@njit(**_F)
+def _thread_scratch(P, W):
+    """Each of P threads' blocks for _part: gathered rows, logits, labels, row indices,
+    row losses and the Core kernel's scratch."""
+    C, d = W.shape
+    nbuf = _scratch_for(C if C <= SMALL_C_MAX else 0, W.dtype)[0].shape[0]
+    return (
+        np.empty((P, BLOCK, d), W.dtype),
+        np.empty((P, BLOCK, C), W.dtype),
+        np.empty((P, BLOCK), np.int64),
+        np.empty((P, BLOCK), np.int64),
+        np.empty((P, BLOCK)),
+        np.empty((P, nbuf), W.dtype),
+        np.empty((P, _scratch_for(0, W.dtype)[1].shape[0])),
+    )
+
+
 @njit(cache=True, parallel=True, **_F)
 def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads):
     """Steps s0..s1-1 of an epoch whose row order is `order`; W (C, d), b (C,) and the
@@ -349,13 +366,7 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, n
     gb = np.zeros((P, C), W.dtype)
     part_loss = np.zeros(P)
     sqc = np.zeros(C)
-    xbs = np.empty((P, BLOCK, d), W.dtype)
-    zs = np.empty((P, BLOCK, C), W.dtype)
-    ybs = np.empty((P, BLOCK), np.int64)
-    rowss = np.empty((P, BLOCK), np.int64)
-    lrows = np.empty((P, BLOCK))
-    bufs = np.empty((P, _scratch_for(C if C <= SMALL_C_MAX else 0, W.dtype)[0].shape[0]), W.dtype)
-    f64s = np.empty((P, _scratch_for(0, W.dtype)[1].shape[0]))
+    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(P, W)
     if wd != 0.0:
         for c in range(C):
             sqc[c] = _sq(W[c])
@@ -408,6 +419,38 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, n
             _update_classes(
                 W, b, vW, vb, gW, gb, nth, lr, mu, wd, t * C // nu, (t + 1) * C // nu, sqc
             )
+
+
+@njit(cache=True, parallel=True, **_F)
+def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, nthreads):
+    """The step's work on every row of X, without the update, for full-batch solvers:
+    gW_out (C, d) = scale * d(sum of row losses)/dW of the cross-entropy of
+    a X W^T + b, gb_out (C,) likewise for b; returns the sum of the row losses
+    (float64).  X: (n, d) float32/float64/uint8, in row order; y: (n,) int64.
+    Each thread takes a contiguous part of the rows; partials add in thread order."""
+    n = X.shape[0]
+    C, d = W.shape
+    P = max(1, nthreads)
+    nth = _parts(n, P)
+    order = np.arange(n)
+    gW = np.zeros((nth, C, d), W.dtype)
+    gb = np.zeros((nth, C), W.dtype)
+    part_loss = np.zeros(nth)
+    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(nth, W)
+    for t in prange(nth):
+        part_loss[t] = _part(
+            X, y, order, t * n // nth, (t + 1) * n // nth, n, n, W, b, a, scale, gW[t],
+            gb[t], xbs[t], rowss[t], zs[t], ybs[t], lrows[t], bufs[t], f64s[t],
+        )  # fmt: skip
+    total = 0.0
+    for t in range(nth):
+        total += part_loss[t]
+    gW_out[...] = gW[0]
+    gb_out[...] = gb[0]
+    for t in range(1, nth):
+        gW_out += gW[t]
+        gb_out += gb[t]
+    return total
 
 
 @njit(**_F)

@@ -1,0 +1,420 @@
+"""Multinomial softmax regression on Dask arrays: the data stay on the workers, chunk by
+chunk; only (C, d) weights and gradients travel.
+
+``pip install "fastsoftmax[dask]"`` (dask[distributed] and scipy).  With a
+``dask.distributed.Client`` connected (a LocalCluster, or a real cluster by its scheduler
+address) the tasks run on its workers; without one, on Dask's local scheduler.
+
+Solvers (the objective is the single-machine estimator's: mean cross-entropy +
+weight_decay/2 ||W||^2, bias not decayed):
+
+* ``"lbfgs"`` (default): full batch; each objective evaluation is one task graph: per
+  row chunk, the loss sum and gradient of ``X_k W^T + b`` by the fused linear
+  cross-entropy (``fastsoftmax.linear_cross_entropy_with_grad``, Numba kernels), then a
+  tree reduction (pairwise sums) to one (loss, dW, db); scipy's L-BFGS-B drives it.
+* ``"gd"``: full-batch gradient descent on the same gradient, ``learning_rate`` steps.
+* ``"sgd"``: minibatch SGD, one pass per chunk: the parameters (and momentum) travel
+  from chunk to chunk (the task runs where the chunk is), and each chunk runs the
+  single-machine trainer's fused step over its rows (``batch_size`` rows per step).
+
+X: (n, d) float32/float64 or uint8 (read as X/255, as the trainer does), chunked by rows
+only; y: (n,) labels chunked like X's rows.  CuPy chunks run the same code on the GPU
+(matmuls in CuPy, the cross-entropy on the CuPy backend); only small host arrays come
+back.  NumPy inputs are accepted too (one chunk).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as err:  # pragma: no cover - exercised without the extra
+    raise ImportError("fastsoftmax.dask needs dask: pip install 'fastsoftmax[dask]'") from err
+
+from ._backends import _is_cupy_array, load
+from .train.loop import resolve_step_backend, x_scale_for
+
+SOLVERS = ("lbfgs", "gd", "sgd")
+
+
+# ------------------------------------------------------------------ per-chunk tasks
+def _xp(a):
+    if _is_cupy_array(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _to_host(a):
+    return a.get() if _is_cupy_array(a) else a
+
+
+def work_dtype(x_dtype) -> np.dtype:
+    """The chunks compute in float64 for float64 X, else in float32 (uint8 pixels too)."""
+    return np.dtype(np.float64) if x_dtype == np.float64 else np.dtype(np.float32)
+
+
+def _hidden(X):
+    """The chunk as the model sees it: X (or X/255 for uint8) in the work dtype."""
+    dtype = work_dtype(X.dtype)
+    a = x_scale_for(X)
+    h = X.astype(dtype, copy=False)
+    return h * dtype.type(a) if a != 1.0 else h
+
+
+def chunk_loss_grad(X, y_idx, W, b, backend):
+    """(sum of the chunk's row losses, dW (C, d), db (C,), rows) of X W^T + b for one
+    chunk, on the worker that holds it: the fused linear cross-entropy with the sum
+    reduction and no dhidden.  Results are float64 host arrays."""
+    if _is_cupy_array(X):
+        import cupy
+
+        import fastsoftmax as fs
+
+        h = _hidden(X)
+        z = h @ cupy.asarray(W, h.dtype).T + cupy.asarray(b, h.dtype)
+        loss, g = fs.cross_entropy_with_grad(z, cupy.asarray(y_idx), reduction="sum")
+        dW, db = (g.T @ h).get(), g.sum(axis=0).get()
+        return float(loss), dW.astype(np.float64), db.astype(np.float64), X.shape[0]
+    from ._linear import default_chunk_size, fused_chunks
+
+    n, c = X.shape[0], W.shape[0]
+    dtype = work_dtype(X.dtype)
+    Wc = np.ascontiguousarray(W, dtype)
+    bc = np.ascontiguousarray(b, dtype)
+    dW, db = np.empty_like(Wc), np.empty_like(bc)
+    be = load(backend)
+    if be.name == "numba" and n:
+        # the trainer's fused step without its update: one pass over X, which it reads
+        # as it is (uint8 pixels too), where BLAS's C-column GEMMs run at ~30 GFLOP/s
+        import numba
+
+        from .train._numba_step import loss_grad
+
+        Xc = np.ascontiguousarray(X)
+        yc = np.ascontiguousarray(y_idx, np.int64)
+        total = loss_grad(Xc, yc, Wc, bc, x_scale_for(X), 1.0, dW, db, numba.get_num_threads())
+        return total, dW.astype(np.float64), db.astype(np.float64), n
+    h = _hidden(X)
+    per_logit = h.dtype.itemsize + getattr(be, "XENT_WORKSPACE_BYTES", 0)
+    total = 0.0
+    if n:
+        total = fused_chunks(
+            be, h, Wc, bc, "index", y_idx, None, float(c), -1, 0.0, 1.0,
+            default_chunk_size(n, c, per_logit), np.empty(n), None, dW, db,
+        )  # fmt: skip
+    else:
+        dW.fill(0)
+        db.fill(0)
+    return total, dW.astype(np.float64), db.astype(np.float64), n
+
+
+def _add(p, q):
+    return p[0] + q[0], p[1] + q[1], p[2] + q[2], p[3] + q[3]
+
+
+def _tree_sum(parts: list) -> Any:
+    """Pairwise sums in the task graph: depth log2(chunks), no task adds more than two."""
+    while len(parts) > 1:
+        nxt = [dask.delayed(_add)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+def chunk_sgd_pass(state, X, y_idx, seed, batch, lr, mu, wd, shuffle, backend):
+    """One SGD pass over a chunk's rows with the single-machine fused step; returns the
+    updated (W, b, vW, vb) and the chunk's summed step losses weighted by batch size."""
+    from .train.loop import _step_function
+
+    W, b, vW, vb = (np.array(p, copy=True) for p in state[:4])
+    Xh = np.ascontiguousarray(_to_host(X))
+    yh = np.ascontiguousarray(_to_host(y_idx), np.int64)
+    n = Xh.shape[0]
+    steps = -(-n // batch)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    losses = np.zeros(steps)
+    if n:
+        _step_function(backend)(
+            Xh, yh, order, 0, steps, batch, W, b, vW, vb, lr, mu, wd, x_scale_for(Xh), losses
+        )
+    sizes = np.full(steps, batch, dtype=np.float64)
+    if steps:
+        sizes[-1] = n - batch * (steps - 1)
+    return W, b, vW, vb, state[4] + float(np.dot(losses, sizes)), state[5] + n
+
+
+def _encode_chunk(yb, classes):
+    yb = _to_host(yb)
+    idx = np.searchsorted(classes, yb)
+    idx = np.clip(idx, 0, len(classes) - 1)
+    if not np.array_equal(classes[idx], yb):
+        raise ValueError("y holds a label that is not in classes_")
+    return idx.astype(np.int64)
+
+
+def _logits_chunk(X, W, b):
+    xp = _xp(X)
+    a = x_scale_for(X)
+    return (X.astype(xp.float64) * a) @ xp.asarray(W).T + xp.asarray(b)
+
+
+def _proba_chunk(X, W, b):
+    import fastsoftmax as fs
+
+    return fs.softmax(_logits_chunk(X, W, b), axis=1)
+
+
+def _predict_chunk(X, W, b, classes):
+    xp = _xp(X)
+    idx = _logits_chunk(X, W, b).argmax(axis=1)
+    return xp.asarray(classes)[idx] if xp is not np else classes[idx]
+
+
+# ------------------------------------------------------------------------ estimator
+class SoftmaxRegression:
+    """Multinomial logistic regression fit on row-chunked Dask arrays.
+
+    solver: "lbfgs" (full batch, scipy L-BFGS-B), "gd" (full-batch gradient descent) or
+    "sgd" (one minibatch SGD pass per chunk per epoch).  max_iter: L-BFGS/GD iterations
+    or SGD epochs.  weight_decay: the L2 term's lambda (lambda/2 ||W||^2).
+    learning_rate, momentum, batch_size, shuffle: gd/sgd settings.  tol: L-BFGS's
+    gradient tolerance.  backend: the per-chunk kernels' CPU backend ("auto", "numba",
+    "numpy").  Chunks compute in float64 for float64 X, else in float32; lbfgs and gd
+    keep float64 parameters and sum the chunks' gradients in float64; sgd keeps the
+    single-machine trainer's parameter dtype (float32 unless X is float64).
+
+    Attributes after fit: classes_, coef_ (C, d), intercept_ (C,), n_iter_, loss_curve_
+    (the full objective per iteration for lbfgs/gd; the mean step objective per epoch
+    for sgd), n_features_in_.
+    """
+
+    def __init__(
+        self,
+        *,
+        solver: str = "lbfgs",
+        max_iter: int = 100,
+        weight_decay: float = 1e-4,
+        tol: float = 1e-6,
+        learning_rate: float = 0.1,
+        momentum: float = 0.0,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        random_state: int | None = None,
+        backend: str = "auto",
+        verbose: bool = False,
+    ):
+        self.solver = solver
+        self.max_iter = max_iter
+        self.weight_decay = weight_decay
+        self.tol = tol
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.backend = backend
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self) -> str:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        for name in ("max_iter", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, low in (("weight_decay", 0.0), ("momentum", 0.0), ("tol", 0.0)):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < low:
+                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+        lr = self.learning_rate
+        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1, got {self.momentum!r}")
+        return resolve_step_backend(self.backend)
+
+    @staticmethod
+    def _as_dask_X(X) -> da.Array:
+        if not isinstance(X, da.Array):
+            X = da.from_array(np.asarray(X) if not _is_cupy_array(X) else X, chunks=(-1, -1))
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
+        if X.dtype not in (np.uint8, np.float32, np.float64):
+            raise TypeError(f"X must be float32, float64 or uint8, got dtype {X.dtype}")
+        if X.numblocks[1] != 1:
+            X = X.rechunk({1: -1})  # chunked by rows only: a chunk holds whole rows
+        return X
+
+    def _check_Xy(self, X, y) -> tuple[da.Array, da.Array]:
+        X = self._as_dask_X(X)
+        if not isinstance(y, da.Array):
+            y = da.from_array(np.asarray(y) if not _is_cupy_array(y) else y, chunks=-1)
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D (n,), got shape {y.shape}")
+        if math.isnan(X.shape[0]) or math.isnan(y.shape[0]):
+            X, y = X.compute_chunk_sizes(), y.compute_chunk_sizes()
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
+        if y.chunks[0] != X.chunks[0]:
+            y = y.rechunk((X.chunks[0],))
+        if X.shape[0] == 0:
+            raise ValueError("X has no rows; fit needs at least one sample")
+        return X, y
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise RuntimeError("this SoftmaxRegression is not fitted yet; call fit first")
+
+    # ------------------------------------------------------------------------- fit
+    def fit(self, X, y) -> SoftmaxRegression:
+        """Fit on X: (n, d) and y: (n,) (Dask arrays chunked by rows, or NumPy)."""
+        backend = self._check_params()
+        X, y = self._check_Xy(X, y)
+        # keep the chunks where they are computed: every iteration reads them there
+        X, y = dask.persist(X, y)
+        classes = np.unique(_to_host(da.unique(y).compute()))
+        if len(classes) < 2:
+            raise ValueError(f"y needs at least 2 classes, got {len(classes)}")
+        y_idx = y.map_blocks(_encode_chunk, classes, dtype=np.int64)
+        (y_idx,) = dask.persist(y_idx)
+        n, d = X.shape
+        c = len(classes)
+        self.classes_ = classes
+        self.n_features_in_ = d
+        Xb = X.to_delayed().ravel().tolist()
+        yb = y_idx.to_delayed().ravel().tolist()
+        if self.solver == "sgd":
+            W, b, curve = self._fit_sgd(Xb, yb, n, d, c, backend, work_dtype(X.dtype))
+        else:
+            W, b, curve = self._fit_full_batch(Xb, yb, n, d, c, backend)
+        self.coef_, self.intercept_ = W, b
+        self.loss_curve_ = curve
+        self.n_iter_ = len(curve)
+        return self
+
+    def objective(self, Xb, yb, n, W, b, backend):
+        """(objective, dW, db) of the full data, computed on the workers."""
+        task = dask.delayed(chunk_loss_grad)
+        parts = [task(xk, yk, W, b, backend) for xk, yk in zip(Xb, yb, strict=True)]
+        loss, dW, db, rows = dask.compute(_tree_sum(parts))[0]
+        assert rows == n
+        wd = float(self.weight_decay)
+        value = loss / n + 0.5 * wd * float(np.sum(W * W))
+        return value, dW / n + wd * W, db / n
+
+    def _fit_full_batch(self, Xb, yb, n, d, c, backend):
+        W = np.zeros((c, d))
+        b = np.zeros(c)
+        curve: list[float] = []
+        if self.solver == "gd":
+            lr, mu = float(self.learning_rate), float(self.momentum)
+            vW, vb = np.zeros_like(W), np.zeros_like(b)
+            for it in range(self.max_iter):
+                value, gW, gb = self.objective(Xb, yb, n, W, b, backend)
+                curve.append(value)
+                vW = mu * vW + gW
+                vb = mu * vb + gb
+                W = W - lr * vW
+                b = b - lr * vb
+                if self.verbose:
+                    print(f"iteration {it + 1}: objective {value:.6f}")
+            return W, b, curve
+        from scipy.optimize import minimize
+
+        def fun(theta):
+            Wt = theta[: c * d].reshape(c, d)
+            bt = theta[c * d :]
+            value, gW, gb = self.objective(Xb, yb, n, Wt, bt, backend)
+            return value, np.concatenate([gW.ravel(), gb])
+
+        def record(theta):
+            # the objective at the accepted iterate: L-BFGS's last evaluation
+            curve.append(last[0])
+            if self.verbose:
+                print(f"iteration {len(curve)}: objective {last[0]:.6f}")
+
+        last = [math.nan]
+
+        def fun_tracked(theta):
+            value, grad = fun(theta)
+            last[0] = value
+            return value, grad
+
+        res = minimize(
+            fun_tracked, np.zeros(c * d + c), jac=True, method="L-BFGS-B", callback=record,
+            options={"maxiter": int(self.max_iter), "gtol": float(self.tol)},
+        )  # fmt: skip
+        theta = res.x
+        self.optimizer_result_ = res
+        return theta[: c * d].reshape(c, d).copy(), theta[c * d :].copy(), curve
+
+    def _fit_sgd(self, Xb, yb, n, d, c, backend, dtype):
+        # the single-machine trainer's parameters: X's float dtype (float32 for uint8)
+        W = np.zeros((c, d), dtype)
+        state = (W, np.zeros(c, dtype), np.zeros_like(W), np.zeros(c, dtype), 0.0, 0)
+        rng = np.random.default_rng(self.random_state)
+        curve: list[float] = []
+        lr, mu, wd = float(self.learning_rate), float(self.momentum), float(self.weight_decay)
+        for epoch in range(self.max_iter):
+            chunks = rng.permutation(len(Xb)) if self.shuffle else np.arange(len(Xb))
+            seeds = rng.integers(0, 2**63, len(Xb))
+            st = (*state[:4], 0.0, 0)
+            for k in chunks:
+                st = dask.delayed(chunk_sgd_pass)(
+                    st, Xb[k], yb[k], int(seeds[k]), int(self.batch_size), lr, mu, wd,
+                    bool(self.shuffle), backend,
+                )  # fmt: skip
+            st = dask.compute(st)[0]
+            curve.append(st[4] / st[5])
+            state = st
+            if self.verbose:
+                print(f"epoch {epoch + 1}: mean step objective {curve[-1]:.6f}")
+        return state[0], state[1], curve
+
+    # ------------------------------------------------------------------- predict
+    def _check_X(self, X) -> da.Array:
+        self._check_fitted()
+        X = self._as_dask_X(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but this model was fit with {self.n_features_in_}"
+            )
+        return X
+
+    def decision_function(self, X) -> da.Array:
+        """Logits (n, C) as a Dask array, chunked like X's rows."""
+        X = self._check_X(X)
+        c = len(self.classes_)
+        return X.map_blocks(
+            _logits_chunk, self.coef_, self.intercept_, dtype=np.float64, chunks=(X.chunks[0], (c,))
+        )
+
+    def predict_proba(self, X) -> da.Array:
+        """Class probabilities (n, C) as a Dask array (fastsoftmax.softmax per chunk)."""
+        X = self._check_X(X)
+        c = len(self.classes_)
+        return X.map_blocks(
+            _proba_chunk, self.coef_, self.intercept_, dtype=np.float64, chunks=(X.chunks[0], (c,))
+        )
+
+    def predict(self, X) -> da.Array:
+        """Predicted labels (n,) as a Dask array."""
+        X = self._check_X(X)
+        return X.map_blocks(
+            _predict_chunk, self.coef_, self.intercept_, self.classes_,
+            dtype=self.classes_.dtype, drop_axis=1,
+        )  # fmt: skip
+
+    def score(self, X, y) -> float:
+        """Mean accuracy on (X, y), computed on the workers."""
+        X, y = self._check_Xy(X, y)
+        return float((self.predict(X) == y).mean().compute())

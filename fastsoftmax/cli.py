@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     def data_args(p):
         p.add_argument(
             "--data-dir", default=None, help="folder with the IDX files (default: "
-            "$FASTSOFTMAX_DATA_DIR or ~/.cache/fastsoftmax/<dataset>)",
+            "$FASTSOFTMAX_DATA_DIR/<dataset> or ~/.cache/fastsoftmax/<dataset>)",
         )  # fmt: skip
         p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
 

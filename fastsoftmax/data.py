@@ -170,14 +170,26 @@ def _check_labels(labels: np.ndarray, path: Path) -> None:
 
 
 def default_data_dir(name: str) -> Path:
-    """``$FASTSOFTMAX_DATA_DIR`` if set, else ``$XDG_CACHE_HOME`` (default ``~/.cache``)
-    ``/fastsoftmax/<name>``: where :func:`load` looks first when no data_dir is given, and
-    where it downloads to."""
+    """``$FASTSOFTMAX_DATA_DIR/<name>`` if the variable is set, else ``$XDG_CACHE_HOME``
+    (default ``~/.cache``) ``/fastsoftmax/<name>``: where :func:`load` looks first when no
+    data_dir is given, and where it downloads to.
+
+    The variable names a root with one folder per dataset, as the cache is laid out:
+    MNIST and Fashion-MNIST use the same file names, so one shared folder would hand
+    one dataset's files to the other."""
     env = os.environ.get("FASTSOFTMAX_DATA_DIR")
     if env:
-        return Path(env)
+        return Path(env) / name
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "fastsoftmax" / name
+
+
+def _legacy_env_dir(name: str) -> list[Path]:
+    """MNIST files directly in $FASTSOFTMAX_DATA_DIR (the layout of fastsoftmax 0.1) are
+    still found, after $FASTSOFTMAX_DATA_DIR/mnist; for MNIST only, so that such a folder
+    is never read as Fashion-MNIST."""
+    env = os.environ.get("FASTSOFTMAX_DATA_DIR")
+    return [Path(env)] if env and name == "mnist" else []
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -276,7 +288,8 @@ def _not_found(
     where = " and ".join(str(p) for p in looked)
     lines = [
         f"{name} {split} split: {what} from {where}; put the files in {directory}, or point "
-        f"data_dir (the CLI's --data-dir) or $FASTSOFTMAX_DATA_DIR at a folder that holds them."
+        f"data_dir (the CLI's --data-dir) at a folder that holds them, or "
+        f"$FASTSOFTMAX_DATA_DIR at a folder with a {name}/ folder that holds them."
     ]
     if download_errors is None:
         lines.append(
@@ -344,7 +357,8 @@ def load(
     name: "mnist" or "fashion-mnist"; split: "train" (n = 60000) or "test" (n = 10000).
 
     The files (``<file>.gz`` or uncompressed) are looked for in `data_dir`, else
-    $FASTSOFTMAX_DATA_DIR, else ``~/.cache/fastsoftmax/<name>``; then, read-only, in
+    $FASTSOFTMAX_DATA_DIR/<name> (and, for MNIST, $FASTSOFTMAX_DATA_DIR itself), else
+    ``~/.cache/fastsoftmax/<name>``; then, read-only, in
     SYSTEM_DATA_DIRS[name] (for "fashion-mnist", Debian's /usr/share/datasets/fashion-mnist).
     Images and labels come from the same folder.  When they are missing and `download` is
     true, the official files are downloaded into the first folder, MD5-checked and written
@@ -368,7 +382,9 @@ def load(
         return _load_torchvision(name, split, directory, download)
 
     files = _files(name)[split]
-    looked = [directory, *(d for d in SYSTEM_DATA_DIRS.get(name, ()) if d != directory)]
+    legacy = _legacy_env_dir(name) if data_dir is None else []
+    system = SYSTEM_DATA_DIRS.get(name, ())
+    looked = [directory, *(d for d in (*legacy, *system) if d != directory)]
     paths: list[Path | None] = [None] * len(files)
     for folder in looked:
         found = [_find(folder, stem) for stem, _ in files]

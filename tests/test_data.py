@@ -120,8 +120,25 @@ def test_load_from_dir_and_env(tmp_path, monkeypatch, compress):
     x, y = data.load("mnist", "test", data_dir=tmp_path, download=False)
     assert x.shape == (5, 784) and y.shape == (5,) and y.dtype == np.int64
     monkeypatch.setenv("FASTSOFTMAX_DATA_DIR", str(tmp_path))
-    x2, _ = data.load("mnist", "test", download=False)
+    x2, _ = data.load("mnist", "test", download=False)  # MNIST files directly in it: found
     np.testing.assert_array_equal(x, x2)
+    # ... and $FASTSOFTMAX_DATA_DIR/mnist comes first
+    _fake_split(tmp_path / "mnist", n=3, compress=compress, seed=9)
+    assert len(data.load("mnist", "test", download=False)[0]) == 3
+
+
+def test_env_dir_holds_one_folder_per_dataset(tmp_path, monkeypatch, isolated_locations):
+    """MNIST and Fashion-MNIST share file names: files directly in $FASTSOFTMAX_DATA_DIR
+    are MNIST's, never read as Fashion-MNIST, which lives in $FASTSOFTMAX_DATA_DIR/fashion-mnist."""
+    monkeypatch.setitem(data.SYSTEM_DATA_DIRS, "fashion-mnist", ())
+    _fake_split(tmp_path, n=4, split="train", seed=1)  # MNIST, the old flat layout
+    monkeypatch.setenv("FASTSOFTMAX_DATA_DIR", str(tmp_path))
+    assert len(data.load("mnist", "train", download=False)[0]) == 4
+    with pytest.raises(data.DatasetNotFoundError, match=r"fashion-mnist"):
+        data.load("fashion-mnist", "train", download=False)
+    _fake_split(tmp_path / "fashion-mnist", n=6, split="train", seed=2)
+    assert len(data.load("fashion-mnist", "train", download=False)[0]) == 6
+    assert data.default_data_dir("fashion-mnist") == tmp_path / "fashion-mnist"
 
 
 def test_missing_files_offline_say_what_and_where(tmp_path):
@@ -234,7 +251,7 @@ def test_fashion_mnist_location_order(tmp_path, monkeypatch, isolated_locations)
     given, env, system = tmp_path / "given", tmp_path / "env", tmp_path / "system"
     cache = isolated_locations / "fastsoftmax" / "fashion-mnist"
     _fake_split(given, n=2, split="train", seed=1)
-    _fake_split(env, n=3, split="train", seed=2, compress=False)  # uncompressed IDX works too
+    _fake_split(env / "fashion-mnist", n=3, split="train", seed=2, compress=False)  # IDX too
     _fake_split(cache, n=4, split="train", seed=3)
     images, labels = _fake_split(system, n=5, split="train", seed=4)
     monkeypatch.setitem(data.SYSTEM_DATA_DIRS, "fashion-mnist", (system,))

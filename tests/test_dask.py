@@ -303,3 +303,21 @@ def test_cupy_chunks_give_the_numpy_result(data):
     np.testing.assert_allclose(on_gpu.coef_, on_cpu.coef_, rtol=1e-4, atol=1e-6)
     pred = on_gpu.predict(Xd).compute()
     np.testing.assert_array_equal(cupy.asnumpy(pred), on_cpu.predict(Xf).compute())
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 8, 9, 19, 64])
+def test_tree_sum_adds_every_chunk_once_in_a_few_tasks(k):
+    import dask
+
+    parts = [dask.delayed(lambda i: (float(i), np.full(2, i), np.ones(1), 1))(i) for i in range(k)]
+    tree = fsd._tree_sum(parts)
+    loss, dW, db, rows = dask.compute(tree, scheduler="sync")[0]
+    assert (loss, rows) == (k * (k - 1) / 2, k)
+    np.testing.assert_array_equal(dW, np.full(2, k * (k - 1) / 2))
+    np.testing.assert_array_equal(db, np.full(1, k))
+    adds = sum(1 for key in dict(tree.__dask_graph__()) if str(key).startswith("_add"))
+    bound, m = 0, k  # at most ceil(m / SPLIT_EVERY) sums per level
+    while m > 1:
+        m = -(-m // fsd.SPLIT_EVERY)
+        bound += m
+    assert adds <= bound

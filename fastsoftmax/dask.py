@@ -26,6 +26,7 @@ back.  NumPy inputs are accepted too (one chunk).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -247,10 +248,10 @@ class SoftmaxRegression:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, low in (("weight_decay", 0.0), ("momentum", 0.0), ("tol", 0.0)):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < low:
+            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low:
                 raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
         lr = self.learning_rate
-        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        if not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {self.momentum!r}")

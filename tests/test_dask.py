@@ -225,6 +225,8 @@ def test_numpy_inputs_run_as_one_chunk(data):
         ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),
         ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
         ({"momentum": 1.0}, "momentum must be < 1"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0"),
+        ({"tol": "small"}, "tol must be a finite number >= 0"),
     ],
 )
 def test_bad_parameters_name_themselves(params, match):

@@ -62,10 +62,24 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _reduction_scale(be, kind, y, w, c, ignore, target, red) -> tuple[float, float]:
-    """(the mean's denominator, the gradient scale of the reduction): the sum of the
-    target weights of the non-ignored rows for class indices (checking them), N for
-    probabilities; scale 1/denominator for "mean", else 1."""
+def _resolve_options(
+    arr, n, c, target, reduction, label_smoothing, ignore_index, weight, backend,
+    weight_name="weight",
+):  # fmt: skip
+    """The cross-entropy options of an (N, C) problem on `arr`, checked and resolved into
+    what the kernels take: (backend, work dtype, reduction, eps, ignore_index, target
+    kind, target, class weights, their sum, the mean's denominator, the gradient scale).
+
+    The denominator is the sum of the target weights of the non-ignored rows for class
+    indices (checking them), N for probabilities; the scale is 1/denominator for "mean"
+    (0 when it is 0: PyTorch gives NaN), else 1."""
+    red = check.reduction_name(reduction)
+    eps = check.smoothing(label_smoothing)
+    ignore = check.ignore(ignore_index)
+    be = resolve(arr, backend)
+    work = check.compute_dtype(arr.dtype)
+    kind, y = check.target(target, n, c, work)
+    w, wsum = check.class_weight(weight, c, work, name=weight_name)
     if kind == "index":
         bad, denom = be.target_stats(y, w, c, ignore)
         if bad >= 0:
@@ -74,11 +88,9 @@ def _reduction_scale(be, kind, y, w, c, ignore, target, red) -> tuple[float, flo
                 f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
             )
     else:
-        denom = float(y.shape[0])
-    if red != "mean":
-        return denom, 1.0
-    # PyTorch divides 0 by 0 here (NaN) when every target is ignored; we return 0.
-    return denom, (1.0 / denom if denom else 0.0)
+        denom = float(n)
+    scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
+    return be, work, red, eps, ignore, kind, y, w, wsum, denom, scale
 
 
 def _scalar(value: float, dtype: np.dtype):
@@ -233,15 +245,9 @@ def _cross_entropy(
 ):
     z = check.logits_2d(logits)
     n, c = z.shape
-    red = check.reduction_name(reduction)
-    eps = check.smoothing(label_smoothing)
-    ignore = check.ignore(ignore_index)
-    be = resolve(z, backend)
-    work = check.compute_dtype(z.dtype)
-    kind, y = check.target(target, n, c, work)
-    w, wsum = check.class_weight(weight, c, work)
-
-    denom, scale = _reduction_scale(be, kind, y, w, c, ignore, target, red)
+    be, work, red, eps, ignore, kind, y, w, wsum, denom, scale = _resolve_options(
+        z, n, c, target, reduction, label_smoothing, ignore_index, weight, backend
+    )
 
     if z.dtype == work and z.flags.c_contiguous:
         zw = z

@@ -32,8 +32,8 @@ import operator
 import numpy as np
 
 from . import _validate as check
-from ._api import Reduction, _reduction_scale, _scalar
-from ._backends import _is_cupy_array, resolve
+from ._api import Reduction, _resolve_options, _scalar
+from ._backends import _is_cupy_array
 
 # The default chunk holds at most this many bytes of logits: at N=8192, V=128256 float32
 # it is 523 rows, 6% of the unfused 4.2 GB (the Large-vocabularies target is <= 10%),
@@ -167,19 +167,14 @@ def _linear_cross_entropy(
             raise ValueError(f"bias must have shape (V,) = ({v},), got {b_arr.shape}")
         if b_arr.dtype != h_arr.dtype:
             raise TypeError(f"bias must have hidden's dtype {h_arr.dtype}, got {b_arr.dtype}")
-    red = check.reduction_name(reduction)
-    eps = check.smoothing(label_smoothing)
-    ignore = check.ignore(ignore_index)
-    be = resolve(h_arr, backend)
-    work = check.compute_dtype(h_arr.dtype)
-    kind, y = check.target(target, n, v, work)
-    cw, wsum = check.class_weight(class_weight, v, work, name="class_weight")
+    # the mean's denominator covers every row: each chunk's gradient is final
+    be, work, red, eps, ignore, kind, y, cw, wsum, denom, scale = _resolve_options(
+        h_arr, n, v, target, reduction, label_smoothing, ignore_index, class_weight, backend,
+        weight_name="class_weight",
+    )  # fmt: skip
     # the Numba kernels work in place; the reference adds float64 temporaries per logit
     per_logit = work.itemsize + getattr(be, "XENT_WORKSPACE_BYTES", 0)
     chunk = _chunk_size(chunk_size, n, v, per_logit)
-
-    # the mean's denominator covers every row: each chunk's gradient is final
-    denom, scale = _reduction_scale(be, kind, y, cw, v, ignore, target, red)
 
     # float16 runs in float32 (dweight then accumulates in float32, never in half)
     hw = h_arr.astype(work, copy=False)

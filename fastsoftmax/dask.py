@@ -345,10 +345,12 @@ class SoftmaxRegression:
             return W, b, curve
         from scipy.optimize import minimize
 
+        last = [math.nan]  # the objective of the latest evaluation
+
         def fun(theta):
             Wt = theta[: c * d].reshape(c, d)
-            bt = theta[c * d :]
-            value, gW, gb = self.objective(Xb, yb, n, Wt, bt, backend)
+            value, gW, gb = self.objective(Xb, yb, n, Wt, theta[c * d :], backend)
+            last[0] = value
             return value, np.concatenate([gW.ravel(), gb])
 
         def record(theta):
@@ -357,15 +359,8 @@ class SoftmaxRegression:
             if self.verbose:
                 print(f"iteration {len(curve)}: objective {last[0]:.6f}")
 
-        last = [math.nan]
-
-        def fun_tracked(theta):
-            value, grad = fun(theta)
-            last[0] = value
-            return value, grad
-
         res = minimize(
-            fun_tracked, np.zeros(c * d + c), jac=True, method="L-BFGS-B", callback=record,
+            fun, np.zeros(c * d + c), jac=True, method="L-BFGS-B", callback=record,
             options={"maxiter": int(self.max_iter), "gtol": float(self.tol)},
         )  # fmt: skip
         theta = res.x

@@ -44,6 +44,13 @@ CHUNK_BYTES = 256 * 2**20
 ACCUMULATE_BYTES = 16 * 2**20
 
 
+def bytes_per_logit(be, dtype: np.dtype) -> int:
+    """Memory a chunk costs per logit on backend `be`: the logit itself (the Numba
+    kernels work in place) plus the backend's cross-entropy temporaries (the reference's
+    float64 ones)."""
+    return dtype.itemsize + getattr(be, "XENT_WORKSPACE_BYTES", 0)
+
+
 def default_chunk_size(n: int, v: int, bytes_per_logit: int) -> int:
     """Rows per chunk: as many as fit CHUNK_BYTES (logits and the backend's cross-entropy
     workspace, bytes_per_logit each), at least 1, at most n."""
@@ -172,9 +179,7 @@ def _linear_cross_entropy(
         h_arr, n, v, target, reduction, label_smoothing, ignore_index, class_weight, backend,
         weight_name="class_weight",
     )  # fmt: skip
-    # the Numba kernels work in place; the reference adds float64 temporaries per logit
-    per_logit = work.itemsize + getattr(be, "XENT_WORKSPACE_BYTES", 0)
-    chunk = _chunk_size(chunk_size, n, v, per_logit)
+    chunk = _chunk_size(chunk_size, n, v, bytes_per_logit(be, work))
 
     # float16 runs in float32 (dweight then accumulates in float32, never in half)
     hw = h_arr.astype(work, copy=False)

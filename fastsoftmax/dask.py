@@ -83,7 +83,7 @@ def chunk_loss_grad(X, y_idx, W, b, backend):
         loss, g = fs.cross_entropy_with_grad(z, cupy.asarray(y_idx), reduction="sum")
         dW, db = (g.T @ h).get(), g.sum(axis=0).get()
         return float(loss), dW.astype(np.float64), db.astype(np.float64), X.shape[0]
-    from ._linear import default_chunk_size, fused_chunks
+    from ._linear import bytes_per_logit, default_chunk_size, fused_chunks
 
     n, c = X.shape[0], W.shape[0]
     dtype = work_dtype(X.dtype)
@@ -103,12 +103,11 @@ def chunk_loss_grad(X, y_idx, W, b, backend):
         total = loss_grad(Xc, yc, Wc, bc, x_scale_for(X), 1.0, dW, db, numba.get_num_threads())
         return total, dW.astype(np.float64), db.astype(np.float64), n
     h = _hidden(X)
-    per_logit = h.dtype.itemsize + getattr(be, "XENT_WORKSPACE_BYTES", 0)
     total = 0.0
     if n:
         total = fused_chunks(
             be, h, Wc, bc, "index", y_idx, None, float(c), -1, 0.0, 1.0,
-            default_chunk_size(n, c, per_logit), np.empty(n), None, dW, db,
+            default_chunk_size(n, c, bytes_per_logit(be, h.dtype)), np.empty(n), None, dW, db,
         )  # fmt: skip
     else:
         dW.fill(0)

@@ -19,16 +19,19 @@ added in thread order and the update is applied by one thread (C x d numbers: a 
 so a run is deterministic for a given thread count.
 
 Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
-* logits: for two classes, ``GROUP`` = 8 dot products over k at once: per vector of k,
-  8 row loads and 2 W loads feed 16 FMAs (one class at a time was load-bound at 9 loads
-  per 8 FMAs: Zen 4 does one 512-bit load and one 512-bit FMA per cycle).  Vectorising a
-  dot needs reassociation, granted to that helper only.  Measured (2 threads, batch 128,
-  float32, best of 9 interleaved): 34.0 -> 28.5 ms per epoch with both loops blocked.
+* logits: 4 rows x 5 classes = 20 dot products over k at once: per
+  vector of k, 4 row loads and 5 W loads feed 20 FMAs (one class at a time was
+  load-bound at 9 loads per 8 FMAs: Zen 4 does one 512-bit load and one 512-bit FMA per
+  cycle).  Vectorising a dot needs reassociation, granted to that helper only.
+  Measured (2 threads, batch 128, float32): one class at a time -> 8 rows x 2 classes,
+  34.0 -> 28.5 ms per epoch (best of 9 interleaved); 8 x 2 -> 4 x 5, 0.965x (median
+  of 30 paired epochs).
 * dW: ``dW[c, k] += g0 x0[k] + ... + g3 x3[k]`` for five classes per pass: a plain
   vector loop over k (no reduction, no reassociation) that reads and writes dW[c] once
   per 4 rows; the 20 coefficients fit in registers (eight rows by two classes did not:
-  LLVM spilled them).  Measured: 64-row block in L1/L2, one thread, median of 40
-  interleaved runs, 19.6 -> 14.9 us; an epoch (2 threads, batch 128) 27.9 -> 23.8 ms.
+  LLVM spilled them and reloaded them every iteration: 18 loads per 16 FMAs).
+  Measured: a 64-row block in L1/L2, one thread, 19.6 -> 14.9 us (median of 40
+  interleaved runs); an epoch, 8 x 2 -> 4 x 5, 0.92x (median of 30 paired epochs).
 """
 
 from __future__ import annotations
@@ -126,64 +129,84 @@ def _block_overload(X, order, s0, nr, xb, rows):
     return convert
 
 
-@njit(**_FR)
+@njit(**_F)
 def _logits_group(x, rows, q, W, b, a, z):
-    """z[q : q + GROUP] = a x[rows[q : q + GROUP]] W^T + b, two classes per pass: each
-    load of a row feeds 2 FMAs and each load of W 8 (10 loads per 16 FMAs, against 9 per
-    8 one class at a time: the loop was load-bound).  Reassociation lets LLVM split each
-    dot product across vector lanes."""
+    """z[q : q + GROUP] = a x[rows[q : q + GROUP]] W^T + b, four rows at a time."""
+    for h in range(0, GROUP, 4):
+        _logits_quad(x, rows, q + h, W, b, a, z)
+
+
+@njit(**_FR)
+def _logits_quad(x, rows, q, W, b, a, z):
+    """z[q : q + 4] = a x[rows[q : q + 4]] W^T + b: five classes per pass (20 dot
+    products at once: per vector of k, 4 row loads and 5 W loads feed 20 FMAs), then
+    the C % 5 others one at a time.  Reassociation lets LLVM split each dot product
+    across vector lanes."""
     C, d = W.shape
     a = like(W, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
-    i4, i5, i6, i7 = rows[q + 4], rows[q + 5], rows[q + 6], rows[q + 7]
-    for c in range(0, C, 2):
-        cn = min(c + 1, C - 1)  # an odd last class is computed twice, stored once
-        wc = W[c]
-        wn = W[cn]
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = like(W, 0.0)
-        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = like(W, 0.0)
+    c5 = C - C % 5
+    for c in range(0, c5, 5):
+        wa, wb, we, wh, wj = W[c], W[c + 1], W[c + 2], W[c + 3], W[c + 4]
+        a0 = a1 = a2 = a3 = like(W, 0.0)
+        b0 = b1 = b2 = b3 = like(W, 0.0)
+        e0 = e1 = e2 = e3 = like(W, 0.0)
+        h0 = h1 = h2 = h3 = like(W, 0.0)
+        j0 = j1 = j2 = j3 = like(W, 0.0)
         for k in range(d):
-            wk = wc[k]
-            vk = wn[k]
             x0 = x[i0, k]
             x1 = x[i1, k]
             x2 = x[i2, k]
             x3 = x[i3, k]
-            x4 = x[i4, k]
-            x5 = x[i5, k]
-            x6 = x[i6, k]
-            x7 = x[i7, k]
-            s0 += x0 * wk
-            s1 += x1 * wk
-            s2 += x2 * wk
-            s3 += x3 * wk
-            s4 += x4 * wk
-            s5 += x5 * wk
-            s6 += x6 * wk
-            s7 += x7 * wk
-            t0 += x0 * vk
-            t1 += x1 * vk
-            t2 += x2 * vk
-            t3 += x3 * vk
-            t4 += x4 * vk
-            t5 += x5 * vk
-            t6 += x6 * vk
-            t7 += x7 * vk
-        _store8(z, q, c, a, b[c], s0, s1, s2, s3, s4, s5, s6, s7)
-        _store8(z, q, cn, a, b[cn], t0, t1, t2, t3, t4, t5, t6, t7)
+            u = wa[k]
+            a0 += x0 * u
+            a1 += x1 * u
+            a2 += x2 * u
+            a3 += x3 * u
+            u = wb[k]
+            b0 += x0 * u
+            b1 += x1 * u
+            b2 += x2 * u
+            b3 += x3 * u
+            u = we[k]
+            e0 += x0 * u
+            e1 += x1 * u
+            e2 += x2 * u
+            e3 += x3 * u
+            u = wh[k]
+            h0 += x0 * u
+            h1 += x1 * u
+            h2 += x2 * u
+            h3 += x3 * u
+            u = wj[k]
+            j0 += x0 * u
+            j1 += x1 * u
+            j2 += x2 * u
+            j3 += x3 * u
+        _store4(z, q, c, a, b[c], a0, a1, a2, a3)
+        _store4(z, q, c + 1, a, b[c + 1], b0, b1, b2, b3)
+        _store4(z, q, c + 2, a, b[c + 2], e0, e1, e2, e3)
+        _store4(z, q, c + 3, a, b[c + 3], h0, h1, h2, h3)
+        _store4(z, q, c + 4, a, b[c + 4], j0, j1, j2, j3)
+    for c in range(c5, C):
+        wa = W[c]
+        a0 = a1 = a2 = a3 = like(W, 0.0)
+        for k in range(d):
+            u = wa[k]
+            a0 += x[i0, k] * u
+            a1 += x[i1, k] * u
+            a2 += x[i2, k] * u
+            a3 += x[i3, k] * u
+        _store4(z, q, c, a, b[c], a0, a1, a2, a3)
 
 
 @njit(**_F)
-def _store8(z, q, c, a, bc, s0, s1, s2, s3, s4, s5, s6, s7):
-    """z[q : q + 8, c] = a s + bc."""
+def _store4(z, q, c, a, bc, s0, s1, s2, s3):
+    """z[q : q + 4, c] = a s + bc."""
     z[q, c] = s0 * a + bc
     z[q + 1, c] = s1 * a + bc
     z[q + 2, c] = s2 * a + bc
     z[q + 3, c] = s3 * a + bc
-    z[q + 4, c] = s4 * a + bc
-    z[q + 5, c] = s5 * a + bc
-    z[q + 6, c] = s6 * a + bc
-    z[q + 7, c] = s7 * a + bc
 
 
 @njit(**_FR)
@@ -213,7 +236,7 @@ def _grad_quad(x, rows, q, g, a, gW):
     reassociation): per vector of k, 4 row loads and 5 loads and stores of gW feed 20
     FMAs, and the 20 coefficients stay in registers.  Eight rows by two classes (16
     coefficients, 8 row loads) made LLVM spill half the coefficients to the stack and
-    reload them every iteration: 18 loads per 16 FMAs, 1.3x slower."""
+    reload them every iteration: 18 loads per 16 FMAs)."""
     C, d = gW.shape
     a = like(gW, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]

@@ -9,14 +9,14 @@ One step on a minibatch B of rows (``order[s*batch : (s+1)*batch]`` of X)::
 
 Work split: the batch's rows are cut into ``nth`` contiguous parts, one per thread
 (``nth`` depends on the batch size and the thread count only).  A thread walks its part
-``GROUP`` rows at a time: the rows are gathered (through ``order``: shuffling costs no
-copy of X) and converted to the parameter dtype into a small scratch block that stays
-in L1/L2, the logits of the group are computed from it, the Core kernel turns them into
-loss and gradient, and the group's contribution to dW is added from the same block
-before the next group is read.  So X is read from memory once per step ("one pass"),
+``BLOCK`` rows at a time: the rows are gathered (through ``order``: shuffling costs no
+copy of X; other dtypes are converted to the parameters' into a small scratch block),
+the block's logits are computed, the Core kernel turns them into loss and gradient,
+and the block's contribution to dW is added while its rows are still in L2, before
+the next block is read.  So X is read from memory once per step ("one pass"),
 and uint8 pixels move 4x fewer bytes than float32.  The per-thread dW partials are
-added in thread order and the update is applied by one thread (C x d numbers: a few us),
-so a run is deterministic for a given thread count.
+added in thread order and the update is split over the threads by class (C x d numbers:
+a few us), so a run is deterministic for a given thread count.
 
 Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
 * logits: 4 rows x 5 classes = 20 dot products over k at once: per
@@ -47,11 +47,13 @@ from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
 BLOCK = 64
-# Rows per group: the logits loop keeps GROUP accumulators per vector lane.
-GROUP = 8
-# Rows prefetched per group (of either pass): a block has 2 BLOCK / GROUP groups, so the
-# next block (BLOCK rows) arrives while this one is worked on.
-PF_ROWS = GROUP // 2
+# Rows per pass of the logits and dW loops (_logits_quad, _grad_quad: 4 rows x 5 classes).
+QUAD = 4
+# Rows prefetched before each QUAD-row pass (of either loop over a block): a block has
+# 2 BLOCK / QUAD such passes, so the next block (BLOCK rows) arrives while this one is worked
+# on.  Two rows (98 lines) at a time rather than four: 0.96-0.99x per epoch (medians of
+# 30 paired epochs, three runs); without prefetching, 1.06x.
+PF_ROWS = 2
 PF_LOCALITY = 2
 # A thread gets at least this many rows of a batch (fewer are not worth a wake-up).
 MIN_ROWS_PER_THREAD = 16
@@ -127,13 +129,6 @@ def _block_overload(X, order, s0, nr, xb, rows):
         return xb
 
     return convert
-
-
-@njit(**_F)
-def _logits_group(x, rows, q, W, b, a, z):
-    """z[q : q + GROUP] = a x[rows[q : q + GROUP]] W^T + b, four rows at a time."""
-    for h in range(0, GROUP, 4):
-        _logits_quad(x, rows, q + h, W, b, a, z)
 
 
 @njit(**_FR)
@@ -223,13 +218,6 @@ def _logits_row(x, rows, q, W, b, a, z):
 
 
 @njit(**_F)
-def _grad_group(x, rows, q, g, a, gW):
-    """gW += a g[q : q + GROUP]^T x[rows[q : q + GROUP]], four rows at a time."""
-    for h in range(0, GROUP, 4):
-        _grad_quad(x, rows, q + h, g, a, gW)
-
-
-@njit(**_F)
 def _grad_quad(x, rows, q, g, a, gW):
     """gW += a g[q : q + 4]^T x[rows[q : q + 4]]: five classes per pass, then the
     C % 5 others one at a time.  A vector loop over k with no reduction (so no
@@ -284,8 +272,8 @@ def _grad_row(x, rows, q, g, a, gW):
 @njit(**_F)
 def _prefetch_next(X, order, pf, i1, n0, n1):
     """Prefetch PF_ROWS rows from position pf on (past i1: the thread's part of the next
-    step, order[n0:n1]); returns the new position.  Called once per group of either
-    pass, so the next block streams in at an even rate over the whole block's work."""
+    step, order[n0:n1]); returns the new position.  Called before each QUAD-row pass of
+    either loop, so the next block streams in at an even rate over the block's work."""
     for p in range(pf, pf + PF_ROWS):
         if p < i1:
             _prefetch_row(X, order[p])
@@ -309,10 +297,10 @@ def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, 
         for q in range(nr):
             yb[q] = y[order[s0 + q]]
         x = _block(X, order, s0, nr, xb, rows)
-        full = nr - nr % GROUP
-        for q in range(0, full, GROUP):
+        full = nr - nr % QUAD
+        for q in range(0, full, QUAD):
             pf = _prefetch_next(X, order, pf, i1, n0, n1)
-            _logits_group(x, rows, q, W, b, a, z)
+            _logits_quad(x, rows, q, W, b, a, z)
         for q in range(full, nr):
             _logits_row(x, rows, q, W, b, a, z)
         zz = z[:nr]
@@ -325,9 +313,9 @@ def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, 
             total += lrow[q]
             for c in range(C):
                 gb[c] += zz[q, c]
-        for q in range(0, full, GROUP):
+        for q in range(0, full, QUAD):
             pf = _prefetch_next(X, order, pf, i1, n0, n1)
-            _grad_group(x, rows, q, zz, a, gW)
+            _grad_quad(x, rows, q, zz, a, gW)
         for q in range(full, nr):
             _grad_row(x, rows, q, zz, a, gW)
     return total

@@ -554,3 +554,37 @@ def test_repr_shows_changed_parameters():
     text = repr(SoftmaxRegression(learning_rate=0.5, backend="numpy"))
     assert "learning_rate=0.5" in text and "backend='numpy'" in text
     assert "batch_size" not in text
+
+
+# ----------------------------------------------------------------------------- labels
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+)
+def test_integer_labels_encode_as_np_unique_does(dtype):
+    """fit's O(n) label encoding (a count per value) against np.unique: the same sorted
+    classes in y's dtype and the same indices, at the ends of each integer range too."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    from fastsoftmax.estimator import _unique_inverse
+
+    info = np.iinfo(dtype)
+    # values near the ends of the range (where y - min could wrap) and spread over it
+    # (where the sort fallback takes over)
+    ends = st.one_of(
+        st.integers(info.min, info.min + 40),
+        st.integers(info.max - 40, info.max),
+        st.integers(info.min, info.max),
+    )
+
+    @settings(max_examples=60, deadline=None)
+    @given(arrays(dtype, st.integers(1, 60), elements=ends))
+    def check(y):
+        classes, idx = _unique_inverse(y)
+        want_classes, want_idx = np.unique(y, return_inverse=True)
+        assert classes.dtype == want_classes.dtype
+        np.testing.assert_array_equal(classes, want_classes)
+        np.testing.assert_array_equal(idx, want_idx)
+
+    check()

@@ -18,6 +18,14 @@ _results: dict[str, dict[str, dict]] = defaultdict(dict)
 
 
 def pytest_configure(config):
+    # the Numba backend first: it sets GOMP_SPINCOUNT before libgomp loads, which
+    # numba.set_num_threads below would otherwise do under libgomp's default spin (users'
+    # programs, which call fastsoftmax before numba, run under the backend's setting)
+    try:
+        import fastsoftmax._numba  # noqa: F401
+    except ImportError:
+        pass
+
     try:
         import numba
 

@@ -224,7 +224,7 @@ def _grad_quad(x, rows, q, g, a, gW):
     reassociation): per vector of k, 4 row loads and 5 loads and stores of gW feed 20
     FMAs, and the 20 coefficients stay in registers.  Eight rows by two classes (16
     coefficients, 8 row loads) made LLVM spill half the coefficients to the stack and
-    reload them every iteration: 18 loads per 16 FMAs)."""
+    reload them every iteration: 18 loads per 16 FMAs."""
     C, d = gW.shape
     a = like(gW, a)
     i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]

@@ -484,17 +484,62 @@ def test_set_params_rejects_unknown_names():
     assert model.get_params()["learning_rate"] == 0.5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("row", [0, 13, 299])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_x_raises(bad):
-    X, y = blobs(n=20, d=3, C=2)
-    X[4, 1] = bad
+def test_non_finite_x_raises(bad, row, dtype, backend):
+    """fit finds NaN/inf through its first epoch (no pass of its own): wherever the bad
+    value is, it raises the same error and leaves the estimator as it was, unfitted or
+    with its previous fit; warm_start and predict check up front."""
+    X, y = blobs(n=300, d=5, C=3)
+    X = X.astype(dtype)
+    bad_X = X.copy()
+    bad_X[row, 3] = bad
+    fresh = SoftmaxRegression(backend=backend, max_epochs=3, random_state=0)
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        fresh.fit(bad_X, y)
+    assert not hasattr(fresh, "coef_") and not hasattr(fresh, "classes_")
+    with pytest.raises(NotFittedError):
+        fresh.predict(X)
+
+    fitted = SoftmaxRegression(backend=backend, max_epochs=2, random_state=0).fit(X, y)
+    coef = fitted.coef_.copy()
     with pytest.raises(ValueError, match="NaN or infinity"):
-        SoftmaxRegression(backend="numpy").fit(X, y)
-    model = SoftmaxRegression(backend="numpy", max_epochs=1).fit(
-        np.nan_to_num(X, posinf=0, neginf=0), y
-    )
+        fitted.fit(bad_X, y)
+    np.testing.assert_array_equal(fitted.coef_, coef)
+    assert fitted.n_iter_ == 2
     with pytest.raises(ValueError, match="NaN or infinity"):
-        model.predict(X)
+        fitted.predict(bad_X)
+    fitted.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        fitted.fit(bad_X, y)
+    np.testing.assert_array_equal(fitted.coef_, coef)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_that_diverges_on_finite_x_is_not_called_bad_input(backend):
+    """A first epoch whose loss overflows on finite X (a huge learning rate) is
+    divergence, not bad input: fit returns, as it always did, with the non-finite loss
+    in loss_curve_."""
+    X, y = blobs(n=200, d=4, C=3)
+    X = (X * 1e30).astype(np.float32)
+    with np.errstate(all="ignore"):
+        model = SoftmaxRegression(backend=backend, learning_rate=1e10, max_epochs=2).fit(X, y)
+    assert not np.isfinite(model.loss_curve_[0])
+    assert model.n_iter_ == 2
+
+
+def test_deferred_finite_check_gives_the_weights_of_one_run():
+    """Training the first epoch apart (for the finiteness check) changes nothing: the
+    weights equal those of warm-started 1 + 2 epochs, bit for bit."""
+    X, y = blobs(n=500, d=6, C=4)
+    one = SoftmaxRegression(max_epochs=3, random_state=3).fit(X, y)
+    split = SoftmaxRegression(max_epochs=1, random_state=3, warm_start=True).fit(X, y)
+    split.set_params(max_epochs=2).fit(X, y)
+    np.testing.assert_array_equal(one.coef_, split.coef_)
+    np.testing.assert_array_equal(one.intercept_, split.intercept_)
+    assert one.loss_curve_ == split.loss_curve_
 
 
 def test_single_class_y_raises():

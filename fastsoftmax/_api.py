@@ -93,8 +93,15 @@ def _resolve_options(
     return be, work, red, eps, ignore, kind, y, w, wsum, denom, scale
 
 
-def _scalar(value: float, dtype: np.dtype):
-    return dtype.type(value)
+def _reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):
+    """The loss the caller gets from the kernels' float64 row losses and their sum:
+    the rows for "none", else a scalar of `dtype` (the "mean" of an all-ignored batch
+    is 0, where PyTorch gives NaN)."""
+    if red == "none":
+        return loss_rows.astype(dtype)
+    if red == "sum":
+        return dtype.type(total)
+    return dtype.type(total / denom if denom else 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -274,12 +281,7 @@ def _cross_entropy(
     else:
         total = be.xent_prob(zw, y, w, eps, scale, loss_rows, g)
 
-    if red == "none":
-        loss = loss_rows.astype(z.dtype)
-    elif red == "sum":
-        loss = _scalar(total, z.dtype)
-    else:
-        loss = _scalar(total / denom if denom else 0.0, z.dtype)
+    loss = _reduced_loss(red, loss_rows, total, denom, z.dtype)
     if not want_grad:
         return loss
 

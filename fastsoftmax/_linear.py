@@ -32,7 +32,7 @@ import operator
 import numpy as np
 
 from . import _validate as check
-from ._api import Reduction, _resolve_options, _scalar
+from ._api import Reduction, _reduced_loss, _resolve_options
 from ._backends import _is_cupy_array
 
 # The default chunk holds at most this many bytes of logits: at N=8192, V=128256 float32
@@ -201,12 +201,7 @@ def _linear_cross_entropy(
             db.fill(0)
 
     dtype = h_arr.dtype
-    if red == "none":
-        loss = loss_rows.astype(dtype)
-    elif red == "sum":
-        loss = _scalar(total, dtype)
-    else:
-        loss = _scalar(total / denom if denom else 0.0, dtype)
+    loss = _reduced_loss(red, loss_rows, total, denom, dtype)
     if not want_grad:
         return loss
     cast = (lambda a: a) if work == dtype else (lambda a: a.astype(dtype))

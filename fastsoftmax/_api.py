@@ -256,7 +256,7 @@ def _cross_entropy(
         z, n, c, target, reduction, label_smoothing, ignore_index, weight, backend
     )
 
-    if z.dtype == work and z.flags.c_contiguous:
+    if (z.dtype is work or z.dtype == work) and z.flags.c_contiguous:
         zw = z
     else:
         zw = np.ascontiguousarray(z, dtype=work)
@@ -293,7 +293,7 @@ def _cross_entropy(
         if g is not out:
             np.copyto(out, g, casting="unsafe")
         return loss, out
-    return loss, (g if g.dtype == z.dtype else g.astype(z.dtype))
+    return loss, (g if g.dtype is z.dtype or g.dtype == z.dtype else g.astype(z.dtype))
 
 
 def cross_entropy(

@@ -46,7 +46,9 @@ def load(name: str) -> ModuleType:
         return mod
     _check_name(name)
     if name == AUTO:
-        return default_cpu_backend()
+        # what auto means is settled once per process (numba imports or it does not)
+        mod = _loaded[AUTO] = default_cpu_backend()
+        return mod
     module, extra = _REGISTRY[name]
     try:
         mod = importlib.import_module(module)

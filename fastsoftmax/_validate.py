@@ -8,19 +8,27 @@ import operator
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
+FLOAT_DTYPES = (_F16, _F32, _F64)
 REDUCTIONS = ("mean", "sum", "none")
+# The checks below test the native dtypes by identity first (NumPy returns these very
+# objects for native arrays): comparing a dtype with == costs ~0.1 us, with a scalar
+# type (dtype == np.float16) ~0.2 us, and a 512 x 10 cross-entropy takes ~12 us.
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype the kernels run in: float16 is computed in float32."""
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    if dtype is _F32 or dtype is _F64:
+        return dtype
+    return _F32 if dtype == _F16 else dtype
 
 
 def float_array(x: object, name: str) -> np.ndarray:
     """``x`` as an ndarray of a floating dtype (no copy for an ndarray)."""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
-    if arr.dtype not in FLOAT_DTYPES:
+    dt = arr.dtype
+    if dt is not _F32 and dt is not _F64 and dt not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a floating-point array (float16, float32 or float64), "
             f"got dtype {arr.dtype}; convert it with {name}.astype(np.float32)"
@@ -82,7 +90,7 @@ def ignore(ignore_index: object) -> int:
 def target(target: object, n: int, c: int, dtype: np.dtype) -> tuple[str, np.ndarray]:
     """("index", int64 (N,)) or ("prob", (N, C) in `dtype`), contiguous."""
     t = target if isinstance(target, np.ndarray) else np.asarray(target)
-    if t.dtype == np.int64 and t.shape == (n,) and t.flags.c_contiguous:
+    if t.dtype is _I64 and t.shape == (n,) and t.flags.c_contiguous:
         return "index", t
     kind = t.dtype.kind
     if kind in "iu":

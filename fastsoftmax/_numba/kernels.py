@@ -274,32 +274,33 @@ def _row_sum(x, i):
 # it against wraparound, which kept LLVM from vectorising these loops (3x slower).
 # --------------------------------------------------------------------------------------
 @njit(**_F)
-def _tile_load(x, a, nr, zt):
-    """Transpose rows [a, a + nr) of the C-contiguous x into zt, W x W blocks at a time
-    in vector registers (see _transpose)."""
+def _tile_transfer(x, a, nr, zt, into_tile):
+    """Rows [a, a + nr) of the C-contiguous x into zt (into_tile) or back out of it,
+    W x W blocks at a time, transposed in vector registers (see _transpose)."""
     n = x.shape[1]
     xf = x.reshape(x.size)
     W = block_width(zt)
+    R = TILE_ROWS
     for b in range(0, nr, W):
         rows = min(W, nr - b)
         for cb in range(0, n, W):
-            transpose_block(
-                xf, (a + b) * n + cb, n, rows, min(W, n - cb), zt, cb * TILE_ROWS + b, TILE_ROWS
-            )
+            cols = min(W, n - cb)
+            if into_tile:
+                transpose_block(xf, (a + b) * n + cb, n, rows, cols, zt, cb * R + b, R)
+            else:
+                transpose_block(zt, cb * R + b, R, cols, rows, xf, (a + b) * n + cb, n)
+
+
+@njit(**_F)
+def _tile_load(x, a, nr, zt):
+    """Transpose rows [a, a + nr) of x into zt."""
+    _tile_transfer(x, a, nr, zt, True)
 
 
 @njit(**_F)
 def _tile_store(zt, a, nr, out):
-    """The inverse of _tile_load: zt back into rows [a, a + nr) of the C-contiguous out."""
-    n = out.shape[1]
-    of = out.reshape(out.size)
-    W = block_width(zt)
-    for b in range(0, nr, W):
-        rows = min(W, nr - b)
-        for cb in range(0, n, W):
-            transpose_block(
-                zt, cb * TILE_ROWS + b, TILE_ROWS, min(W, n - cb), rows, of, (a + b) * n + cb, n
-            )
+    """The inverse of _tile_load: zt back into rows [a, a + nr) of out."""
+    _tile_transfer(out, a, nr, zt, False)
 
 
 @njit(**_F)

@@ -152,7 +152,7 @@ def _as_labels(y, n: int) -> np.ndarray:
 
 def _unique_inverse(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(y, return_inverse=True), in O(n) for integer labels of a bounded range
-    (a count per value instead of a sort: 60000 MNIST labels, 0.2 ms against 3 ms)."""
+    (a count per value instead of a sort: 60000 labels of 10 classes, 0.54 against 2.4 ms)."""
     if y.dtype.kind in "iu" and y.ndim == 1 and y.size:
         lo, hi = y.min(), y.max()
         span = int(hi) - int(lo)

@@ -7,6 +7,7 @@ Run: pytest bench/ [--benchmark-json=out.json]   (CI: --benchmark-disable)
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 
 import pytest
@@ -38,6 +39,21 @@ def pytest_configure(config):
         torch.set_num_threads(THREADS)
     except ImportError:
         pass
+
+
+# Seconds to wait before each timed case.  Thread pools spin for a while after their
+# last task (OpenBLAS's for up to ~0.1 s, PyTorch's and Numba's OpenMP teams for their
+# GOMP_SPINCOUNT), and on a 2-core machine those spinning threads take cycles from the
+# next case: the numba epoch measured 34.6 ms right after the numpy backend's epochs
+# against 22.3 ms alone (bench_train.py, same session).
+QUIESCE_S = 0.3
+
+
+@pytest.fixture(autouse=True)
+def _quiesce(request):
+    """Let the previous case's thread pools go idle before this one is timed."""
+    if not request.config.getoption("benchmark_disable", False):
+        time.sleep(QUIESCE_S)
 
 
 @pytest.fixture(scope="session")

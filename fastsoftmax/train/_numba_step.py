@@ -14,9 +14,11 @@ copy of X; other dtypes are converted to the parameters' into a small scratch bl
 the block's logits are computed, the Core kernel turns them into loss and gradient,
 and the block's contribution to dW is added while its rows are still in L2, before
 the next block is read.  So X is read from memory once per step ("one pass"),
-and uint8 pixels move 4x fewer bytes than float32.  The per-thread dW partials are
-added in thread order and the update is split over the threads by class (C x d numbers:
-a few us), so a run is deterministic for a given thread count.
+and uint8 pixels move 4x fewer bytes than float32.  The per-part dW partials are
+added in part order and the update is split over the threads by class (C x d numbers:
+a few us), so a run is deterministic for a given thread count.  All of a call's steps
+run in one parallel region whose threads meet at two spin barriers per step
+(``fastsoftmax._numba._team``), not in two fork/joins per step.
 
 Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
 * logits: 4 rows x 5 classes = 20 dot products over k at once: per
@@ -43,6 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._numba._math import REDUCE_FLAGS, like
+from .._numba._team import new_control, team_barrier, team_join
 from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_index_tiles
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
@@ -404,66 +407,67 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, n
     momentum buffers vW, vb are updated in place; losses[s] gets step s's objective
     (mean cross-entropy + wd/2 ||W||^2, before its update).
 
-    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale."""
+    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale.
+
+    One parallel region for all the steps: its iterations form a team (see _team) and
+    meet at two barriers per step.  A step's rows are cut into nth parts (nth depends on
+    the batch size and `nthreads` only); member r computes parts r, r + m, ... (m
+    members) into part-indexed partials, and after the first barrier updates its share
+    of the classes.  So the bits do not depend on how many threads joined."""
     n = order.shape[0]
     C, d = W.shape
     P = max(1, nthreads)
     gW, gb = _thread_partials(P, C, d, W.dtype)
     part_loss = np.zeros(P)
     sqc = np.zeros(C)
-    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(P, W)
     if wd != 0.0:
         for c in range(C):
             sqc[c] = _sq(W[c])
-    for s in range(s0, s1):
-        r0 = s * batch
-        r1 = min(r0 + batch, n)
-        nb = r1 - r0
-        nth = _parts(nb, P)
-        # where the same thread's part of the next step starts: prefetched at the end
-        nr0 = min(r1, n)
-        nnb = min(nr0 + batch, n) - nr0
-        nnth = _parts(nnb, P)
-        inv_b = 1.0 / nb
-        for t in prange(nth):
-            gW[t] = 0
-            gb[t] = 0
-            nxt0 = nr0 + t * nnb // nnth if t < nnth and nnb > 0 else n
-            nxt1 = nr0 + (t + 1) * nnb // nnth if t < nnth and nnb > 0 else n
-            part_loss[t] = _part(
-                X,
-                y,
-                order,
-                r0 + t * nb // nth,
-                r0 + (t + 1) * nb // nth,
-                nxt0,
-                nxt1,
-                W,
-                b,
-                a,
-                inv_b,
-                gW[t][:C],
-                gb[t][:C],
-                xbs[t],
-                rowss[t],
-                zs[t],
-                ybs[t],
-                lrows[t],
-                bufs[t],
-                f64s[t],
-            )
-        total = 0.0
-        for t in range(nth):
-            total += part_loss[t]
-        sq = 0.0
-        for c in range(C):
-            sq += sqc[c]
-        losses[s] = total * inv_b + 0.5 * wd * sq
-        nu = min(nth, C)
-        for t in prange(nu):
-            _update_classes(
-                W, b, vW, vb, gW, gb, nth, lr, mu, wd, t * C // nu, (t + 1) * C // nu, sqc
-            )
+    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(P, W)
+    ctl = new_control()
+    for _it in prange(P):
+        r, m = team_join(ctl, P)
+        if r < 0:
+            continue
+        passed = 0
+        for s in range(s0, s1):
+            r0 = s * batch
+            r1 = min(r0 + batch, n)
+            nb = r1 - r0
+            nth = _parts(nb, P)
+            # where this member's part of the next step starts: prefetched at the end
+            nr0 = min(r1, n)
+            nnb = min(nr0 + batch, n) - nr0
+            nnth = _parts(nnb, P)
+            nxt0 = nr0 + r * nnb // nnth if r < nnth and nnb > 0 else n
+            nxt1 = nr0 + (r + 1) * nnb // nnth if r < nnth and nnb > 0 else n
+            inv_b = 1.0 / nb
+            for t in range(r, nth, m):
+                gW[t] = 0
+                gb[t] = 0
+                part_loss[t] = _part(
+                    X, y, order, r0 + t * nb // nth, r0 + (t + 1) * nb // nth, nxt0, nxt1,
+                    W, b, a, inv_b, gW[t][:C], gb[t][:C], xbs[r], rowss[r], zs[r],
+                    ybs[r], lrows[r], bufs[r], f64s[r],
+                )  # fmt: skip
+            sq = 0.0
+            if r == 0 and wd != 0.0:  # ||W||^2 before this step's update
+                for c in range(C):
+                    sq += sqc[c]
+            passed += m
+            team_barrier(ctl, passed)  # every part is in gW, gb, part_loss
+            if r == 0:
+                total = 0.0
+                for t in range(nth):
+                    total += part_loss[t]
+                losses[s] = total * inv_b + 0.5 * wd * sq
+            nu = min(m, C)
+            if r < nu:
+                _update_classes(
+                    W, b, vW, vb, gW, gb, nth, lr, mu, wd, r * C // nu, (r + 1) * C // nu, sqc
+                )
+            passed += m
+            team_barrier(ctl, passed)  # W, b (and sqc) are the next step's
 
 
 @njit(cache=True, parallel=True, **_F)

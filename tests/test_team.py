@@ -1,0 +1,168 @@
+"""The thread team of the numba trainer step (``fastsoftmax._numba._team``): atomics,
+the roster, the barrier, and that the step's bits do not depend on who joined.
+
+Oracles: exact counts for the atomics, phase numbers every member must see after each
+barrier, and the step run with all its threads against the same step run serially (a
+prange whose iterations cannot overlap) or from several callers at once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from numba import njit, prange  # noqa: E402
+
+from fastsoftmax._numba._team import (  # noqa: E402
+    ARRIVALS,
+    CLOSED,
+    atomic_add,
+    atomic_load,
+    new_control,
+    team_barrier,
+    team_join,
+)
+from fastsoftmax.train import _numba_step  # noqa: E402
+
+MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+@njit(parallel=True)
+def _count_in_parallel(ctl, iterations, per_iteration, olds):
+    for i in prange(iterations):
+        for j in range(per_iteration):
+            olds[i * per_iteration + j] = atomic_add(ctl, 0, 1)
+
+
+@njit(parallel=True)
+def _join_all(size, ranks, members):
+    ctl = new_control()
+    for i in prange(size):
+        ranks[i], members[i] = team_join(ctl, size)
+    return atomic_load(ctl, ARRIVALS)
+
+
+@njit(parallel=True)
+def _phases(size, rounds, slots, seen_bad):
+    """Each member writes its phase, waits, and checks every member's phase."""
+    ctl = new_control()
+    for _ in prange(size):
+        r, m = team_join(ctl, size)
+        if r < 0:
+            continue
+        passed = 0
+        for k in range(1, rounds + 1):
+            slots[r * 16] = k
+            passed += m
+            team_barrier(ctl, passed)
+            for q in range(m):
+                if slots[q * 16] != k:
+                    seen_bad[r * 16] += 1
+            passed += m
+            team_barrier(ctl, passed)
+
+
+@pytest.fixture
+def threads():
+    """Restore Numba's thread count after a test changes it."""
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
+def test_atomic_add_counts_every_increment():
+    """Every add returns a distinct old value, and none is lost."""
+    n_it, per = 64, 2000
+    ctl = np.zeros(8, np.int64)
+    olds = np.full(n_it * per, -1, np.int64)
+    _count_in_parallel(ctl, n_it, per, olds)
+    assert ctl[0] == n_it * per
+    assert ctl[1:].sum() == 0
+    np.testing.assert_array_equal(np.sort(olds), np.arange(n_it * per))
+
+
+@pytest.mark.parametrize("nthreads", sorted({1, min(2, MAX_THREADS)}))
+def test_team_join_gives_distinct_ranks_and_turns_late_iterations_away(nthreads, threads):
+    numba.set_num_threads(nthreads)
+    size = 4
+    ranks = np.full(size, -9, np.int64)
+    members = np.zeros(size, np.int64)
+    arrivals = _join_all(size, ranks, members)
+    m = members[ranks >= 0]
+    assert len(m) >= 1 and (m == m[0]).all()
+    m = int(m[0])
+    assert sorted(ranks[ranks >= 0].tolist()) == list(range(m))
+    assert (ranks[ranks < 0] == -1).all()
+    assert (ranks >= 0).sum() + (ranks < 0).sum() == size
+    # every iteration arrived once; the roster was closed once, by the leader
+    assert arrivals == CLOSED + size
+    if nthreads == 1:  # iterations in sequence: the first leads alone
+        assert m == 1
+
+
+@pytest.mark.parametrize("nthreads", sorted({1, min(2, MAX_THREADS)}))
+def test_team_barrier_separates_phases(nthreads, threads):
+    numba.set_num_threads(nthreads)
+    size = nthreads
+    slots = np.zeros(16 * size, np.int64)
+    bad = np.zeros(16 * size, np.int64)
+    _phases(size, 2000, slots, bad)
+    assert bad.sum() == 0
+    assert slots[0] == 2000
+
+
+def _problem(n=1200, d=50, C=10, seed=3):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y = rng.integers(0, C, n).astype(np.int64)
+    order = rng.permutation(n)
+    return X, y, order, C, d
+
+
+def _run(X, y, order, C, d, nthreads, steps=9, per_call=4):
+    W = np.zeros((C, d), np.float32)
+    b = np.zeros(C, np.float32)
+    vW, vb = np.zeros_like(W), np.zeros_like(b)
+    losses = np.zeros(steps)
+    for s in range(0, steps, per_call):
+        _numba_step.sgd_steps(
+            X, y, order, s, min(s + per_call, steps), 128, W, b, vW, vb, 0.1, 0.9, 1e-3,
+            1.0, losses, nthreads,
+        )  # fmt: skip
+    return W, b, vW, vb, losses
+
+
+@pytest.mark.parametrize("nthreads", [2, 3])
+def test_step_bits_do_not_depend_on_how_many_threads_joined(nthreads, threads):
+    """nthreads fixes the parts; with one Numba thread the prange's iterations run one
+    after another, so the first leads a team of one and the others are turned away."""
+    X, y, order, C, d = _problem()
+    numba.set_num_threads(min(MAX_THREADS, nthreads))
+    together = _run(X, y, order, C, d, nthreads)
+    numba.set_num_threads(1)
+    alone = _run(X, y, order, C, d, nthreads)
+    for name, a, b in zip(("W", "b", "vW", "vb", "losses"), together, alone, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert np.isfinite(together[4]).all() and together[4][0] == pytest.approx(np.log(C))
+
+
+def test_concurrent_callers_each_get_the_lone_result():
+    X, y, order, C, d = _problem()
+    want = _run(X, y, order, C, d, 2)
+    got = {}
+
+    def call(i):
+        got[i] = _run(X, y, order, C, d, 2)
+
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i in range(3):
+        for a, b in zip(want, got[i], strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -53,7 +53,8 @@ SPINS_BEFORE_YIELD = 1000
 JOIN_SPINS = 2000
 
 
-def _item_pointer(context, builder, aryty, ary, idx):
+def item_pointer(context, builder, aryty, ary, indices):
+    """In an intrinsic's codegen: the address of ary[indices] (no bounds check)."""
     arr = context.make_array(aryty)(context, builder, ary)
     return cgutils.get_item_pointer2(
         context,
@@ -62,7 +63,7 @@ def _item_pointer(context, builder, aryty, ary, idx):
         cgutils.unpack_tuple(builder, arr.shape),
         cgutils.unpack_tuple(builder, arr.strides),
         aryty.layout,
-        [idx],
+        indices,
     )
 
 
@@ -79,7 +80,7 @@ def atomic_add(typingctx, arr, idx, val):
 
     def codegen(context, builder, sig, args):
         idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = _item_pointer(context, builder, sig.args[0], args[0], idx)
+        ptr = item_pointer(context, builder, sig.args[0], args[0], [idx])
         val = context.cast(builder, args[2], sig.args[2], types.int64)
         return builder.atomic_rmw("add", ptr, val, "seq_cst")
 
@@ -94,7 +95,7 @@ def atomic_load(typingctx, arr, idx):
 
     def codegen(context, builder, sig, args):
         idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = _item_pointer(context, builder, sig.args[0], args[0], idx)
+        ptr = item_pointer(context, builder, sig.args[0], args[0], [idx])
         return builder.load_atomic(ptr, "acquire", 8)
 
     return types.int64(arr, idx), codegen

@@ -45,7 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._numba._math import REDUCE_FLAGS, like
-from .._numba._team import new_control, team_barrier, team_join
+from .._numba._team import item_pointer, new_control, team_barrier, team_join
 from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_index_tiles
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
@@ -77,15 +77,7 @@ def _prefetch_row(typingctx, x, i):
         ary = context.make_array(aryty)(context, builder, args[0])
         row = builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64 else args[1]
         zero = ir.Constant(ir.IntType(64), 0)
-        start = cgutils.get_item_pointer2(
-            context,
-            builder,
-            ary.data,
-            cgutils.unpack_tuple(builder, ary.shape),
-            cgutils.unpack_tuple(builder, ary.strides),
-            aryty.layout,
-            [row, zero],
-        )
+        start = item_pointer(context, builder, aryty, args[0], [row, zero])
         i8p = ir.IntType(8).as_pointer()
         base = builder.bitcast(start, i8p)
         nbytes = builder.mul(

@@ -170,10 +170,11 @@ def team_join(ctl, size):
 
 
 @njit(nogil=True)
-def team_barrier(ctl, target):
-    """Wait until all members have arrived here: the k-th barrier of a team of m
-    members passes when its counter reaches target = k * m."""
-    atomic_add(ctl, BARRIER, 1)
+def team_barrier(ctl, members):
+    """Wait until all `members` have arrived here.  The counter's old value tells an
+    arrival which barrier this is (k = old // members: no member can start barrier
+    k + 1 before all have arrived at k), and barrier k passes at (k + 1) * members."""
+    target = (atomic_add(ctl, BARRIER, 1) // members + 1) * members
     spins = 0
     while atomic_load(ctl, BARRIER) < target:
         _wait(spins)

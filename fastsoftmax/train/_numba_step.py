@@ -421,7 +421,6 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, n
         r, m = team_join(ctl, P)
         if r < 0:
             continue
-        passed = 0
         for s in range(s0, s1):
             r0 = s * batch
             r1 = min(r0 + batch, n)
@@ -446,8 +445,7 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, n
             if r == 0 and wd != 0.0:  # ||W||^2 before this step's update
                 for c in range(C):
                     sq += sqc[c]
-            passed += m
-            team_barrier(ctl, passed)  # every part is in gW, gb, part_loss
+            team_barrier(ctl, m)  # every part is in gW, gb, part_loss
             if r == 0:
                 total = 0.0
                 for t in range(nth):
@@ -458,8 +456,7 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, n
                 _update_classes(
                     W, b, vW, vb, gW, gb, nth, lr, mu, wd, r * C // nu, (r + 1) * C // nu, sqc
                 )
-            passed += m
-            team_barrier(ctl, passed)  # W, b (and sqc) are the next step's
+            team_barrier(ctl, m)  # W, b (and sqc) are the next step's
 
 
 @njit(cache=True, parallel=True, **_F)

@@ -7,7 +7,12 @@ with ``fastsoftmax bench``).  Napkin math for the fused op: read the logits once
 dlogits once, so at 4096 x 32000 float32 2 x 524 MB = 1.05 GB, 22 ms at ~47 GB/s.
 "numba-out" preallocates dlogits (out=): a fresh 0.5 GB array costs page faults on
 first touch, which out= exists to avoid.  GPU rows time device arrays (moved there before
-the clock starts) and synchronise before it stops.
+the clock starts) and synchronise before it stops.  So does the JAX row on the CPU: its
+inputs are JAX buffers made before the clock starts (the copy from NumPy is not timed),
+and each call waits for its result.  Every case makes one untimed warm-up call first
+(warmup_rounds=1), which is where Numba and jax.jit compile for the case's shape and
+dtype.  JAX runs on its own CPU thread pool, sized by XLA from the core count
+(FASTSOFTMAX_BENCH_THREADS does not reach it).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def test_op(benchmark, case, impl, preallocated, copy_bandwidth, gpu_copy_bandwi
         return out
 
     benchmark.group = case.group
-    slow = impl.name in ("numpy", "torch") and case.n * case.c > 10**7
+    slow = impl.name in ("numpy", "torch", "jax") and case.n * case.c > 10**7
     if slow:  # seconds per call: a few rounds say enough
         benchmark.pedantic(call, rounds=3, warmup_rounds=1)
     else:

@@ -56,6 +56,12 @@ def _quiesce(request):
         time.sleep(QUIESCE_S)
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The CPU Numba compiles for (name, features, simd; see benchmarks.numba_target)
+    in the JSON's machine_info, next to pytest-benchmark's own CPU fields."""
+    machine_info["numba_target"] = benchmarks.numba_target()
+
+
 @pytest.fixture(scope="session")
 def copy_bandwidth(request) -> float | None:
     """Bytes/s of a parallel copy (read + write counted) of 512 MiB with THREADS threads:
@@ -84,7 +90,9 @@ def record(
     extra: dict | None = None,
 ):
     """Attach the napkin-math figures (and `extra`) to the result and keep them for the
-    summary."""
+    summary.  Every result also records the CPU facts (``benchmarks.numba_target``: the
+    CPU model, the CPU name and features Numba compiles for, and its simd level), so a
+    result read alone says what it ran on."""
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
         return
@@ -99,8 +107,19 @@ def record(
             entry["copy_GB/s"] = copy_bw / 1e9
             entry["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
     entry.update(extra or {})
+    benchmark.extra_info.update(benchmarks.numba_target())
     benchmark.extra_info.update(entry)
     _results[group][name] = entry
+
+
+# Ratios a case measured itself (bench_real_use.py's interleaved rounds and after-idle
+# calls), printed after the times: extra_info key -> label
+RATIO_LABELS = {
+    "ratio_numba_to_numpy": "numba/numpy",
+    "ratio_numba_to_torch": "numba/torch",
+    "ratio_after_idle": "after-idle/back-to-back",
+    "ratio_cli_to_fit": "CLI/fit samples/s",
+}
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -108,23 +127,32 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("fastsoftmax: ratios from this run (median times)")
-    tr.write_line(f"machine: {benchmarks.cpu_model()}, {os.cpu_count()} cores, {THREADS} threads")
+    target = benchmarks.numba_target()
+    tr.write_line(
+        f"machine: {target['cpu_model']}, {os.cpu_count()} cores, {THREADS} threads; "
+        f"Numba compiles for {target['numba_cpu_name']} ({target['simd']})"
+    )
     for group, rows in _results.items():
         # the reference: the NumPy backend, or for a fused op the composition it replaces
         ref_name = "numpy" if "numpy" in rows else "unfused"
         ref = rows.get(ref_name, {}).get("seconds")
-        peer = rows.get("torch", {}).get("seconds")
+        peers = {p: rows[p]["seconds"] for p in ("torch", "jax") if p in rows}
         tr.write_line(f"{group}")
         for name, e in rows.items():
-            parts = [f"  {name:16s} {e['seconds'] * 1e3:10.3f} ms"]
+            parts = [f"  {name:20s} {e['seconds'] * 1e3:10.3f} ms"]
             if ref:
                 parts.append(f"{ref / e['seconds']:7.2f}x {ref_name}")
-            if peer:
-                parts.append(f"{peer / e['seconds']:7.1f}x torch")
+            for peer, seconds in peers.items():
+                parts.append(f"{seconds / e['seconds']:7.1f}x {peer}")
             if "GB/s" in e:
                 parts.append(f"{e['GB/s']:6.1f} GB/s")
             if "fraction_of_copy_bandwidth" in e:
                 parts.append(f"{100 * e['fraction_of_copy_bandwidth']:5.0f}% of copy")
+            if "seconds_per_step" in e:
+                parts.append(f"{e['seconds_per_step'] * 1e3:8.3f} ms/step")
+            for key, label in RATIO_LABELS.items():
+                if key in e:
+                    parts.append(f"{label} {e[key]:.2f}")
             if "peak_extra_bytes" in e:
                 parts.append(f"peak extra {e['peak_extra_bytes'] / 2**20:8.0f} MiB")
             tr.write_line("  ".join(parts))

@@ -17,7 +17,9 @@ Speed is judged against the machine's copy bandwidth measured in the same run
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import statistics
 import textwrap
 import tracemalloc
@@ -369,6 +371,130 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# An x86 function on 16 x int32 vectors (512 bits), allowed 512-bit registers: LLVM
+# compiles it to zmm instructions when the target has AVX-512F, to two ymm halves with
+# AVX2 (256-bit integer vectors), to xmm quarters below.  Opaque pointers (LLVM >= 15),
+# then typed ones for older llvmlite.
+_SIMD_PROBE_IR = """
+define void @probe({ptr} %p) "min-legal-vector-width"="512" {{
+  %v = load <16 x i32>, {ptr} %p, align 64
+  %w = add <16 x i32> %v, %v
+  store <16 x i32> %w, {ptr} %p, align 64
+  ret void
+}}
+"""
+
+
+def _simd_of_feature_string(features: str) -> str:
+    """The simd name ("avx512", "avx2" or "sse") an LLVM feature string spells out
+    ("+avx2,-avx512f,...": the last mention of a feature wins)."""
+    on: dict[str, bool] = {}
+    for item in features.split(","):
+        item = item.strip()
+        if item[:1] in "+-" and len(item) > 1:
+            on[item[1:]] = item[0] == "+"
+    return "avx512" if on.get("avx512f") else "avx2" if on.get("avx2") else "sse"
+
+
+def _simd_of_llvm_target(ll, cpu: str, features: str) -> str:
+    """What LLVM makes of (cpu, features) as Numba passes them, asked by compiling the
+    probe: the CPU model's own features count as much as the feature string (an empty
+    string means exactly those), and LLVM resolves the two as it will for the kernels."""
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    triple = ll.get_process_triple()
+    target = ll.Target.from_triple(triple)
+    last_error: Exception | None = None
+    for ptr in ("ptr", "<16 x i32>*"):
+        try:
+            mod = ll.parse_assembly(_SIMD_PROBE_IR.format(ptr=ptr))
+        except RuntimeError as err:  # this LLVM does not parse that pointer syntax
+            last_error = err
+            continue
+        mod.triple = triple
+        tm = target.create_target_machine(cpu=cpu, features=features, opt=0)
+        asm = tm.emit_assembly(mod)
+        return "avx512" if "zmm" in asm else "avx2" if "ymm" in asm else "sse"
+    raise RuntimeError(f"the SIMD probe did not parse: {last_error}")
+
+
+@functools.cache
+def numba_target() -> dict:
+    """The CPU facts a CPU benchmark result depends on (one dict, computed once).
+
+    * ``cpu_model``: /proc/cpuinfo's model name (`cpu_model`).
+    * ``numba_cpu_name``: the CPU Numba compiles for: ``NUMBA_CPU_NAME`` (read by Numba
+      at import, ``numba.core.config.CPU_NAME``) or llvmlite's host CPU name.
+    * ``numba_cpu_features``: the LLVM feature string Numba passes with it, as Numba
+      computes it (numba.core.codegen): ``NUMBA_CPU_FEATURES`` when set (``""`` under
+      ``NUMBA_CPU_NAME=generic``), else the host's features from
+      ``llvmlite.binding.get_host_cpu_features()`` (AVX ones off under
+      ``NUMBA_ENABLE_AVX=0``).  So ``NUMBA_CPU_NAME`` alone does *not* lower the ISA:
+      the host's features (``+avx512f`` on an AVX-512 host) still come with it, and
+      ``NUMBA_CPU_NAME=znver3`` on an AVX-512 machine still gives zmm code.  An empty
+      string means the named CPU's own features (``NUMBA_CPU_NAME=znver3
+      NUMBA_CPU_FEATURES=`` gives AVX2 code).
+    * ``simd``: "avx512" when that target has AVX-512F, "avx2" when it has AVX2, else
+      "sse".  llvmlite has no call that lists a CPU model's features, so this asks LLVM
+      itself: a target machine made with Numba's (cpu, features) compiles a 512-bit
+      vector add, and the registers it uses (zmm / ymm / xmm) say which.  This covers
+      the feature string, the CPU model's defaults and how LLVM combines them.  Where
+      the probe cannot run, the feature string decides (``simd_from`` says which);
+      None off x86.
+    * ``*_from``: where each value came from.
+
+    Without Numba the numba_* values and ``simd`` are None.
+    """
+    info: dict = {
+        "cpu_model": cpu_model(),
+        "numba_cpu_name": None,
+        "numba_cpu_name_from": None,
+        "numba_cpu_features": None,
+        "numba_cpu_features_from": None,
+        "simd": None,
+        "simd_from": None,
+    }
+    try:
+        import llvmlite.binding as ll
+        from numba.core import config
+        from numba.core.codegen import get_host_cpu_features
+    except ImportError:
+        return info
+    if config.CPU_NAME is None:
+        name, name_from = ll.get_host_cpu_name(), "host (llvmlite.binding.get_host_cpu_name)"
+    else:
+        name, name_from = config.CPU_NAME, "NUMBA_CPU_NAME"
+    if config.CPU_FEATURES is not None:
+        features = config.CPU_FEATURES
+        if "NUMBA_CPU_FEATURES" in os.environ:
+            features_from = "NUMBA_CPU_FEATURES"
+        else:
+            features_from = "none with NUMBA_CPU_NAME=generic"
+        if not features:
+            features_from += " (empty: the CPU model's own features)"
+    else:
+        features = get_host_cpu_features()
+        features_from = "host (llvmlite.binding.get_host_cpu_features)"
+        if not config.ENABLE_AVX:
+            features_from += ", AVX off (NUMBA_ENABLE_AVX=0)"
+    info.update(
+        numba_cpu_name=name,
+        numba_cpu_name_from=name_from,
+        numba_cpu_features=features,
+        numba_cpu_features_from=features_from,
+    )
+    if not ll.get_process_triple().startswith(("x86_64", "i386", "i686")):
+        info["simd_from"] = "not x86"
+        return info
+    try:
+        info["simd"] = _simd_of_llvm_target(ll, name, features)
+        info["simd_from"] = "LLVM codegen probe of Numba's (cpu, features)"
+    except Exception as err:  # an llvmlite without the calls the probe needs
+        info["simd"] = _simd_of_feature_string(features)
+        info["simd_from"] = f"feature string (the LLVM probe failed: {err})"
+    return info
+
+
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -597,7 +723,7 @@ def run(
             for impl in runnable:
                 if case.op not in impl.ops:
                     continue
-                slow = impl.kind == "reference" or impl.name == "torch"
+                slow = impl.kind == "reference" or impl.name in ("torch", "jax")
                 slow = slow and case.n * case.c > SLOW_ELEMENTS
                 if slow and not full and impl.kind == "reference":
                     say(f"{case.group:36s} {impl.name:14s} skipped (N x C > 1e7; --full times it)")

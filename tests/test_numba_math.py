@@ -127,19 +127,25 @@ def _width(a):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_transpose_block_moves_exactly_the_block(dtype, rng):
+@pytest.mark.parametrize(
+    ("layout", "tail"), [("gaps", 0), ("packed", 0), ("packed", 40), ("gaps", 40)]
+)
+def test_transpose_block_moves_exactly_the_block(dtype, layout, tail, rng):
     """Every m x k block (m, k <= W) lands transposed; nothing else is written, and a
     block that ends at the last element of either array is fine (masked lanes are not
-    touched, so this would fault or corrupt if they were)."""
+    touched, so this would fault or corrupt if they were).  Rows with gaps between them
+    (strides wider than the block) and packed rows (stride = row length, as the tile
+    kernels use them: whole-vector loads and stores that spill into the next row),
+    with and without `tail` elements after the blocks (NaN sentinels in the output)."""
     w = _width(np.zeros(1, dtype))
     assert w == 64 // np.dtype(dtype).itemsize
     sizes = sorted({1, 2, 3, w // 2 + 1, w - 1, w})
     for m in sizes:
         for k in sizes:
-            ss, ds = k + 3, m + 5  # strides wider than the blocks
+            ss, ds = (k + 3, m + 5) if layout == "gaps" else (k, m)
             so, do = 2, 1
-            src = rng.standard_normal(so + (m - 1) * ss + k).astype(dtype)  # ends at the block
-            dst = np.full(do + (k - 1) * ds + m, np.nan, dtype)
+            src = rng.standard_normal(so + (m - 1) * ss + k + tail).astype(dtype)
+            dst = np.full(do + (k - 1) * ds + m + tail, np.nan, dtype)
             _transpose(src, so, ss, m, k, dst, do, ds)
             expected = np.full_like(dst, np.nan)
             block = np.lib.stride_tricks.as_strided(

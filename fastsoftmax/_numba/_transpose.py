@@ -108,12 +108,40 @@ def transpose_block(typingctx, src, src_off, src_stride, m, k, dst, dst_off, dst
             p = builder.gep(arr.data, [builder.add(off, builder.mul(i64(row), stride))])
             return builder.bitcast(p, vty.as_pointer())
 
-        rows = [
-            builder.call(
-                load, [address(sarr, so, ss, i), align, masked(kk, i, mm), ir.Constant(vty, None)]
+        undef = ir.Constant(vty, None)
+        nitems = context.cast(builder, sarr.nitems, types.intp, types.int64)
+
+        def plain_or_masked(plain_ok, plain, masked_op):
+            """The value of plain() where plain_ok, else of masked_op()."""
+            with builder.if_else(plain_ok, likely=True) as (then, otherwise):
+                with then:
+                    a = plain()
+                    then_block = builder.block
+                with otherwise:
+                    b = masked_op()
+                    else_block = builder.block
+            phi = builder.phi(vty)
+            phi.add_incoming(a, then_block)
+            phi.add_incoming(b, else_block)
+            return phi
+
+        rows = []
+        for i in range(w):
+            # A whole-vector load where it stays inside the source array: the lanes past
+            # k only reach output rows >= k, which are never stored.  Masked loads and
+            # stores are slow without AVX-512 (VMASKMOVPS, microcoded on AMD Zen 2/3).
+            ptr = address(sarr, so, ss, i)
+            end = builder.add(builder.add(so, builder.mul(i64(i), ss)), i64(w))
+            fits = builder.and_(
+                builder.icmp_signed("<", i64(i), mm), builder.icmp_signed("<=", end, nitems)
             )
-            for i in range(w)
-        ]
+            rows.append(
+                plain_or_masked(
+                    fits,
+                    lambda ptr=ptr: builder.load(ptr, align=align.constant),
+                    lambda ptr=ptr, i=i: builder.call(load, [ptr, align, masked(kk, i, mm), undef]),
+                )
+            )
         # Block-swap transpose: at width b, rows i and i + b (i // b even) exchange
         # their off-diagonal b-lane blocks; b = W/2, ..., 1 transposes the W x W matrix.
         b = w // 2
@@ -128,8 +156,25 @@ def transpose_block(typingctx, src, src_off, src_stride, m, k, dst, dst_off, dst
                     rows[i] = builder.shuffle_vector(top, bottom, lo_c)
                     rows[i + b] = builder.shuffle_vector(top, bottom, hi_c)
             b //= 2
+        # Output row j < k takes lanes < m.  A whole-vector store is right when m == W,
+        # or when its lanes past m land on output rows that are stored after it (rows
+        # packed with no gap, ds <= m, and its end not past the last row's end).
+        last_end = builder.add(builder.mul(builder.sub(kk, i64(1)), ds), mm)
+        packed = builder.icmp_signed("<=", ds, mm)
+        full = builder.icmp_signed("==", mm, i64(w))
         for j in range(w):
-            builder.call(store, [rows[j], address(darr, do, ds, j), align, masked(mm, j, kk)])
+            ptr = address(darr, do, ds, j)
+            spill_ok = builder.and_(
+                packed,
+                builder.icmp_signed("<=", builder.add(builder.mul(i64(j), ds), i64(w)), last_end),
+            )
+            in_block = builder.icmp_signed("<", i64(j), kk)
+            with builder.if_then(in_block, likely=True):
+                with builder.if_else(builder.or_(full, spill_ok), likely=True) as (plain, other):
+                    with plain:
+                        builder.store(rows[j], ptr, align=align.constant)
+                    with other:
+                        builder.call(store, [rows[j], ptr, align, masked(mm, j, kk)])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -19,6 +19,7 @@ from ._api import (
 )
 from ._backends import BackendUnavailableError, available_backends, use_backend
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from ._threads import get_num_threads, set_num_threads, thread_limit
 from .estimator import NotFittedError, SoftmaxRegression
 
 try:
@@ -34,12 +35,15 @@ __all__ = [
     "available_backends",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "get_num_threads",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "set_num_threads",
     "softmax",
     "softmax_backward",
+    "thread_limit",
     "use_backend",
 ]

@@ -3,6 +3,7 @@
 ``fastsoftmax train``: softmax regression on MNIST (or Fashion-MNIST) with the fused
 kernels; progress per epoch, Ctrl-C saves a checkpoint, ``--resume`` continues it.
 ``fastsoftmax evaluate MODEL`` and ``fastsoftmax predict MODEL IMAGES...`` use a saved model.
+``fastsoftmax warmup``: compile the kernels into Numba's cache before the first run.
 ``fastsoftmax bench``: the benchmark cases (quick, or ``--full``), a table of speedups and
 fractions of the copy bandwidth, pytest-benchmark JSON and a plot; ``--compare A B``.
 ``fastsoftmax compare``: parity and speed of every available implementation on logits
@@ -185,6 +186,8 @@ def train(args: argparse.Namespace) -> int:
     from .train.loop import resolve_step_backend, warm_up
 
     backend = resolve_step_backend(model.backend)
+    if backend == "numba":
+        _say_if_compiling()
     warm_up(x_train, backend)  # JIT compilation stays out of the first epoch's samples/s
     print(
         f"{dataset}: {len(x_train)} training and {len(x_test)} test images; backend "
@@ -259,6 +262,36 @@ def train(args: argparse.Namespace) -> int:
             args.plots, history, model._state.W, model.classes_, y_test, model.predict(x_test)
         )
         print("plots: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _say_if_compiling() -> None:
+    """One line on stderr when the trainer's kernel is not in Numba's cache yet."""
+    from ._numba._cache import compiled_for_this_cpu
+    from .train._numba_step import sgd_steps
+
+    if compiled_for_this_cpu(sgd_steps) is False:
+        print(
+            "compiling kernels for this CPU, first run only (`fastsoftmax warmup` does it "
+            "ahead of time)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def warmup(args: argparse.Namespace) -> int:
+    from .warmup import warm_up
+
+    def progress(name: str, seconds: float) -> None:
+        if not args.quiet:
+            print(f"  {name:45s} {seconds:6.2f} s", flush=True)
+
+    import numba
+
+    where = numba.config.CACHE_DIR or "__pycache__ beside the installed sources"
+    print(f"compiling the kernels for this CPU into Numba's cache ({where})", flush=True)
+    total = warm_up(progress, train=not args.no_train)
+    print(f"done in {total:.1f} s")
     return 0
 
 
@@ -398,6 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     data_args(p)
     p.set_defaults(func=train)
+
+    p = sub.add_parser(
+        "warmup",
+        help="compile the kernels into Numba's cache ahead of the first run",
+        description="Compile (or load from Numba's cache) the kernels most programs use, "
+        "so that a first run does not pay for it: e.g. at a container image's build. "
+        "The cache is kept for the same installed files on the same kind of CPU.",
+    )
+    p.add_argument("--no-train", action="store_true", help="skip the trainer's kernels")
+    p.add_argument("--quiet", action="store_true", help="no line per kernel")
+    p.set_defaults(func=warmup)
 
     p = sub.add_parser("evaluate", help="accuracy of a saved model on a dataset split")
     p.add_argument("model", help="a model file written by train --save")

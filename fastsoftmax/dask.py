@@ -38,6 +38,7 @@ except ImportError as err:  # pragma: no cover - exercised without the extra
     raise ImportError("fastsoftmax.dask needs dask: pip install 'fastsoftmax[dask]'") from err
 
 from ._backends import _is_cupy_array, load
+from ._threads import blas_limit, get_num_threads, thread_limit
 from .train.loop import resolve_step_backend, x_scale_for
 
 SOLVERS = ("lbfgs", "gd", "sgd")
@@ -72,7 +73,17 @@ def _hidden(X):
 def chunk_loss_grad(X, y_idx, W, b, backend):
     """(sum of the chunk's row losses, dW (C, d), db (C,), rows) of X W^T + b for one
     chunk, on the worker that holds it: the fused linear cross-entropy with the sum
-    reduction and no dhidden.  Results are float64 host arrays."""
+    reduction and no dhidden.  Results are float64 host arrays.
+
+    On the CPU a chunk runs on one thread, its BLAS calls included: Dask runs a task
+    per core at once, and each task's own thread pools would fight over those cores."""
+    if _is_cupy_array(X):
+        return _chunk_loss_grad(X, y_idx, W, b, backend)
+    with thread_limit(1), blas_limit(1):
+        return _chunk_loss_grad(X, y_idx, W, b, backend)
+
+
+def _chunk_loss_grad(X, y_idx, W, b, backend):
     if _is_cupy_array(X):
         import cupy
 
@@ -94,13 +105,13 @@ def chunk_loss_grad(X, y_idx, W, b, backend):
     if be.name == "numba" and n:
         # the trainer's fused step without its update: one pass over X, which it reads
         # as it is (uint8 pixels too), where BLAS's C-column GEMMs run at ~30 GFLOP/s
-        import numba
-
-        from .train._numba_step import loss_grad
+        from .train._numba_step import loss_grad, row_path_for
 
         Xc = np.ascontiguousarray(X)
         yc = np.ascontiguousarray(y_idx, np.int64)
-        total = loss_grad(Xc, yc, Wc, bc, x_scale_for(X), 1.0, dW, db, numba.get_num_threads())
+        total = loss_grad(
+            Xc, yc, Wc, bc, x_scale_for(X), 1.0, dW, db, row_path_for(c), get_num_threads()
+        )
         return total, dW.astype(np.float64), db.astype(np.float64), n
     h = _hidden(X)
     total = 0.0

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._threads import blas_limit
 from .train.loop import TrainState, resolve_step_backend, train_epochs, x_scale_for
 
 
@@ -493,7 +494,10 @@ class SoftmaxRegression:
         W, b = self._state.W, self._state.b
         a = x_scale_for(X)
         dtype = np.promote_types(W.dtype, X.dtype) if X.dtype.kind == "f" else W.dtype
-        z = X.astype(dtype, copy=False) @ W.T.astype(dtype, copy=False)
+        # single-threaded BLAS: a multi-threaded one leaves its threads spinning on the
+        # cores the next training epoch's team wants (see fastsoftmax._threads)
+        with blas_limit(1):
+            z = X.astype(dtype, copy=False) @ W.T.astype(dtype, copy=False)
         if a != 1.0:
             z *= dtype.type(a)
         return z + b.astype(dtype)

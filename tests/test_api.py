@@ -287,10 +287,11 @@ def test_softmax_out_is_x_runs_in_place(shape, rng, monkeypatch):
 )
 def test_numba_backend_sets_a_short_openmp_spin_unless_the_user_chose(user_env, expected):
     # libgomp reads its spin count when Numba first loads it; the backend must set it
-    # before that (see fastsoftmax/_numba/__init__.py for the measurements)
+    # before that (see fastsoftmax/_numba/__init__.py for the measurements).  256 x 100
+    # logits: above the serial cut-off, on the row path, which always runs in parallel.
     code = (
         "import os, numpy as np, fastsoftmax as fs\n"
-        "fs.cross_entropy_with_grad(np.zeros((64, 100), np.float32), np.zeros(64, int))\n"
+        "fs.cross_entropy_with_grad(np.zeros((256, 100), np.float32), np.zeros(256, int))\n"
         "import numba.np.ufunc.parallel as p\n"
         "print(os.environ.get('GOMP_SPINCOUNT'), p._is_initialized)\n"
     )

@@ -23,6 +23,7 @@ from fastsoftmax._numba._team import (  # noqa: E402
     atomic_add,
     atomic_load,
     new_control,
+    team_aborted,
     team_barrier,
     team_join,
 )
@@ -120,16 +121,18 @@ def _problem(n=1200, d=50, C=10, seed=3):
     return X, y, order, C, d
 
 
-def _run(X, y, order, C, d, nthreads, steps=9, per_call=4):
+def _run(X, y, order, C, d, nthreads, steps=9, per_call=4, nparts=None):
     W = np.zeros((C, d), np.float32)
     b = np.zeros(C, np.float32)
     vW, vb = np.zeros_like(W), np.zeros_like(b)
     losses = np.zeros(steps)
     for s in range(0, steps, per_call):
-        _numba_step.sgd_steps(
+        status = _numba_step.sgd_steps(
             X, y, order, s, min(s + per_call, steps), 128, W, b, vW, vb, 0.1, 0.9, 1e-3,
-            1.0, losses, nthreads,
+            1.0, losses, _numba_step.row_path_for(C), nthreads if nparts is None else nparts,
+            nthreads,
         )  # fmt: skip
+        assert status == 0
     return W, b, vW, vb, losses
 
 
@@ -163,3 +166,56 @@ def test_concurrent_callers_each_get_the_lone_result():
     for i in range(3):
         for a, b in zip(want, got[i], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3, 5])
+def test_step_bits_do_not_depend_on_the_thread_count(nthreads, threads):
+    """The parts are fixed by `nparts` (the pool's size in the trainer): any number of
+    threads, fewer or more than the parts, gives the bits of one thread."""
+    X, y, order, C, d = _problem()
+    want = _run(X, y, order, C, d, 1, nparts=4)
+    numba.set_num_threads(min(MAX_THREADS, nthreads))
+    got = _run(X, y, order, C, d, nthreads, nparts=4)
+    for name, a, b in zip(("W", "b", "vW", "vb", "losses"), want, got, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@njit
+def _lonely_barriers(ctl, members, rounds, results):
+    for k in range(rounds):
+        results[k] = team_barrier(ctl, members)
+
+
+def test_barrier_gives_up_when_a_member_never_arrives():
+    """One caller waits for a team of two whose other member never comes: the wait
+    ends after the team's timeout (not for ever), aborts the team, and every later
+    wait of that team returns at once."""
+    import time
+
+    ctl = new_control(0.05)
+    results = np.ones(3, np.bool_)
+    t0 = time.perf_counter()
+    _lonely_barriers(ctl, 2, 3, results)
+    elapsed = time.perf_counter() - t0
+    assert not results.any()
+    assert team_aborted(ctl)
+    assert 0.04 < elapsed < 5.0
+    # a healthy team of one passes its barriers and is not aborted
+    ok = new_control(0.05)
+    _lonely_barriers(ok, 1, 3, results)
+    assert results.all() and not team_aborted(ok)
+
+
+def test_trainer_raises_when_the_team_is_aborted(monkeypatch):
+    """The epoch loop turns an aborted team (sgd_steps' status 1) into an error, never
+    a silently half-done step."""
+    from fastsoftmax.train import loop
+
+    monkeypatch.setattr(_numba_step, "sgd_steps", lambda *args: 1)
+    X, y, _, C, d = _problem()
+    state = loop.TrainState.zeros(C, d, np.float32, np.random.default_rng(0))
+    with pytest.raises(RuntimeError, match="did not reach its barrier"):
+        loop.train_epochs(
+            state, X, y, until_epoch=1, batch_size=128, learning_rate=0.1, momentum=0.0,
+            weight_decay=0.0, shuffle=False, backend="numba",
+        )  # fmt: skip

@@ -1,10 +1,12 @@
 """The Numba CPU backend (see ``fastsoftmax/reference.py`` for the kernel contract).
 
-The wrappers here pick, per call, the parallel kernel or its single-threaded twin.  The
-parallel kernels split their chunks into NUMBA_NUM_THREADS contiguous runs (Numba will
-not cache a kernel that asks for the thread count itself, and asking costs ~0.8 us per
-call); ``prange`` spreads those runs over however many threads ``numba.set_num_threads``
-allows, and the result does not depend on either number.
+The wrappers here pick, per call, the parallel kernel or its single-threaded twin:
+calls of at most SERIAL_MAX_ELEMENTS run serially, larger ones as
+``fastsoftmax._threads.ThreadPolicy`` decides from the work's size and the measured
+cost of waking the pool.  A parallel kernel splits its chunks into as many contiguous
+runs as it may use threads (``fastsoftmax.get_num_threads()``; Numba will not cache
+a kernel that asks for the thread count itself, and asking numba costs ~1.5 us); the
+chunking, and so the result, depends on the shape alone.
 """
 
 from __future__ import annotations
@@ -23,58 +25,123 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+import time
+
 import numba
 
+from .._threads import ThreadPolicy, get_num_threads
 from . import kernels as _k
-from .kernels import log_softmax_backward, softmax_backward, target_stats
+from .kernels import SMALL_C_MAX, target_stats
 
 name = "numba"
 
-# At or below this many logits a call runs on the calling thread: waking the thread pool
-# costs a few us, about what the second core saves at this size.  bench/bench_small_c.py,
-# fused, C=10, medians: serial 4 vs parallel 5 us at 1280 logits, 7 vs 7 at 2560, 13 vs
-# 12 at 5120, 25 vs 21 at 10240.
-SERIAL_MAX_ELEMENTS = 4096
-_RUNS = numba.config.NUMBA_NUM_THREADS
+# At or below this many elements a call runs on the calling thread without asking the
+# policy: with the pool awake the second core saves a few us at most here, what asking
+# and timing cost (~1-3 us), and after any idleness waking it costs far more.
+# bench/bench_small_c.py, fused, C=10, pool awake, medians: serial 4 vs parallel 5 us
+# at 1280 logits, 7 vs 7 at 2560, 13 vs 12 at 5120, 25 vs 21 at 10240.
+SERIAL_MAX_ELEMENTS = 16384
+
+# Serial seconds per element of each tile-kernel family (op, small C, itemsize) before
+# any call has been timed; every timed call refines them (see fastsoftmax._threads).
+# `pytest bench/bench_threads.py -k serial` (65536 x 10, one thread, medians), AVX2
+# code on an Intel Xeon (NUMBA_CPU_NAME=znver3 NUMBA_CPU_FEATURES=), the slower build:
+# AVX-512 took 0.7-0.85x of these.
+SERIAL_SECONDS_PER_ELEMENT = {
+    ("xent", True, 4): 2.7e-9,
+    ("xent", True, 8): 4.1e-9,
+    ("xent_fwd", True, 4): 2.3e-9,
+    ("xent_fwd", True, 8): 3.6e-9,
+    ("softmax", True, 4): 1.8e-9,
+    ("softmax", True, 8): 3.2e-9,
+    ("log_softmax", True, 4): 1.7e-9,
+    ("log_softmax", True, 8): 3.0e-9,
+    ("logsumexp", True, 4): 1.8e-9,
+    ("logsumexp", True, 8): 3.0e-9,
+}
+policy = ThreadPolicy(SERIAL_SECONDS_PER_ELEMENT, numba.config.NUMBA_NUM_THREADS)
+_clock = time.perf_counter
+
+
+def _run(op, x, serial, parallel, *args):
+    """serial(*args) or parallel(*args, threads), as the policy decides; timed for it.
+
+    Only kernels whose bits cannot depend on the choice are left to the policy: the
+    small-C tile kernels, which add in an order fixed by their source.  The row-path
+    kernels add with reassociation allowed (so LLVM can vectorise the sums), and LLVM
+    may vectorise a sum differently in the serial twin than in the parallel kernel
+    (1-2 ulp apart in tests); above SERIAL_MAX_ELEMENTS they always run the parallel
+    kernel, on as many threads as allowed (one included: the same code then)."""
+    size = x.size
+    if size <= SERIAL_MAX_ELEMENTS:
+        return serial(*args)
+    allowed = get_num_threads()
+    if x.shape[1] > SMALL_C_MAX or op in _FIXED_ORDER_ONLY:
+        return parallel(*args, allowed)
+    family = (op, True, x.dtype.itemsize)
+    k, k_decide = policy.idle_ranges()
+    par = allowed > 1 and policy.parallel_pays(family, size, k_decide)
+    fn = parallel if par else serial
+    compiled = len(fn.overloads)
+    t0 = _clock()
+    result = parallel(*args, allowed) if par else serial(*args)
+    seconds = _clock() - t0
+    if len(fn.overloads) == compiled:  # a call that compiled says nothing about speed
+        policy.observe(family, size, par, k, seconds)
+    return result
+
+
+# ops whose kernels sum rows with reassociation on every path (see _run)
+_FIXED_ORDER_ONLY = frozenset({"xent_prob", "softmax_backward", "log_softmax_backward"})
+
+
+def _path(x):
+    """The kernels' `row_path` argument: None for the small-C tiles (a type: a call
+    compiles that path alone), 1 for the row path."""
+    return None if x.shape[1] <= SMALL_C_MAX else 1
 
 
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
-    if z.size <= SERIAL_MAX_ELEMENTS:
-        return _k.xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g)
-    return _k.xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, _RUNS)
+    row_path = None if z.shape[1] <= SMALL_C_MAX else 1
+    if z.size <= SERIAL_MAX_ELEMENTS:  # the common small call, without _run's detour
+        return _k.xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g, row_path)
+    op = "xent_fwd" if g is None else "xent"
+    args = (z, y, w, wsum, ignore, eps, scale, loss, g, row_path)
+    return _run(op, z, _k.xent_index_serial, _k.xent_index, *args)
 
 
 def xent_prob(z, q, w, eps, scale, loss, g):
-    nthreads = 1 if z.size <= SERIAL_MAX_ELEMENTS else _RUNS
-    return _k.xent_prob(z, q, w, eps, scale, loss, g, nthreads)
+    return _run("xent_prob", z, _k.xent_prob_serial, _k.xent_prob, z, q, w, eps, scale, loss, g)
 
 
 def softmax(x, out):
-    if x.size <= SERIAL_MAX_ELEMENTS:
-        _k.softmax_serial(x, out)
-    else:
-        _k.softmax(x, out, _RUNS)
+    _run("softmax", x, _k.softmax_serial, _k.softmax, x, out, _path(x))
 
 
 def log_softmax(x, out):
-    if x.size <= SERIAL_MAX_ELEMENTS:
-        _k.log_softmax_serial(x, out)
-    else:
-        _k.log_softmax(x, out, _RUNS)
+    _run("log_softmax", x, _k.log_softmax_serial, _k.log_softmax, x, out, _path(x))
 
 
 def logsumexp(x, out):
-    if x.size <= SERIAL_MAX_ELEMENTS:
-        _k.logsumexp_serial(x, out)
-    else:
-        _k.logsumexp(x, out, _RUNS)
+    _run("logsumexp", x, _k.logsumexp_serial, _k.logsumexp, x, out, _path(x))
+
+
+def softmax_backward(p, gout, out):
+    _run("softmax_backward", p, _k.softmax_backward_serial, _k.softmax_backward, p, gout, out)
+
+
+def log_softmax_backward(logp, gout, out):
+    serial, parallel = _k.log_softmax_backward_serial, _k.log_softmax_backward
+    _run("log_softmax_backward", logp, serial, parallel, logp, gout, out)
 
 
 __all__ = [
+    "SERIAL_MAX_ELEMENTS",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
     "name",
+    "policy",
     "softmax",
     "softmax_backward",
     "target_stats",

@@ -23,6 +23,12 @@ assigns fixed parts to members round-robin), so a late thread costs time, never 
 Waits spin with ``pause`` and then yield the CPU (``sched_yield`` where it exists), so
 a member that is descheduled, e.g. with more threads than cores, is not starved by
 the ones waiting for it.
+
+Every wait is bounded.  A member that never arrives (a bug, or a thread the system
+stopped) would otherwise hang the others for ever; instead a wait that has lasted the
+team's timeout (``new_control(timeout_s)``, on the monotonic clock) marks the team
+aborted and returns False, every other wait then returns False at once, and the
+caller stops and reports it (the trainer raises ``RuntimeError``).
 """
 
 from __future__ import annotations
@@ -38,12 +44,23 @@ from numba.extending import intrinsic
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 _HAS_SCHED_YIELD = sys.platform != "win32"
+# clock_gettime with a 64-bit struct timespec; CLOCK_MONOTONIC is 1 on Linux, 6 on macOS
+_HAS_CLOCK_GETTIME = sys.platform.startswith("linux") or sys.platform == "darwin"
+_CLOCK_MONOTONIC = 6 if sys.platform == "darwin" else 1
 
-# Control words, each on its own 128-byte pair of cache lines (index in int64s).
+# Control words, each on its own 128-byte pair of cache lines (index in int64s); the
+# last pair holds the words that are only read while waiting.
 ARRIVALS = 0
 COUNT = 16
 BARRIER = 32
-CONTROL_WORDS = 48
+ABORTED = 48
+TIMEOUT_NS = 49
+CONTROL_WORDS = 64
+# A wait longer than this is taken for a member that will never come.  Waits normally
+# last microseconds; a descheduled member on an oversubscribed machine, milliseconds.
+DEFAULT_TIMEOUT_S = 30.0
+# Wait iterations between two reads of the clock (~0.1 us each).
+CLOCK_EVERY = 256
 # Added to ARRIVALS to close the roster: arrivals after it read at least this much.
 CLOSED = 1 << 40
 # Spins of `pause` before a wait starts yielding the CPU, and the leader's bound on its
@@ -129,6 +146,29 @@ def yield_cpu(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def monotonic_ns(typingctx):
+    """CLOCK_MONOTONIC in nanoseconds (clock_gettime), where it exists; elsewhere 0, and
+    waits are bounded by their spin count (see _wait_expired)."""
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        if not _HAS_CLOCK_GETTIME:
+            return ir.Constant(i64, 0)
+        ts_ty = ir.LiteralStructType([i64, i64])  # struct timespec on 64-bit Linux/macOS
+        ts = cgutils.alloca_once(builder, ts_ty)
+        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32), ts_ty.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "clock_gettime")
+        builder.call(fn, [ir.Constant(ir.IntType(32), _CLOCK_MONOTONIC), ts])
+        sec = builder.load(builder.gep(ts, [ir.Constant(ir.IntType(32), 0)] * 2))
+        nsec = builder.load(
+            builder.gep(ts, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 1)])
+        )
+        return builder.add(builder.mul(sec, ir.Constant(i64, 1_000_000_000)), nsec)
+
+    return types.int64(), codegen
+
+
 @njit(nogil=True)
 def _wait(spins):
     """One iteration of a wait loop that has spun `spins` times so far."""
@@ -139,9 +179,36 @@ def _wait(spins):
 
 
 @njit(nogil=True)
-def new_control():
-    """Zeroed control words for one team."""
-    return np.zeros(CONTROL_WORDS, np.int64)
+def _wait_expired(ctl, spins, start):
+    """Whether a wait that began at `start` (monotonic_ns) and has spun `spins` times
+    must give up: the team was aborted, or this wait outlasted the team's timeout (it
+    then aborts the team).  Reads the clock every CLOCK_EVERY spins only."""
+    if atomic_load(ctl, ABORTED) != 0:
+        return True
+    if spins % CLOCK_EVERY != CLOCK_EVERY - 1:
+        return False
+    limit = atomic_load(ctl, TIMEOUT_NS)
+    now = monotonic_ns()
+    # without a clock, count ~1 us per spin past the yields (a lower bound on their cost)
+    elapsed = now - start if now != 0 else (spins - SPINS_BEFORE_YIELD) * 1000
+    if elapsed > limit:
+        atomic_add(ctl, ABORTED, 1)
+        return True
+    return False
+
+
+@njit(nogil=True, cache=True)
+def new_control(timeout_s=DEFAULT_TIMEOUT_S):
+    """Zeroed control words for one team whose waits give up after `timeout_s`."""
+    ctl = np.zeros(CONTROL_WORDS, np.int64)
+    ctl[TIMEOUT_NS] = np.int64(timeout_s * 1e9)
+    return ctl
+
+
+@njit(nogil=True)
+def team_aborted(ctl):
+    """Whether a wait of this team gave up (see the module's docstring)."""
+    return atomic_load(ctl, ABORTED) != 0
 
 
 @njit(nogil=True)
@@ -161,8 +228,11 @@ def team_join(ctl, size):
         atomic_add(ctl, COUNT, members)
         return 0, members
     spins = 0
+    start = monotonic_ns()
     members = atomic_load(ctl, COUNT)
     while members == 0:
+        if _wait_expired(ctl, spins, start):
+            return -1, 0
         _wait(spins)
         spins += 1
         members = atomic_load(ctl, COUNT)
@@ -171,11 +241,19 @@ def team_join(ctl, size):
 
 @njit(nogil=True)
 def team_barrier(ctl, members):
-    """Wait until all `members` have arrived here.  The counter's old value tells an
-    arrival which barrier this is (k = old // members: no member can start barrier
-    k + 1 before all have arrived at k), and barrier k passes at (k + 1) * members."""
+    """Wait until all `members` have arrived here; True then, False when the wait gave
+    up (the team is aborted: see the module's docstring).  The counter's old value
+    tells an arrival which barrier this is (k = old // members: no member can start
+    barrier k + 1 before all have arrived at k), and barrier k passes at
+    (k + 1) * members."""
+    if atomic_load(ctl, ABORTED) != 0:
+        return False
     target = (atomic_add(ctl, BARRIER, 1) // members + 1) * members
     spins = 0
+    start = monotonic_ns()
     while atomic_load(ctl, BARRIER) < target:
+        if _wait_expired(ctl, spins, start):
+            return False
         _wait(spins)
         spins += 1
+    return True

@@ -9,8 +9,11 @@ cross-entropy (serial, 13-20 us).  Numba has no way to ask for shuffles, so
 classic block-swap network (log2 W stages of W two-input shuffles, one permute
 instruction each with AVX-512), W column vectors out (masked stores).  The same copies
 then take 1.0 and 1.1 us.  The IR is target-independent: without AVX-512 LLVM splits
-the vectors (NUMBA_CPU_NAME=haswell: ymm shuffles and vmaskmovps; the transpose and
-small-C parity tests pass there too).
+the vectors into ymm halves (to get AVX2 code on an AVX-512 machine set both
+NUMBA_CPU_NAME=znver3 and NUMBA_CPU_FEATURES= : the name alone keeps the host's
++avx512f).  Masked moves are then VMASKMOVPS, slow on AMD Zen 2/3, so rows are moved
+with whole-vector loads and stores wherever those stay inside the arrays, and masked
+ones only at the edges.
 
 W = 64 bytes / itemsize: 16 float32 or 8 float64 lanes, one AVX-512 register.
 """

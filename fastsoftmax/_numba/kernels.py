@@ -12,7 +12,9 @@ Layout of the work
   its scratch once.  The chunking depends only on the shape, never on the thread count,
   and per-chunk partial sums are added in chunk order, so every result is bit-identical
   for any number of threads.  Each parallel kernel has a ``*_serial`` twin for inputs
-  too small to repay waking the thread pool.
+  too small to repay waking the thread pool.  Both call the same ``_*_run`` function
+  with the same argument types (the prange index is cast to int64), so they share one
+  compiled body: the same bits whichever runs, and one compilation less.
 * Large C (``C > SMALL_C_MAX``): one row at a time, passes over a row that stays in
   L1/L2 after the first: (1) max, read from memory; (2) ``e = exp(z - max)`` stored
   into the output; (3) the sum of ``e``; (4) ``e`` scaled into the result.  Passes 2
@@ -28,6 +30,12 @@ Layout of the work
   transposed into a small class-major buffer (``zt[c, r]``) and every step (max, exp,
   sums, gradient) runs across rows, 16 rows per AVX-512 instruction; the result is
   transposed back on the way out.
+* The path is chosen in Python and passed as the argument ``row_path``: None for the
+  small-C tiles, 1 for rows.  ``row_path is None`` is a test on a type, which Numba
+  settles at compile time when the type is None: a first small-C call compiles the
+  tile path alone (~2 s less on a cold cache).  An int cannot be settled (only None
+  and literal constants can, and a literal from Python would send every call through
+  Numba's slow dispatch, ~6 ms), so a large-C call compiles both paths.
 
 Cross-entropy math (class-index targets, PyTorch's definition)
 --------------------------------------------------------------
@@ -75,9 +83,12 @@ SUM_BLOCK = 256
 # precision the kernels are written to keep.  `contract` (FMA) only ever adds accuracy.
 # error_model="numpy": a division by zero gives inf/NaN rather than a branch that
 # blocks vectorisation.
-_F = {"fastmath": {"contract"}, "error_model": "numpy"}
-_FR = {"fastmath": REDUCE_FLAGS, "error_model": "numpy"}
-_KW = {"cache": True, "nogil": True, **_F}
+# Helpers (_F, _FR) are only ever called from other kernels: no CPython or C wrapper
+# is generated for them (less to compile on a cold cache).
+_NW = {"no_cpython_wrapper": True, "no_cfunc_wrapper": True}
+_F = {"fastmath": {"contract"}, "error_model": "numpy", **_NW}
+_FR = {"fastmath": REDUCE_FLAGS, "error_model": "numpy", **_NW}
+_KW = {"cache": True, "nogil": True, "fastmath": {"contract"}, "error_model": "numpy"}
 
 
 # --------------------------------------------------------------------------------------
@@ -273,10 +284,18 @@ def _row_sum(x, i):
 # zt[c * TILE_ROWS + r]: Numba cannot prove the compound index non-negative and guards
 # it against wraparound, which kept LLVM from vectorising these loops (3x slower).
 # --------------------------------------------------------------------------------------
+# The direction argument of _tile_transfer.  A test on None is settled when Numba
+# compiles (see row_path in the module's docstring), so each direction compiles alone.
+INTO_TILE = None
+OUT_OF_TILE = 1
+
+
 @njit(**_F)
-def _tile_transfer(x, a, nr, zt, into_tile):
-    """Rows [a, a + nr) of the C-contiguous x into zt (into_tile) or back out of it,
-    W x W blocks at a time, transposed in vector registers (see _transpose)."""
+def _tile_transfer(x, a, nr, zt, direction):
+    """Rows [a, a + nr) of the C-contiguous x into zt (direction INTO_TILE) or zt back
+    into them (OUT_OF_TILE), W x W blocks at a time, transposed in vector registers (see
+    _transpose).  Called directly, not through one-line wrappers: each level of calls
+    is compiled and optimised once more on a cold cache."""
     n = x.shape[1]
     xf = x.reshape(x.size)
     W = block_width(zt)
@@ -285,22 +304,10 @@ def _tile_transfer(x, a, nr, zt, into_tile):
         rows = min(W, nr - b)
         for cb in range(0, n, W):
             cols = min(W, n - cb)
-            if into_tile:
+            if direction is None:
                 transpose_block(xf, (a + b) * n + cb, n, rows, cols, zt, cb * R + b, R)
             else:
                 transpose_block(zt, cb * R + b, R, cols, rows, xf, (a + b) * n + cb, n)
-
-
-@njit(**_F)
-def _tile_load(x, a, nr, zt):
-    """Transpose rows [a, a + nr) of x into zt."""
-    _tile_transfer(x, a, nr, zt, True)
-
-
-@njit(**_F)
-def _tile_store(zt, a, nr, out):
-    """The inverse of _tile_load: zt back into rows [a, a + nr) of out."""
-    _tile_transfer(out, a, nr, zt, False)
 
 
 @njit(**_F)
@@ -366,7 +373,7 @@ def _tile_softmax(x, a, nr, buf, f64):
     R = TILE_ROWS
     zt = buf[: n * R]
     m = buf[n * R : (n + 1) * R]
-    _tile_load(x, a, nr, zt)
+    _tile_transfer(x, a, nr, zt, INTO_TILE)
     _tile_max(zt, nr, n, m)
     s, logs = f64[:R], f64[R : 2 * R]
     acc = buf[(n + 3) * R + n : (n + 4) * R + n]
@@ -474,7 +481,7 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
         nr = min(R, r1 - a)
         zt = buf[: n * R]
         m = buf[n * R : (n + 1) * R]
-        _tile_load(z, a, nr, zt)
+        _tile_transfer(z, a, nr, zt, INTO_TILE)
         _tile_max(zt, nr, n, m)
         if eps_c != 0.0:
             _tile_smooth_sum(zt, nr, n, m, w, smooth)
@@ -509,7 +516,7 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
             zc = zt[c * R : c * R + nr]
             for r in range(nr):
                 zc[r] = zc[r] * ga[r] - gbc
-        _tile_store(zt, a, nr, g)
+        _tile_transfer(g, a, nr, zt, OUT_OF_TILE)
         for r in range(nr):
             i = a + r
             if valid[r] != 0.0:
@@ -520,14 +527,15 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
 
 
 @njit(**_F)
-def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth):
-    """Thread t of nth: its run of chunks, one partial loss sum per chunk."""
+def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth, row_path):
+    """Thread t of nth: its run of chunks, one partial loss sum per chunk; row_path:
+    None (tiles) or 1 (rows), see the module's docstring."""
     per, nchunks = _chunking(z.shape[0], z.shape[1])
     buf, f64 = _scratch(z)
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         r0 = c * per
         r1 = min(r0 + per, z.shape[0])
-        if z.shape[1] <= SMALL_C_MAX:
+        if row_path is None:
             _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64)
         else:
             _xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
@@ -538,21 +546,22 @@ def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth)
 
 
 @njit(**_KW, parallel=True)
-def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
+def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, row_path, nthreads):
     """Per-row loss into `loss` (float64); scaled gradient into `g` unless it is None.
     Returns the float64 sum of the row losses, added in chunk order."""
     partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
     nth = _threads(partial.shape[0], nthreads)
     for t in prange(nth):
-        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth)
+        i = np.int64(t)
+        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, i, nth, row_path)
     return _ordered_sum(partial)
 
 
 @njit(**_KW)
-def xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
+def xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g, row_path):
     partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
     if partial.shape[0]:
-        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1)
+        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1, row_path)
     return _ordered_sum(partial)
 
 
@@ -607,14 +616,27 @@ def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
         partial[c] = acc
 
 
+@njit(**_F)
+def _prob_chunks(z):
+    per = max(1, ROW_CHUNK_ELEMENTS // z.shape[1])
+    return np.empty((z.shape[0] + per - 1) // per)
+
+
 @njit(**_KW, parallel=True)
 def xent_prob(z, q, w, eps, scale, loss, g, nthreads):
     """Probability-target cross-entropy; same contract as :func:`xent_index`."""
-    per = max(1, ROW_CHUNK_ELEMENTS // z.shape[1])
-    partial = np.empty((z.shape[0] + per - 1) // per)
+    partial = _prob_chunks(z)
     nth = _threads(partial.shape[0], nthreads)
     for t in prange(nth):
-        _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth)
+        _xent_prob_run(z, q, w, eps, scale, loss, g, partial, np.int64(t), nth)
+    return _ordered_sum(partial)
+
+
+@njit(**_KW)
+def xent_prob_serial(z, q, w, eps, scale, loss, g):
+    partial = _prob_chunks(z)
+    if partial.shape[0]:
+        _xent_prob_run(z, q, w, eps, scale, loss, g, partial, 0, 1)
     return _ordered_sum(partial)
 
 
@@ -622,14 +644,14 @@ def xent_prob(z, q, w, eps, scale, loss, g, nthreads):
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------
 @njit(**_F)
-def _softmax_run(x, out, t, nth):
+def _softmax_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     buf, f64 = _scratch(x)
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         r0 = c * per
         r1 = min(r0 + per, nrows)
-        if n <= SMALL_C_MAX:
+        if row_path is None:
             nr = r1 - r0
             zt, m, s, _ = _tile_softmax(x, r0, nr, buf, f64)
             inv = m  # m is no longer needed
@@ -639,7 +661,7 @@ def _softmax_run(x, out, t, nth):
                 zc = zt[j * TILE_ROWS : j * TILE_ROWS + nr]
                 for r in range(nr):
                     zc[r] = zc[r] * inv[r]
-            _tile_store(zt, r0, nr, out)
+            _tile_transfer(out, r0, nr, zt, OUT_OF_TILE)
         else:
             inplace = _same_memory(x, out)
             for i in range(r0, r1):
@@ -650,25 +672,24 @@ def _softmax_run(x, out, t, nth):
 
 
 @njit(**_KW, parallel=True)
-def softmax(x, out, nthreads):
+def softmax(x, out, row_path, nthreads):
     """out = softmax(x) along axis 1; out may be x."""
     nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
     for t in prange(nth):
-        _softmax_run(x, out, t, nth)
+        _softmax_run(x, out, np.int64(t), nth, row_path)
 
 
 @njit(**_KW)
-def softmax_serial(x, out):
+def softmax_serial(x, out, row_path):
     if x.shape[0]:
-        _softmax_run(x, out, 0, 1)
+        _softmax_run(x, out, 0, 1, row_path)
 
 
 @njit(**_F)
-def _lse_block(x, a, r1, buf, f64, shift, logs):
+def _lse_block(x, a, r1, buf, f64, shift, logs, row_path):
     """shift[r] = max and logs[r] = log(sum(exp(x - max))) for the rows from a: a whole
     tile (small C) or one row (large C).  Returns the number of rows done."""
-    n = x.shape[1]
-    if n <= SMALL_C_MAX:
+    if row_path is None:
         nr = min(TILE_ROWS, r1 - a)
         _, m, _, tile_logs = _tile_softmax(x, a, nr, buf, f64)
         for r in range(nr):
@@ -683,7 +704,7 @@ def _lse_block(x, a, r1, buf, f64, shift, logs):
 
 
 @njit(**_F)
-def _log_softmax_run(x, out, t, nth):
+def _log_softmax_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     inplace = _same_memory(x, out)
@@ -694,7 +715,7 @@ def _log_softmax_run(x, out, t, nth):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
-            nr = _lse_block(x, a, r1, buf, f64, shift, logs)
+            nr = _lse_block(x, a, r1, buf, f64, shift, logs, row_path)
             for r in range(nr):
                 # (x - max) - log(s), not x - (max + log(s)): x - max is exact for the
                 # entries that matter, so the result keeps full relative precision
@@ -711,7 +732,7 @@ def _log_softmax_run(x, out, t, nth):
 
 
 @njit(**_F)
-def _logsumexp_run(x, out, t, nth):
+def _logsumexp_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     buf, f64 = _scratch(x)
@@ -721,7 +742,7 @@ def _logsumexp_run(x, out, t, nth):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
-            nr = _lse_block(x, a, r1, buf, f64, shift, logs)
+            nr = _lse_block(x, a, r1, buf, f64, shift, logs, row_path)
             for r in range(nr):
                 v = shift[r] + logs[r]
                 out[a + r] = v if np.isfinite(v) else _lse_nonfinite(x, a + r, v)
@@ -746,31 +767,31 @@ def _lse_nonfinite(x, i, v):
 
 
 @njit(**_KW, parallel=True)
-def log_softmax(x, out, nthreads):
+def log_softmax(x, out, row_path, nthreads):
     """out = log_softmax(x) along axis 1; out may be x."""
     nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
     for t in prange(nth):
-        _log_softmax_run(x, out, t, nth)
+        _log_softmax_run(x, out, np.int64(t), nth, row_path)
 
 
 @njit(**_KW)
-def log_softmax_serial(x, out):
+def log_softmax_serial(x, out, row_path):
     if x.shape[0]:
-        _log_softmax_run(x, out, 0, 1)
+        _log_softmax_run(x, out, 0, 1, row_path)
 
 
 @njit(**_KW, parallel=True)
-def logsumexp(x, out, nthreads):
+def logsumexp(x, out, row_path, nthreads):
     """out[i] = log(sum_j exp(x[i, j])), stably (see _lse_nonfinite)."""
     nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
     for t in prange(nth):
-        _logsumexp_run(x, out, t, nth)
+        _logsumexp_run(x, out, np.int64(t), nth, row_path)
 
 
 @njit(**_KW)
-def logsumexp_serial(x, out):
+def logsumexp_serial(x, out, row_path):
     if x.shape[0]:
-        _logsumexp_run(x, out, 0, 1)
+        _logsumexp_run(x, out, 0, 1, row_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -785,19 +806,55 @@ def _row_dot(a, b, i):
     return acc
 
 
-@njit(**_KW, parallel=True)
-def softmax_backward(p, gout, out):
-    """out = p * (gout - sum(gout * p)) along axis 1 (out may alias p or gout)."""
-    for i in prange(p.shape[0]):
+@njit(**_F)
+def _backward_rows(nrows, n, t, nth):
+    """Thread t's rows of nth: contiguous runs of whole ROW_CHUNK_ELEMENTS chunks (rows
+    are independent here, so only the time depends on the split)."""
+    per = max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
+    nchunks = (nrows + per - 1) // per
+    return (
+        min(nrows, (t * nchunks // nth) * per),
+        min(nrows, ((t + 1) * nchunks // nth) * per),
+    )
+
+
+@njit(**_F)
+def _softmax_backward_run(p, gout, out, t, nth):
+    r0, r1 = _backward_rows(p.shape[0], p.shape[1], t, nth)
+    for i in range(r0, r1):
         d = like(out, _row_dot(p, gout, i))
         for j in range(p.shape[1]):
             out[i, j] = p[i, j] * (gout[i, j] - d)
 
 
-@njit(**_KW, parallel=True)
-def log_softmax_backward(logp, gout, out):
-    """out = gout - exp(logp) * sum(gout) along axis 1 (out may alias logp or gout)."""
-    for i in prange(logp.shape[0]):
+@njit(**_F)
+def _log_softmax_backward_run(logp, gout, out, t, nth):
+    r0, r1 = _backward_rows(logp.shape[0], logp.shape[1], t, nth)
+    for i in range(r0, r1):
         sg = like(out, _row_sum(gout, i))
         for j in range(logp.shape[1]):
             out[i, j] = gout[i, j] - fexp(logp[i, j]) * sg
+
+
+@njit(**_KW, parallel=True)
+def softmax_backward(p, gout, out, nthreads):
+    """out = p * (gout - sum(gout * p)) along axis 1 (out may alias p or gout)."""
+    for t in prange(nthreads):
+        _softmax_backward_run(p, gout, out, np.int64(t), nthreads)
+
+
+@njit(**_KW)
+def softmax_backward_serial(p, gout, out):
+    _softmax_backward_run(p, gout, out, 0, 1)
+
+
+@njit(**_KW, parallel=True)
+def log_softmax_backward(logp, gout, out, nthreads):
+    """out = gout - exp(logp) * sum(gout) along axis 1 (out may alias logp or gout)."""
+    for t in prange(nthreads):
+        _log_softmax_backward_run(logp, gout, out, np.int64(t), nthreads)
+
+
+@njit(**_KW)
+def log_softmax_backward_serial(logp, gout, out):
+    _log_softmax_backward_run(logp, gout, out, 0, 1)

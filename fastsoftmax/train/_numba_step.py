@@ -16,9 +16,9 @@ and the block's contribution to dW is added while its rows are still in L2, befo
 the next block is read.  So X is read from memory once per step ("one pass"),
 and uint8 pixels move 4x fewer bytes than float32.  The per-part dW partials are
 added in part order and the update is split over the threads by class (C x d numbers:
-a few us), so a run is deterministic for a given thread count.  All of a call's steps
-run in one parallel region whose threads meet at two spin barriers per step
-(``fastsoftmax._numba._team``), not in two fork/joins per step.
+a few us), so a run's bits depend on the batch and the pool's size only.  All of a
+call's steps run in one call of ``team_steps`` per thread, the threads meeting at two
+spin barriers per step (``fastsoftmax._numba._team``), not in two fork/joins per step.
 
 Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
 * logits: 4 rows x 5 classes = 20 dot products over k at once: per
@@ -38,6 +38,9 @@ Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -45,8 +48,16 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._numba._math import REDUCE_FLAGS, like
-from .._numba._team import item_pointer, new_control, team_barrier, team_join
+from .._numba._team import (
+    ABORTED,
+    DEFAULT_TIMEOUT_S,
+    item_pointer,
+    new_control,
+    team_barrier,
+    team_join,
+)
 from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_index_tiles
+from .._threads import pool_size
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
 BLOCK = 64
@@ -61,8 +72,11 @@ PF_LOCALITY = 2
 # A thread gets at least this many rows of a batch (fewer are not worth a wake-up).
 MIN_ROWS_PER_THREAD = 16
 
-_F = {"fastmath": {"contract"}, "error_model": "numpy", "nogil": True}
-_FR = {"fastmath": REDUCE_FLAGS, "error_model": "numpy", "nogil": True}
+# helpers: called only from the kernels below, so no CPython or C wrapper is compiled
+_NW = {"no_cpython_wrapper": True, "no_cfunc_wrapper": True}
+_F = {"fastmath": {"contract"}, "error_model": "numpy", "nogil": True, **_NW}
+_FR = {"fastmath": REDUCE_FLAGS, "error_model": "numpy", "nogil": True, **_NW}
+_KW = {"fastmath": {"contract"}, "error_model": "numpy", "nogil": True, "cache": True}
 
 
 @intrinsic
@@ -278,7 +292,29 @@ def _prefetch_next(X, order, pf, i1, n0, n1):
 
 
 @njit(**_F)
-def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, lrow, buf, f64):
+def _part(
+    X,
+    y,
+    order,
+    i0,
+    i1,
+    n0,
+    n1,
+    W,
+    b,
+    a,
+    inv_b,
+    gW,
+    gb,
+    xb,
+    rows,
+    z,
+    yb,
+    lrow,
+    buf,
+    f64,
+    row_path,
+):
     """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
     (added into gW, gb).  Returns the sum of the part's row losses (float64).
     order[n0:n1] is the thread's part of the next step (its first rows are prefetched).
@@ -300,7 +336,7 @@ def _part(X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, 
             _logits_row(x, rows, q, W, b, a, z)
         zz = z[:nr]
         # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
-        if C <= SMALL_C_MAX:
+        if row_path is None:  # C <= SMALL_C_MAX (a type: see row_path_for)
             _xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
         else:
             _xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
@@ -368,7 +404,7 @@ def _sq(w):
 PAD = 64
 
 
-@njit(**_F)
+@njit(**_KW)
 def _thread_scratch(P, W):
     """Each of P threads' blocks for _part: gathered rows, logits, labels, row indices,
     row losses and the Core kernel's scratch (each padded by PAD)."""
@@ -386,81 +422,125 @@ def _thread_scratch(P, W):
     )
 
 
-@njit(**_F)
+@njit(**_KW)
 def _thread_partials(P, C, d, dtype):
     """Zeroed per-thread dW (P, C + 1, d) and db (P, C + PAD) partials; a thread's own
     are gW[t][:C] and gb[t][:C] (the spare row and the PAD numbers keep threads apart)."""
     return np.zeros((P, C + 1, d), dtype), np.zeros((P, C + PAD), dtype)
 
 
-@njit(cache=True, parallel=True, **_F)
-def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads):
+@njit(**_KW)
+def team_steps(
+    ctl, size, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, NP,
+    partials, scratch,
+):  # fmt: skip
+    """One of the `size` threads of a call of sgd_steps: joins the team (see _team) and,
+    as member r of m, does its share of steps s0..s1-1.  partials: (gW, gb, part_loss,
+    sqc) shared by the team; scratch: _thread_scratch's arrays (one row per member)."""
+    r, m = team_join(ctl, size)
+    if r < 0:
+        return
+    gW, gb, part_loss, sqc = partials
+    xbs, zs, ybs, rowss, lrows, bufs, f64s = scratch
+    n = order.shape[0]
+    C = W.shape[0]
+    if r == 0 and wd != 0.0:  # ||W||^2 per class: only member 0 reads it before a barrier
+        for c in range(C):
+            sqc[c] = _sq(W[c])
+    for s in range(s0, s1):
+        r0 = s * batch
+        r1 = min(r0 + batch, n)
+        nb = r1 - r0
+        nth = _parts(nb, NP)
+        # where this member's part of the next step starts: prefetched at the end
+        nr0 = min(r1, n)
+        nnb = min(nr0 + batch, n) - nr0
+        nnth = _parts(nnb, NP)
+        nxt0 = nr0 + r * nnb // nnth if r < nnth and nnb > 0 else n
+        nxt1 = nr0 + (r + 1) * nnb // nnth if r < nnth and nnb > 0 else n
+        inv_b = 1.0 / nb
+        for t in range(r, nth, m):
+            gW[t] = 0
+            gb[t] = 0
+            part_loss[t] = _part(
+                X, y, order, r0 + t * nb // nth, r0 + (t + 1) * nb // nth, nxt0, nxt1,
+                W, b, a, inv_b, gW[t][:C], gb[t][:C], xbs[r], rowss[r], zs[r],
+                ybs[r], lrows[r], bufs[r], f64s[r], row_path,
+            )  # fmt: skip
+        sq = 0.0
+        if r == 0 and wd != 0.0:  # ||W||^2 before this step's update
+            for c in range(C):
+                sq += sqc[c]
+        if not team_barrier(ctl, m):  # every part is in gW, gb, part_loss
+            return
+        if r == 0:
+            total = 0.0
+            for t in range(nth):
+                total += part_loss[t]
+            losses[s] = total * inv_b + 0.5 * wd * sq
+        nu = min(m, C)
+        if r < nu:
+            _update_classes(
+                W, b, vW, vb, gW, gb, nth, lr, mu, wd, r * C // nu, (r + 1) * C // nu, sqc
+            )
+        if not team_barrier(ctl, m):  # W, b (and sqc) are the next step's
+            return
+
+
+_workers: list[ThreadPoolExecutor] = []
+_workers_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads that run the other members of a team (made once, on first use)."""
+    with _workers_lock:
+        if not _workers:
+            _workers.append(ThreadPoolExecutor(max(1, pool_size() - 1), "fastsoftmax-team"))
+    return _workers[0]
+
+
+def sgd_steps(
+    X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, nparts, nthreads
+) -> int:
     """Steps s0..s1-1 of an epoch whose row order is `order`; W (C, d), b (C,) and the
     momentum buffers vW, vb are updated in place; losses[s] gets step s's objective
     (mean cross-entropy + wd/2 ||W||^2, before its update).
 
-    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale.
+    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale;
+    row_path: `row_path_for(C)`, the Core kernel's path.
 
-    One parallel region for all the steps: its iterations form a team (see _team) and
-    meet at two barriers per step.  A step's rows are cut into nth parts (nth depends on
-    the batch size and `nthreads` only); member r computes parts r, r + m, ... (m
-    members) into part-indexed partials, and after the first barrier updates its share
-    of the classes.  So the bits do not depend on how many threads joined."""
-    n = order.shape[0]
+    All the steps run in one call of team_steps per thread: this thread's and
+    min(nthreads, nparts) - 1 others (Python threads; the kernel releases the GIL).
+    They form a team (see _team) and meet at two barriers per step.  A step's rows are
+    cut into at most `nparts` parts (the pool's size, whatever `nthreads` is); member r
+    computes parts r, r + m, ... (m members) into part-indexed partials, and after the
+    first barrier updates its share of the classes.  So the bits depend neither on
+    `nthreads` nor on how many threads joined in time.
+
+    Why Python threads and not a prange: Numba compiles a parfor's body as a function
+    of its own and then its caller, and each optimises and generates code for the whole
+    step again: ~6 s of a cold ~13 s compile.
+
+    Returns 0, or 1 when a member did not reach a barrier within its bound (see
+    _team.team_barrier): the team then stops, W and b half-updated."""
     C, d = W.shape
-    P = max(1, nthreads)
-    gW, gb = _thread_partials(P, C, d, W.dtype)
-    part_loss = np.zeros(P)
-    sqc = np.zeros(C)
-    if wd != 0.0:
-        for c in range(C):
-            sqc[c] = _sq(W[c])
-    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(P, W)
+    NP = max(1, nparts)
+    P = max(1, min(nthreads, NP))
+    partials = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
     ctl = new_control()
-    for _it in prange(P):
-        r, m = team_join(ctl, P)
-        if r < 0:
-            continue
-        for s in range(s0, s1):
-            r0 = s * batch
-            r1 = min(r0 + batch, n)
-            nb = r1 - r0
-            nth = _parts(nb, P)
-            # where this member's part of the next step starts: prefetched at the end
-            nr0 = min(r1, n)
-            nnb = min(nr0 + batch, n) - nr0
-            nnth = _parts(nnb, P)
-            nxt0 = nr0 + r * nnb // nnth if r < nnth and nnb > 0 else n
-            nxt1 = nr0 + (r + 1) * nnb // nnth if r < nnth and nnb > 0 else n
-            inv_b = 1.0 / nb
-            for t in range(r, nth, m):
-                gW[t] = 0
-                gb[t] = 0
-                part_loss[t] = _part(
-                    X, y, order, r0 + t * nb // nth, r0 + (t + 1) * nb // nth, nxt0, nxt1,
-                    W, b, a, inv_b, gW[t][:C], gb[t][:C], xbs[r], rowss[r], zs[r],
-                    ybs[r], lrows[r], bufs[r], f64s[r],
-                )  # fmt: skip
-            sq = 0.0
-            if r == 0 and wd != 0.0:  # ||W||^2 before this step's update
-                for c in range(C):
-                    sq += sqc[c]
-            team_barrier(ctl, m)  # every part is in gW, gb, part_loss
-            if r == 0:
-                total = 0.0
-                for t in range(nth):
-                    total += part_loss[t]
-                losses[s] = total * inv_b + 0.5 * wd * sq
-            nu = min(m, C)
-            if r < nu:
-                _update_classes(
-                    W, b, vW, vb, gW, gb, nth, lr, mu, wd, r * C // nu, (r + 1) * C // nu, sqc
-                )
-            team_barrier(ctl, m)  # W, b (and sqc) are the next step's
+    args = (
+        ctl, P, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, NP,
+        partials, _thread_scratch(P, W),
+    )  # fmt: skip
+    others = [_pool().submit(team_steps, *args) for _ in range(P - 1)]
+    team_steps(*args)
+    for f in others:  # bounded: so is every wait in team_steps
+        f.result(timeout=2 * DEFAULT_TIMEOUT_S)
+    return 1 if ctl[ABORTED] != 0 else 0  # every member has returned: a plain read
 
 
-@njit(cache=True, parallel=True, **_F)
-def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, nthreads):
+@njit(parallel=True, **_KW)
+def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads):
     """The step's work on every row of X, without the update, for full-batch solvers:
     gW_out (C, d) = scale * d(sum of row losses)/dW of the cross-entropy of
     a X W^T + b, gb_out (C,) likewise for b; returns the sum of the row losses
@@ -478,7 +558,7 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, nthreads):
         part_loss[t] = _part(
             X, y, order, t * n // nth, (t + 1) * n // nth, n, n, W, b, a, scale,
             gW[t][:C], gb[t][:C], xbs[t], rowss[t], zs[t], ybs[t], lrows[t], bufs[t],
-            f64s[t],
+            f64s[t], row_path,
         )  # fmt: skip
     total = 0.0
     for t in range(nth):
@@ -489,6 +569,12 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, nthreads):
         gW_out += gW[t][:C]
         gb_out += gb[t][:C]
     return total
+
+
+def row_path_for(num_classes: int):
+    """The step's `row_path` argument: None for the Core kernel's small-C tiles (only
+    that path is then compiled), 1 for its row path (see _numba.kernels)."""
+    return None if num_classes <= SMALL_C_MAX else 1
 
 
 @njit(**_F)

@@ -76,12 +76,17 @@ def resolve_step_backend(backend: str) -> str:
 
 def _step_function(backend: str):
     if backend == "numba":
-        import numba
-
+        from .._numba._team import DEFAULT_TIMEOUT_S as TEAM_TIMEOUT_S
+        from .._threads import get_num_threads, pool_size
         from . import _numba_step
 
         def run(*args):
-            _numba_step.sgd_steps(*args, numba.get_num_threads())
+            row_path = _numba_step.row_path_for(args[6].shape[0])  # W: (C, d)
+            if _numba_step.sgd_steps(*args, row_path, pool_size(), get_num_threads()):
+                raise RuntimeError(
+                    "a thread of the training step did not reach its barrier within "
+                    f"{TEAM_TIMEOUT_S:g} s; the step was abandoned (parameters partly updated)"
+                )
 
         return run
     from . import _numpy_step

@@ -1,0 +1,79 @@
+"""Compile the Numba kernels ahead of use: ``fastsoftmax warmup``.
+
+Numba compiles a kernel the first time it is called with new argument types and keeps
+the machine code in its on-disk cache (see ``fastsoftmax._numba._cache``).  A cold
+cache costs seconds per kernel on the first run; a container image, a CI job or a
+cluster node can pay that once, at build time, by running this.  The cache is valid
+for the same installed files on the same kind of CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from . import _api
+from ._backends import load
+from .train.loop import warm_up as warm_up_step
+
+# (rows, classes) per kernel mode: one shape per path (the small-C tiles, the large-C
+# rows), below the backend's serial cut-off (16384 logits) for the serial kernels and
+# above it for the parallel ones.
+SHAPES = {"serial": ((64, 10), (4, 1000)), "parallel": ((2048, 10), (32, 1000))}
+DTYPES = (np.float32, np.float64)
+
+
+@contextlib.contextmanager
+def _forced(policy, parallel: bool) -> Iterator[None]:
+    old = policy.force
+    policy.force = parallel
+    try:
+        yield
+    finally:
+        policy.force = old
+
+
+def _op_calls(z: np.ndarray, y: np.ndarray) -> list[tuple[str, Callable[[], object]]]:
+    return [
+        ("cross_entropy_with_grad", lambda: _api.cross_entropy_with_grad(z, y)),
+        ("cross_entropy", lambda: _api.cross_entropy(z, y)),
+        ("softmax", lambda: _api.softmax(z)),
+        ("log_softmax", lambda: _api.log_softmax(z)),
+    ]
+
+
+def warm_up(progress: Callable[[str, float], None] | None = None, *, train: bool = True) -> float:
+    """Compile (or load from the cache) the kernels most programs call: the ops on
+    float32 and float64 logits, small and large C, serial and parallel, and (``train``)
+    the trainer's step for uint8, float32 and float64 inputs.  ``progress(name, s)``
+    hears of each.  Returns the seconds taken."""
+    be = load("numba")
+    start = time.perf_counter()
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        t0 = time.perf_counter()
+        fn()
+        if progress is not None:
+            progress(name, time.perf_counter() - t0)
+
+    rng = np.random.default_rng(0)
+    for dtype in DTYPES:
+        for mode, shapes in SHAPES.items():
+            for rows, classes in shapes:
+                z = rng.standard_normal((rows, classes)).astype(dtype)
+                y = rng.integers(0, classes, rows)
+                with _forced(be.policy, mode == "parallel"):
+                    for op, call in _op_calls(z, y):
+                        timed(f"{op} {np.dtype(dtype).name} C={classes} {mode}", call)
+    if train:
+        for x_dtype in (np.uint8, np.float32, np.float64):
+            X = np.zeros((2, 784), x_dtype)
+            w_dtype = np.float64 if x_dtype == np.float64 else np.float32
+            timed(
+                f"training step, {np.dtype(x_dtype).name} inputs",
+                lambda X=X, w_dtype=w_dtype: warm_up_step(X, "numba", w_dtype),
+            )
+    return time.perf_counter() - start

@@ -1,0 +1,246 @@
+"""Threads: the thread-count settings, the serial/parallel policy, and that no choice
+of threads changes a result.
+
+Oracles: the policy's decisions against its cost model worked by hand (a fake clock
+makes idleness exact); results of the Numba backend run serially against the same
+calls run in parallel, bit for bit; threadpoolctl's own report of BLAS's threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from fastsoftmax import _threads
+from fastsoftmax._threads import DEFAULT_WAKE_S, IDLE_RANGES, ThreadPolicy
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    fs.set_num_threads(None)
+
+
+# ------------------------------------------------------------------ thread counts
+def test_set_num_threads_caps_and_none_restores(restore_threads):
+    pool = _threads.pool_size()
+    default = fs.get_num_threads()
+    assert 1 <= default <= pool
+    fs.set_num_threads(1)
+    assert fs.get_num_threads() == 1
+    fs.set_num_threads(10**6)  # more than the pool: capped at the pool
+    assert fs.get_num_threads() == pool
+    fs.set_num_threads(None)
+    assert fs.get_num_threads() == default
+
+
+def test_thread_limit_is_per_thread_and_nests(restore_threads):
+    fs.set_num_threads(None)
+    outer = fs.get_num_threads()
+    seen = {}
+    with fs.thread_limit(1):
+        assert fs.get_num_threads() == 1
+        with fs.thread_limit(5):  # a looser inner limit does not lift the outer one
+            assert fs.get_num_threads() == 1
+        other = threading.Thread(target=lambda: seen.setdefault("n", fs.get_num_threads()))
+        other.start()
+        other.join()
+    assert seen["n"] == outer  # another thread is not limited
+    assert fs.get_num_threads() == outer
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_bad_thread_counts_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        fs.set_num_threads(bad)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        with fs.thread_limit(bad):
+            pass
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", True])
+def test_thread_counts_must_be_ints(bad):
+    with pytest.raises(TypeError, match="n must be a positive int"):
+        fs.set_num_threads(bad)
+
+
+def test_environment_variable_sets_the_default(monkeypatch, restore_threads):
+    monkeypatch.setenv(_threads.ENV_THREADS, "1")
+    fs.set_num_threads(None)
+    assert fs.get_num_threads() == 1
+    monkeypatch.setenv(_threads.ENV_THREADS, "two")
+    with pytest.raises(ValueError, match=_threads.ENV_THREADS):
+        fs.set_num_threads(None)
+    monkeypatch.delenv(_threads.ENV_THREADS)
+
+
+# ------------------------------------------------------------------ the policy
+def test_policy_goes_parallel_only_when_the_saving_beats_the_wake_up():
+    clock = FakeClock()
+    policy = ThreadPolicy({"f": 4e-9}, pool=2, clock=clock)
+    # pool never used: the longest idle range; saving = (4 - 2) ns x size
+    k, k_decide = policy.idle_ranges()
+    assert k == k_decide == len(IDLE_RANGES) - 1
+    wake = DEFAULT_WAKE_S[k]
+    edge = wake / 2e-9
+    assert not policy.parallel_pays("f", int(edge * 0.9), k)
+    assert policy.parallel_pays("f", int(edge * 1.1), k)
+    # right after a parallel call the pool is awake: the cheapest range
+    policy.observe("f", 10**6, True, k, seconds=0.01)
+    assert policy.idle_ranges() == (0, 0)
+    assert policy.parallel_pays("f", int(DEFAULT_WAKE_S[0] / 2e-9 * 1.1), 0)
+    clock.now += 1.0  # a second later it is asleep again
+    assert policy.idle_ranges() == (len(IDLE_RANGES) - 1,) * 2
+
+
+def test_a_burst_of_calls_is_decided_as_if_the_pool_were_awake():
+    """Right after a serial call the pool is asleep (its range says so, for learning),
+    but the decision uses the time since that call: a loop of large calls goes
+    parallel from its second call on, and pays the wake-up once."""
+    clock = FakeClock()
+    policy = ThreadPolicy({"f": 4e-9}, pool=2, clock=clock)
+    last = len(IDLE_RANGES) - 1
+    policy.observe("f", 10**5, False, last, seconds=4e-4)
+    clock.now += 1e-6
+    assert policy.idle_ranges() == (last, 0)
+    clock.now += 1.0  # after a pause (a user's other work) the call is cold again
+    assert policy.idle_ranges() == (last, last)
+
+
+def test_policy_learns_the_wake_up_cost_and_the_rates():
+    clock = FakeClock()
+    policy = ThreadPolicy({"f": 4e-9}, pool=2, clock=clock)
+    k = len(IDLE_RANGES) - 1
+    # parallel calls after long idleness that took 5 ms more than their work
+    for _ in range(40):
+        clock.now += 1.0
+        policy.observe("f", 10**6, True, k, seconds=2e-3 + 5e-3)
+    assert policy.wake[k] == pytest.approx(5e-3, rel=1e-3)
+    # so a 1.6 M-element call (3.2 ms saved) now stays serial after idleness ...
+    assert not policy.parallel_pays("f", 1_600_000, k)
+    # ... but not when the pool is awake
+    assert policy.parallel_pays("f", 1_600_000, 0)
+    # serial calls teach the serial rate
+    for _ in range(60):
+        policy.observe("f", 1000, False, k, seconds=1e-6)
+    assert policy.serial["f"] == pytest.approx(1e-9, rel=1e-3)
+    # awake parallel calls teach the parallel rate
+    for _ in range(60):
+        policy.observe("f", 1000, True, 0, seconds=DEFAULT_WAKE_S[0] + 0.4e-6)
+    assert policy.parallel["f"] == pytest.approx(0.4e-9, rel=1e-2)
+
+
+def test_forced_policy():
+    policy = ThreadPolicy({"f": 1.0}, pool=2, clock=FakeClock())
+    policy.force = False
+    assert not policy.parallel_pays("f", 10**9, 0)
+    policy.force = True
+    assert policy.parallel_pays("f", 1, 4)
+
+
+# ------------------------------------------------------------------ results
+@pytest.fixture
+def numba_policy():
+    pytest.importorskip("numba")
+    from fastsoftmax import _numba
+
+    policy = _numba.policy
+    old = policy.force
+    yield policy
+    policy.force = old
+
+
+NB = {"backend": "numba"}
+OPS = [
+    ("cross_entropy_with_grad", lambda z, y: fs.cross_entropy_with_grad(z, y, **NB)),
+    ("cross_entropy", lambda z, y: fs.cross_entropy(z, y, reduction="none", **NB)),
+    ("cross_entropy_prob", lambda z, y: fs.cross_entropy_with_grad(z, _onehot(y, z), **NB)),
+    ("softmax", lambda z, y: fs.softmax(z, **NB)),
+    ("log_softmax", lambda z, y: fs.log_softmax(z, **NB)),
+    ("logsumexp", lambda z, y: fs.logsumexp(z, **NB)),
+    ("softmax_backward", lambda z, y: fs.softmax_backward(fs.softmax(z), z, **NB)),
+    ("log_softmax_backward", lambda z, y: fs.log_softmax_backward(fs.log_softmax(z), z, **NB)),
+]
+
+
+def _assert_same(want, got):
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _onehot(y, z):
+    q = np.zeros_like(z)
+    q[np.arange(len(y)), y] = 1.0
+    return q
+
+
+@pytest.mark.parametrize("shape", [(3000, 10), (700, 33), (40, 5000)], ids=str)
+@pytest.mark.parametrize(("name", "op"), OPS, ids=[n for n, _ in OPS])
+def test_results_do_not_depend_on_threads(name, op, shape, numba_policy, restore_threads):
+    """Serial, parallel on every allowed thread count, and under thread_limit: the same
+    bits (the chunking is a function of the shape alone)."""
+    rng = np.random.default_rng(5)
+    z = (rng.standard_normal(shape) * 4).astype(np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    numba_policy.force = False
+    want = op(z, y)
+    numba_policy.force = True
+    for n in range(1, _threads.pool_size() + 1):
+        fs.set_num_threads(n)
+        _assert_same(want, op(z, y))
+    fs.set_num_threads(None)
+    with fs.thread_limit(1):
+        _assert_same(want, op(z, y))
+
+
+def test_numba_backend_times_its_calls_for_the_policy(numba_policy):
+    """A call above the serial cut-off is timed and teaches the policy (its serial rate
+    moves), one below it is not looked at."""
+    from fastsoftmax import _numba
+
+    z = np.random.default_rng(0).standard_normal((2000, 10)).astype(np.float32)
+    y = np.zeros(2000, np.int64)
+    numba_policy.force = False
+    fs.cross_entropy_with_grad(z, y, backend="numba")  # compiled, or loaded, first
+    family = ("xent", True, 4)
+    before = numba_policy.serial[family]
+    numba_policy.serial[family] = before * 1000  # absurd: a timed call must pull it down
+    fs.cross_entropy_with_grad(z, y, backend="numba")
+    assert numba_policy.serial[family] < before * 1000
+    small = z[: _numba.SERIAL_MAX_ELEMENTS // 10]
+    numba_policy.serial[family] = 123.0
+    fs.cross_entropy_with_grad(small, y[: len(small)], backend="numba")
+    assert numba_policy.serial[family] == 123.0
+    numba_policy.serial[family] = before
+
+
+# ------------------------------------------------------------------ BLAS
+def test_blas_limit_runs_blas_single_threaded():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    np.ones((64, 64)) @ np.ones((64, 64))  # BLAS loaded
+    with _threads.blas_limit(1):
+        infos = threadpoolctl.threadpool_info()
+        blas = [i for i in infos if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_estimator_prediction_matches_with_blas_limited():
+    rng = np.random.default_rng(1)
+    X = rng.random((300, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 300)
+    model = fs.SoftmaxRegression(max_epochs=2, random_state=0).fit(X, y)
+    z = X @ model.coef_.T + model.intercept_
+    np.testing.assert_array_equal(model.predict(X), model.classes_[np.argmax(z, axis=1)])

@@ -1,0 +1,54 @@
+"""Cold start: telling whether Numba's cache holds a kernel, the CLI's one line while
+it compiles, and `fastsoftmax warmup`.
+
+Oracles: Numba's own list of compiled specialisations (a kernel called once is in the
+cache it writes); the CLI's stderr; the kernels each warm-up call must have compiled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from fastsoftmax import cli, warmup
+from fastsoftmax._numba import _cache
+from fastsoftmax._numba import kernels as k
+
+
+def test_a_called_kernel_is_in_the_cache_for_this_cpu():
+    z = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    out = np.empty_like(z)
+    k.softmax_serial(z, out, None)
+    assert _cache.compiled_for_this_cpu(k.softmax_serial) is True
+
+
+def test_cache_state_of_something_else_is_unknown():
+    assert _cache.compiled_for_this_cpu(object()) is None
+
+
+@pytest.mark.parametrize(("cached", "says"), [(False, True), (True, False), (None, False)])
+def test_cli_says_it_compiles_only_on_a_cold_cache(monkeypatch, capsys, cached, says):
+    monkeypatch.setattr(_cache, "compiled_for_this_cpu", lambda dispatcher: cached)
+    cli._say_if_compiling()
+    err = capsys.readouterr().err
+    assert ("compiling kernels for this CPU, first run only" in err) is says
+
+
+def test_warm_up_compiles_each_op_serial_and_parallel(monkeypatch):
+    """One dtype and shape: every op's serial and parallel kernel then has a compiled
+    specialisation, and progress heard of each."""
+    monkeypatch.setattr(warmup, "SHAPES", {"serial": ((64, 10),), "parallel": ((2048, 10),)})
+    monkeypatch.setattr(warmup, "DTYPES", (np.float32,))
+    heard = []
+    warmup.warm_up(lambda name, seconds: heard.append(name), train=False)
+    assert len(heard) == 8  # 4 ops x serial, parallel
+    assert {h.split()[-1] for h in heard} == {"serial", "parallel"}
+    for fn in (k.xent_index_serial, k.xent_index, k.softmax_serial, k.softmax):
+        assert fn.overloads, fn
+
+
+def test_cli_has_the_warmup_command():
+    args = cli.build_parser().parse_args(["warmup", "--no-train", "--quiet"])
+    assert args.func is cli.warmup and args.no_train and args.quiet

@@ -284,7 +284,7 @@ def warmup(args: argparse.Namespace) -> int:
 
     def progress(name: str, seconds: float) -> None:
         if not args.quiet:
-            print(f"  {name:45s} {seconds:6.2f} s", flush=True)
+            print(f"  {name:50s} {seconds:6.2f} s", flush=True)
 
     import numba
 

@@ -265,12 +265,18 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trainer_kernel():
+    """The trainer's compiled kernel (the Numba dispatcher whose cache tells a first run)."""
+    from .train._numba_step import team_steps
+
+    return team_steps
+
+
 def _say_if_compiling() -> None:
     """One line on stderr when the trainer's kernel is not in Numba's cache yet."""
     from ._numba._cache import compiled_for_this_cpu
-    from .train._numba_step import sgd_steps
 
-    if compiled_for_this_cpu(sgd_steps) is False:
+    if compiled_for_this_cpu(_trainer_kernel()) is False:
         print(
             "compiling kernels for this CPU, first run only (`fastsoftmax warmup` does it "
             "ahead of time)",

@@ -24,6 +24,12 @@ def test_a_called_kernel_is_in_the_cache_for_this_cpu():
     assert _cache.compiled_for_this_cpu(k.softmax_serial) is True
 
 
+def test_the_cli_asks_about_a_cached_kernel():
+    """The dispatcher the CLI checks has an on-disk cache, so its answer is True or
+    False, never the None of "cannot tell" (which would keep the line silent)."""
+    assert _cache.compiled_for_this_cpu(cli._trainer_kernel()) in (True, False)
+
+
 def test_cache_state_of_something_else_is_unknown():
     assert _cache.compiled_for_this_cpu(object()) is None
 

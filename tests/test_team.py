@@ -219,3 +219,23 @@ def test_trainer_raises_when_the_team_is_aborted(monkeypatch):
             state, X, y, until_epoch=1, batch_size=128, learning_rate=0.1, momentum=0.0,
             weight_decay=0.0, shuffle=False, backend="numba",
         )  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_trains_with_its_own_worker_threads():
+    """A child forked after the parent trained has none of its threads: it makes its
+    own team (no 60 s wait for a task no thread will run) and gets the same bits."""
+    import os
+    import time
+
+    import fastsoftmax as fs
+
+    X, y = _problem()[:2]
+    want = fs.SoftmaxRegression(max_epochs=2, random_state=0).fit(X, y).coef_
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only for the same weights, in time
+        t0 = time.perf_counter()
+        got = fs.SoftmaxRegression(max_epochs=2, random_state=0).fit(X, y).coef_
+        os._exit(0 if np.array_equal(got, want) and time.perf_counter() - t0 < 20 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

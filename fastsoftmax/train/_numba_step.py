@@ -38,6 +38,7 @@ Inner loops, and why they look as they do (AVX-512, float32, d = 784, C = 10):
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -489,6 +490,8 @@ def team_steps(
 
 _workers: list[ThreadPoolExecutor] = []
 _workers_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_workers.clear)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -534,8 +537,12 @@ def sgd_steps(
     )  # fmt: skip
     others = [_pool().submit(team_steps, *args) for _ in range(P - 1)]
     team_steps(*args)
-    for f in others:  # bounded: so is every wait in team_steps
-        f.result(timeout=2 * DEFAULT_TIMEOUT_S)
+    for f in others:
+        # a task that has not started (its thread busy with another caller's team)
+        # would only be turned away by the closed roster: cancel it; a started one is
+        # returning, or a member of a team that is done (every wait is bounded anyway)
+        if not f.cancel():
+            f.result(timeout=2 * DEFAULT_TIMEOUT_S)
     return 1 if ctl[ABORTED] != 0 else 0  # every member has returned: a plain read
 
 

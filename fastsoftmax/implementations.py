@@ -393,12 +393,33 @@ def _jax_run(op, x, *args, axis=-1, **kwargs):
 
 _GPU_OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad")
 
+
+def _cupy_backend_unavailable() -> str | None:
+    """Why fastsoftmax's own CUDA kernels (backend "cupy") cannot run here, or None."""
+    reason = _cupy_unavailable()
+    if reason is not None:
+        return reason
+    try:
+        load("cupy")
+    except BackendUnavailableError as err:
+        return str(err)
+    return None
+
+
+def _cupy_backend_run(op, *args, **kwargs):
+    return getattr(_api, op)(*args, backend="cupy", **kwargs)
+
+
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
     _backend_row("numpy", "reference"),
     _backend_row("numba", "backend"),
     Implementation("torch", "peer", _torch_unavailable, _torch_run),
     Implementation(
         "jax", "peer", _jax_unavailable, _jax_run, OPS, "cpu", _jax_device, _jax_to_host,
+    ),
+    Implementation(
+        "cupy", "gpu-backend", _cupy_backend_unavailable, _cupy_backend_run, _GPU_OPS,
+        "gpu", _cupy_device, _cupy_to_host,
     ),
     Implementation(
         "torch-cuda", "gpu-peer", _torch_cuda_unavailable, _torch_cuda_run, _GPU_OPS,

@@ -1,5 +1,6 @@
-"""The GPU peers of the implementations table (PyTorch on CUDA, the reference's math in
-CuPy) against the NumPy reference.  They skip, with the reason, where there is no GPU."""
+"""The GPU rows of the implementations table (fastsoftmax's own CUDA kernels, PyTorch on
+CUDA, the reference's math in CuPy) against the NumPy reference.  They skip, with the
+reason, where there is no GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from conftest import backend_params
 
 from fastsoftmax.implementations import get
 
-GPU_PEERS = backend_params(kinds=("gpu-peer",))
+GPU_PEERS = backend_params(kinds=("gpu-backend", "gpu-peer"))
 
 
 @pytest.mark.parametrize("impl", GPU_PEERS)
@@ -30,7 +31,7 @@ def test_gpu_peer_matches_reference(impl, shape, dtype):
 
 
 def test_gpu_rows_say_why_they_cannot_run():
-    for name in ("torch-cuda", "cupy-reference"):
+    for name in ("cupy", "torch-cuda", "cupy-reference"):
         impl = get(name)
         reason = impl.unavailable()
         assert impl.device == "gpu"

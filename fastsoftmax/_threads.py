@@ -16,13 +16,13 @@ And in a user's loop, ``X @ W.T`` -> our kernel -> ``G.T @ X``, the worker is wo
 every step while OpenBLAS's own threads spin on the other core: a 512 x 10 fused call
 that takes ~20 us on one thread made each step of such a loop 8.6 ms instead of 0.6.
 
-So each parallel-capable call asks :class:`ThreadPolicy` how many threads to use.
+So the Numba backend asks :class:`ThreadPolicy` whether a call should use the pool.
 The policy knows how long the pool has been idle, keeps a *measured* wake-up cost
 for each range of idle times (the excess of observed parallel calls over their
-predicted work), and a measured serial cost per element for each kernel family; it
-goes parallel only when the work saved, ``t_serial (1 - 1/p)``, beats the expected
-wake-up.  Results never depend on the choice (the kernels' chunking is a function of
-the shape alone), only the time does.
+expected work), and measured serial and parallel costs per element for each kernel
+family; a call goes parallel only when the time saved beats the expected wake-up.
+The backend asks only for kernels whose bits cannot depend on the answer (see
+``fastsoftmax._numba._run``): only the time does.
 
 The thread count
 ----------------

@@ -105,7 +105,8 @@ def _chunk_loss_grad(X, y_idx, W, b, backend):
     if be.name == "numba" and n:
         # the trainer's fused step without its update: one pass over X, which it reads
         # as it is (uint8 pixels too), where BLAS's C-column GEMMs run at ~30 GFLOP/s
-        from .train._numba_step import loss_grad, row_path_for
+        from ._numba.kernels import row_path_for
+        from .train._numba_step import loss_grad
 
         Xc = np.ascontiguousarray(X)
         yc = np.ascontiguousarray(y_idx, np.int64)

@@ -129,8 +129,7 @@ def _run(X, y, order, C, d, nthreads, steps=9, per_call=4, nparts=None):
     for s in range(0, steps, per_call):
         status = _numba_step.sgd_steps(
             X, y, order, s, min(s + per_call, steps), 128, W, b, vW, vb, 0.1, 0.9, 1e-3,
-            1.0, losses, _numba_step.row_path_for(C), nthreads if nparts is None else nparts,
-            nthreads,
+            1.0, losses, nthreads if nparts is None else nparts, nthreads,
         )  # fmt: skip
         assert status == 0
     return W, b, vW, vb, losses

@@ -43,17 +43,13 @@ def _kernel(backend):
 
 
 def run_steps(backend, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads=2):
-    """Call one backend's kernel (the numba one takes the path, part and thread counts
-    last: here as many parts as threads, so each count splits the batches its own way)."""
+    """Call one backend's kernel (the numba one takes the part and thread counts last:
+    here as many parts as threads, so each count splits the batches its own way)."""
     fn = _kernel(backend)
     if backend == "numba":
-        from fastsoftmax.train._numba_step import row_path_for
-
-        row_path = row_path_for(W.shape[0])
         status = fn(
-            X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, nthreads,
-            nthreads,
-        )  # fmt: skip
+            X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads, nthreads
+        )
         assert status == 0
     else:
         fn(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses)

@@ -31,7 +31,7 @@ import numba
 
 from .._threads import ThreadPolicy, get_num_threads
 from . import kernels as _k
-from .kernels import SMALL_C_MAX, target_stats
+from .kernels import SMALL_C_MAX, row_path_for, target_stats
 
 name = "numba"
 
@@ -42,22 +42,22 @@ name = "numba"
 # at 1280 logits, 7 vs 7 at 2560, 13 vs 12 at 5120, 25 vs 21 at 10240.
 SERIAL_MAX_ELEMENTS = 16384
 
-# Serial seconds per element of each tile-kernel family (op, small C, itemsize) before
+# Serial seconds per element of each tile-kernel family (op, itemsize) before
 # any call has been timed; every timed call refines them (see fastsoftmax._threads).
 # `pytest bench/bench_threads.py -k serial` (65536 x 10, one thread, medians), AVX2
 # code on an Intel Xeon (NUMBA_CPU_NAME=znver3 NUMBA_CPU_FEATURES=), the slower build:
 # AVX-512 took 0.7-0.85x of these.
 SERIAL_SECONDS_PER_ELEMENT = {
-    ("xent", True, 4): 2.7e-9,
-    ("xent", True, 8): 4.1e-9,
-    ("xent_fwd", True, 4): 2.3e-9,
-    ("xent_fwd", True, 8): 3.6e-9,
-    ("softmax", True, 4): 1.8e-9,
-    ("softmax", True, 8): 3.2e-9,
-    ("log_softmax", True, 4): 1.7e-9,
-    ("log_softmax", True, 8): 3.0e-9,
-    ("logsumexp", True, 4): 1.8e-9,
-    ("logsumexp", True, 8): 3.0e-9,
+    ("xent", 4): 2.7e-9,
+    ("xent", 8): 4.1e-9,
+    ("xent_fwd", 4): 2.3e-9,
+    ("xent_fwd", 8): 3.6e-9,
+    ("softmax", 4): 1.8e-9,
+    ("softmax", 8): 3.2e-9,
+    ("log_softmax", 4): 1.7e-9,
+    ("log_softmax", 8): 3.0e-9,
+    ("logsumexp", 4): 1.8e-9,
+    ("logsumexp", 8): 3.0e-9,
 }
 policy = ThreadPolicy(SERIAL_SECONDS_PER_ELEMENT, numba.config.NUMBA_NUM_THREADS)
 _clock = time.perf_counter
@@ -78,7 +78,7 @@ def _run(op, x, serial, parallel, *args):
     allowed = get_num_threads()
     if x.shape[1] > SMALL_C_MAX or op in _FIXED_ORDER_ONLY:
         return parallel(*args, allowed)
-    family = (op, True, x.dtype.itemsize)
+    family = (op, x.dtype.itemsize)
     k, k_decide = policy.idle_ranges()
     par = allowed > 1 and policy.parallel_pays(family, size, k_decide)
     fn = parallel if par else serial
@@ -95,14 +95,8 @@ def _run(op, x, serial, parallel, *args):
 _FIXED_ORDER_ONLY = frozenset({"xent_prob", "softmax_backward", "log_softmax_backward"})
 
 
-def _path(x):
-    """The kernels' `row_path` argument: None for the small-C tiles (a type: a call
-    compiles that path alone), 1 for the row path."""
-    return None if x.shape[1] <= SMALL_C_MAX else 1
-
-
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
-    row_path = None if z.shape[1] <= SMALL_C_MAX else 1
+    row_path = row_path_for(z.shape[1])
     if z.size <= SERIAL_MAX_ELEMENTS:  # the common small call, without _run's detour
         return _k.xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g, row_path)
     op = "xent_fwd" if g is None else "xent"
@@ -115,15 +109,15 @@ def xent_prob(z, q, w, eps, scale, loss, g):
 
 
 def softmax(x, out):
-    _run("softmax", x, _k.softmax_serial, _k.softmax, x, out, _path(x))
+    _run("softmax", x, _k.softmax_serial, _k.softmax, x, out, row_path_for(x.shape[1]))
 
 
 def log_softmax(x, out):
-    _run("log_softmax", x, _k.log_softmax_serial, _k.log_softmax, x, out, _path(x))
+    _run("log_softmax", x, _k.log_softmax_serial, _k.log_softmax, x, out, row_path_for(x.shape[1]))
 
 
 def logsumexp(x, out):
-    _run("logsumexp", x, _k.logsumexp_serial, _k.logsumexp, x, out, _path(x))
+    _run("logsumexp", x, _k.logsumexp_serial, _k.logsumexp, x, out, row_path_for(x.shape[1]))
 
 
 def softmax_backward(p, gout, out):

@@ -95,16 +95,31 @@ _KW = {"cache": True, "nogil": True, "fastmath": {"contract"}, "error_model": "n
 # Work split
 # --------------------------------------------------------------------------------------
 @njit(**_F)
-def _chunking(nrows, n):
-    """(rows per chunk, number of chunks): a function of the shape alone."""
-    per = TILE_ROWS if n <= SMALL_C_MAX else max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
+def _row_chunking(nrows, n):
+    """(rows per chunk, number of chunks) for chunks of whole rows of about
+    ROW_CHUNK_ELEMENTS elements (at least one row): the row path's split."""
+    per = max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
     return per, (nrows + per - 1) // per
 
 
 @njit(**_F)
+def _chunking(nrows, n):
+    """(rows per chunk, number of chunks): a function of the shape alone."""
+    if n <= SMALL_C_MAX:
+        return TILE_ROWS, (nrows + TILE_ROWS - 1) // TILE_ROWS
+    return _row_chunking(nrows, n)
+
+
+def row_path_for(num_classes: int):
+    """The kernels' `row_path` argument for C classes: None for the small-C tiles (a
+    type, so a call compiles that path alone), 1 for the row path."""
+    return None if num_classes <= SMALL_C_MAX else 1
+
+
+@njit(**_F)
 def _threads(nchunks, nthreads):
-    # nthreads comes from numba.get_num_threads() in Python: calling it in here would
-    # make Numba refuse to cache the kernels.
+    # nthreads comes from fastsoftmax.get_num_threads() in Python: asking Numba for the
+    # thread count in here would make it refuse to cache the kernels.
     return max(1, min(nthreads, nchunks))
 
 
@@ -590,8 +605,7 @@ def _prob_row_sums(z, q, w, i, m, keep, eps_c):
 @njit(**_F)
 def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
     nrows, n = z.shape
-    per = max(1, ROW_CHUNK_ELEMENTS // n)
-    nchunks = partial.shape[0]
+    per, nchunks = _row_chunking(nrows, n)
     keep = like(z, 1.0 - eps)
     eps_c = like(z, eps / n)
     inplace = _same_memory(z, g)
@@ -618,8 +632,8 @@ def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
 
 @njit(**_F)
 def _prob_chunks(z):
-    per = max(1, ROW_CHUNK_ELEMENTS // z.shape[1])
-    return np.empty((z.shape[0] + per - 1) // per)
+    """One partial loss per row chunk (probability targets take the row path)."""
+    return np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
 
 
 @njit(**_KW, parallel=True)
@@ -810,8 +824,7 @@ def _row_dot(a, b, i):
 def _backward_rows(nrows, n, t, nth):
     """Thread t's rows of nth: contiguous runs of whole ROW_CHUNK_ELEMENTS chunks (rows
     are independent here, so only the time depends on the split)."""
-    per = max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
-    nchunks = (nrows + per - 1) // per
+    per, nchunks = _row_chunking(nrows, n)
     return (
         min(nrows, (t * nchunks // nth) * per),
         min(nrows, ((t + 1) * nchunks // nth) * per),

@@ -57,7 +57,13 @@ from .._numba._team import (
     team_barrier,
     team_join,
 )
-from .._numba.kernels import SMALL_C_MAX, _scratch_for, _xent_index_rows, _xent_index_tiles
+from .._numba.kernels import (
+    SMALL_C_MAX,
+    _scratch_for,
+    _xent_index_rows,
+    _xent_index_tiles,
+    row_path_for,
+)
 from .._threads import pool_size
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
@@ -294,28 +300,9 @@ def _prefetch_next(X, order, pf, i1, n0, n1):
 
 @njit(**_F)
 def _part(
-    X,
-    y,
-    order,
-    i0,
-    i1,
-    n0,
-    n1,
-    W,
-    b,
-    a,
-    inv_b,
-    gW,
-    gb,
-    xb,
-    rows,
-    z,
-    yb,
-    lrow,
-    buf,
-    f64,
+    X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, lrow, buf, f64,
     row_path,
-):
+):  # fmt: skip
     """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
     (added into gW, gb).  Returns the sum of the part's row losses (float64).
     order[n0:n1] is the thread's part of the next step (its first rows are prefetched).
@@ -337,7 +324,7 @@ def _part(
             _logits_row(x, rows, q, W, b, a, z)
         zz = z[:nr]
         # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
-        if row_path is None:  # C <= SMALL_C_MAX (a type: see row_path_for)
+        if row_path is None:  # C <= SMALL_C_MAX (a type: see kernels.row_path_for)
             _xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
         else:
             _xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
@@ -503,14 +490,13 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def sgd_steps(
-    X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, nparts, nthreads
+    X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nparts, nthreads
 ) -> int:
     """Steps s0..s1-1 of an epoch whose row order is `order`; W (C, d), b (C,) and the
     momentum buffers vW, vb are updated in place; losses[s] gets step s's objective
     (mean cross-entropy + wd/2 ||W||^2, before its update).
 
-    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale;
-    row_path: `row_path_for(C)`, the Core kernel's path.
+    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale.
 
     All the steps run in one call of team_steps per thread: this thread's and
     min(nthreads, nparts) - 1 others (Python threads; the kernel releases the GIL).
@@ -532,8 +518,8 @@ def sgd_steps(
     partials = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
     ctl = new_control()
     args = (
-        ctl, P, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, NP,
-        partials, _thread_scratch(P, W),
+        ctl, P, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses,
+        row_path_for(C), NP, partials, _thread_scratch(P, W),
     )  # fmt: skip
     others = [_pool().submit(team_steps, *args) for _ in range(P - 1)]
     team_steps(*args)
@@ -576,12 +562,6 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads):
         gW_out += gW[t][:C]
         gb_out += gb[t][:C]
     return total
-
-
-def row_path_for(num_classes: int):
-    """The step's `row_path` argument: None for the Core kernel's small-C tiles (only
-    that path is then compiled), 1 for its row path (see _numba.kernels)."""
-    return None if num_classes <= SMALL_C_MAX else 1
 
 
 @njit(**_F)

@@ -81,8 +81,7 @@ def _step_function(backend: str):
         from . import _numba_step
 
         def run(*args):
-            row_path = _numba_step.row_path_for(args[6].shape[0])  # W: (C, d)
-            if _numba_step.sgd_steps(*args, row_path, pool_size(), get_num_threads()):
+            if _numba_step.sgd_steps(*args, pool_size(), get_num_threads()):
                 raise RuntimeError(
                     "a thread of the training step did not reach its barrier within "
                     f"{TEAM_TIMEOUT_S:g} s; the step was abandoned (parameters partly updated)"

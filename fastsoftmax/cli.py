@@ -54,7 +54,9 @@ def _max_abs_diff(a, b) -> float:
 
 
 def compare(args: argparse.Namespace) -> int:
-    x, y = data.load("mnist", "test", data_dir=args.data_dir, download=not args.no_download)
+    x, y = data.load(
+        "mnist", "test", data_dir=args.data_dir, download=not args.no_download, source=args.source
+    )
     if args.rows and args.rows != len(x):
         reps = -(-args.rows // len(x))
         x, y = np.tile(x, (reps, 1))[: args.rows], np.tile(y, reps)[: args.rows]
@@ -150,16 +152,21 @@ def train(args: argparse.Namespace) -> int:
 
     if args.plots:
         from . import plots  # fail now, not after training, if matplotlib is missing
-    load = dict(data_dir=args.data_dir, download=not args.no_download)
+    load = dict(data_dir=args.data_dir, download=not args.no_download, source=args.source)
+    train_size = args.train_size
     if args.resume:
         model, meta = load_model(args.resume)
         dataset = meta.get("dataset", args.dataset)
-        if dataset != args.dataset and args.dataset_given:
+        if dataset != args.dataset and "dataset" in args.given:
             raise ValueError(
                 f"--resume {args.resume} was trained on {dataset!r}, not {args.dataset!r}"
             )
+        _check_resume_options(args, model, meta)
+        train_size = meta.get("train_size", args.train_size)
         history = meta.get("history", {})
-        epochs = args.epochs if args.epochs_given else meta.get("epochs", args.epochs)
+        epochs = args.epochs if "epochs" in args.given else meta.get("epochs", args.epochs)
+        _check_resume_epochs(args.resume, model, epochs)
+        model.set_params(max_epochs=epochs)  # a saved model tells how far it was trained
     else:
         dataset = args.dataset
         model = SoftmaxRegression(
@@ -173,16 +180,17 @@ def train(args: argparse.Namespace) -> int:
         )
         history = {}
         epochs = args.epochs
-    if args.backend_given:
+    if "backend" in args.given:
         model.set_params(backend=args.backend)
     x_train, y_train = data.load(dataset, "train", **load)
     x_test, y_test = data.load(dataset, "test", **load)
-    if args.train_size:
-        x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
+    if train_size:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
     for key in ("epoch", "train_loss", "test_accuracy", "samples_per_s"):
         history.setdefault(key, [])
     ckpt = _default_checkpoint(args)
-    meta = {"dataset": dataset, "epochs": epochs, "history": history}
+    # train_size too: a resumed run must see the same training images
+    meta = {"dataset": dataset, "epochs": epochs, "train_size": train_size, "history": history}
     from .train.loop import resolve_step_backend, warm_up
 
     backend = resolve_step_backend(model.backend)
@@ -198,6 +206,9 @@ def train(args: argparse.Namespace) -> int:
     bar = None
     start = getattr(model, "_state", None)
     done_rows = [(start.step * model.batch_size) if start is not None else 0]
+    # what this command trained (a resumed run: since resuming); seconds as the epoch
+    # lines count them, without the test-set scoring after each epoch
+    run = {"epochs": 0, "rows": 0, "seconds": 0.0}
 
     def on_progress(state, steps):
         nonlocal bar
@@ -217,6 +228,9 @@ def train(args: argparse.Namespace) -> int:
             bar = None
         rows = len(x_train) - done_rows[0]
         done_rows[0] = 0
+        run["epochs"] += 1
+        run["rows"] += rows
+        run["seconds"] += seconds
         model._publish()
         acc = model.score(x_test, y_test)
         history["epoch"].append(state.epoch)
@@ -231,12 +245,14 @@ def train(args: argparse.Namespace) -> int:
 
     flag = _StopFlag()
     previous = flag.install()
+    t0 = time.perf_counter()
     try:
         finished = model.train_until(
             x_train, y_train, epochs, classes=np.arange(10),
             on_progress=on_progress, on_epoch_end=on_epoch_end, should_stop=flag,
         )  # fmt: skip
     finally:
+        wall = time.perf_counter() - t0  # the epochs with their test-set scoring
         if bar is not None:
             bar.close()
         if previous is not None:
@@ -253,7 +269,6 @@ def train(args: argparse.Namespace) -> int:
         )
         return 130
     acc = model.score(x_test, y_test)
-    print(f"final test accuracy: {100 * acc:.2f}% ({len(x_test)} images)")
     if args.save:
         save_model(args.save, model, metadata=meta)
         print(f"model saved to {args.save}")
@@ -262,7 +277,56 @@ def train(args: argparse.Namespace) -> int:
             args.plots, history, model._state.W, model.classes_, y_test, model.predict(x_test)
         )
         print("plots: " + ", ".join(str(p) for p in paths))
+    # last, so that it is the line a log's tail shows
+    rate = run["rows"] / run["seconds"] if run["seconds"] > 0 else 0.0
+    print(
+        f"done: {run['epochs']} epochs, {run['rows']:,} samples in {run['seconds']:.3f} s "
+        f"of training ({rate:,.0f} samples/s), {wall:.3f} s with the per-epoch testing; "
+        f"final test accuracy: {100 * acc:.2f}% ({len(x_test)} images)"
+    )
     return 0
+
+
+# the train options a checkpoint fixes -> the model's hyperparameter
+_RESUME_FIXED = {
+    "lr": "learning_rate",
+    "batch_size": "batch_size",
+    "weight_decay": "weight_decay",
+    "momentum": "momentum",
+    "seed": "random_state",
+}
+
+
+def _check_resume_options(args: argparse.Namespace, model, meta: dict) -> None:
+    """ValueError naming the first option typed with --resume that differs from the
+    checkpoint: the continued run keeps the checkpoint's hyperparameters and training set
+    (so that it equals an uninterrupted run), and must not look as if it used another."""
+    params = model.get_params()
+    fixed = {opt: params[name] for opt, name in _RESUME_FIXED.items()}
+    if "train_size" in meta:  # written since the train size was recorded
+        fixed["train_size"] = meta["train_size"]
+    for opt, value in fixed.items():
+        typed = getattr(args, opt)
+        if opt in args.given and typed != value:
+            flag = "--" + opt.replace("_", "-")
+            raise ValueError(
+                f"{flag} {typed} conflicts with --resume {args.resume}, which was trained "
+                f"with {flag} {value}: a resumed run keeps the checkpoint's settings; leave "
+                f"out {flag}, or start a new run without --resume"
+            )
+
+
+def _check_resume_epochs(path: str, model, epochs: int) -> None:
+    """ValueError when the checkpoint is already past `epochs`: otherwise the run would
+    do nothing and report the checkpoint as if it were trained for `epochs`."""
+    state = model._state
+    needed = state.epoch + (1 if state.order is not None else 0)  # finish a stopped epoch
+    if epochs < needed:
+        part = f" and part of epoch {state.epoch + 1}" if state.order is not None else ""
+        raise ValueError(
+            f"--epochs {epochs}: --resume {path} has trained {state.epoch} epochs{part}; "
+            f"pass --epochs {needed} or more"
+        )
 
 
 def _trainer_kernel():
@@ -307,7 +371,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
     model, meta = load_model(args.model)
     x, y = data.load(
-        args.dataset, args.split, data_dir=args.data_dir, download=not args.no_download
+        args.dataset,
+        args.split,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        source=args.source,
     )
     if x.shape[1] != model.n_features_in_:
         raise ModelFileError(
@@ -352,6 +420,18 @@ def predict(args: argparse.Namespace) -> int:
     for name, label, p in zip(names, labels, proba.max(axis=1), strict=True):
         print(f"{name}\t{label}\t{p:.4f}")
     return 0
+
+
+def _need_torchvision() -> None:
+    """ImportError with the install line when torchvision (an optional extra) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError(
+            "--source torchvision needs torchvision, which is not installed: "
+            "pip install 'fastsoftmax[torchvision]' (or pip install torchvision), "
+            "or use --source idx"
+        )
 
 
 def _is_idx(path: str) -> bool:
@@ -403,37 +483,80 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option's help, except where the default is None or
+    the False of an on/off flag: "(default: None)" says nothing, so those help strings
+    say what happens without the option instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Options must be spelled in full (``--epoch`` is not taken for ``--epochs``: a typo
+    must not set another option), and help shows the defaults.  add_subparsers makes
+    its subparsers of the parser's own class, so every subcommand gets both."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsoftmax", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fastsoftmax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def data_args(p):
+    def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--data-dir", default=None, help="folder with the IDX files (default: "
             "$FASTSOFTMAX_DATA_DIR/<dataset> or ~/.cache/fastsoftmax/<dataset>)",
         )  # fmt: skip
         p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+        p.add_argument(
+            "--source", default="idx", choices=data.SOURCES, help="read the IDX files "
+            "(idx) or load through torchvision.datasets (pip install 'fastsoftmax[torchvision]')",
+        )  # fmt: skip
 
     p = sub.add_parser(
         "train",
         help="train softmax regression on MNIST",
         description="Minibatch SGD for softmax regression with the fused kernels. Ctrl-C "
         "saves a checkpoint; --resume continues it to the same result as an "
-        "uninterrupted run.",
+        "uninterrupted run: with the checkpoint's hyperparameters and training set, up "
+        "to --epochs when given.",
     )
-    p.add_argument("--dataset", default="mnist", choices=data.DATASETS)
-    p.add_argument("--backend", default="auto", choices=("auto", "numba", "numpy"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dataset", default="mnist", choices=data.DATASETS, help="dataset to train on")
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", "numba", "numpy"), help="training step code"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="train until this many epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="images per SGD step")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 coefficient lambda")
-    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffling")
-    p.add_argument("--train-size", type=int, default=0, help="use the first N training images")
-    p.add_argument("--save", default=None, metavar="MODEL.npz", help="write the model here")
-    p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here")
-    p.add_argument("--checkpoint", default=None, help="where Ctrl-C saves the checkpoint")
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run")
+    p.add_argument(
+        "--train-size", type=int, default=0, help="use the first N training images, 0 for all"
+    )
+    p.add_argument(
+        "--save",
+        default=None,
+        metavar="MODEL.npz",
+        help="write the model here (default: not saved)",
+    )
+    p.add_argument(
+        "--plots", default=None, metavar="DIR", help="write PNG plots here (default: none)"
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="where Ctrl-C saves the checkpoint (default: "
+        "MODEL.checkpoint.npz beside --save, else ./fastsoftmax-checkpoint.npz)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", default=None, metavar="CHECKPOINT", help="continue the run saved here"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     data_args(p)
     p.set_defaults(func=train)
@@ -451,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy of a saved model on a dataset split")
     p.add_argument("model", help="a model file written by train --save")
-    p.add_argument("--dataset", default="mnist", choices=data.DATASETS)
-    p.add_argument("--split", default="test", choices=data.SPLITS)
+    p.add_argument("--dataset", default="mnist", choices=data.DATASETS, help="dataset to score")
+    p.add_argument("--split", default="test", choices=data.SPLITS, help="split to score")
     data_args(p)
     p.set_defaults(func=evaluate)
 
@@ -466,10 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parity (max abs difference from the NumPy reference) and speed of "
         "every available implementation on logits from the real MNIST test set.",
     )
-    p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--rows", type=int, default=0, help="repeat the 10k rows up to this count")
+    data_args(p)
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "float64"), help="dtype of the logits"
+    )
+    p.add_argument(
+        "--rows", type=int, default=0, help="repeat the 10k rows up to this count, 0 for no repeat"
+    )
     p.add_argument("--repeat", type=int, default=20, help="timed runs per cell (best is kept)")
     p.set_defaults(func=compare)
 
@@ -486,12 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare A.json B.json shows the change between two runs.",
     )
     p.add_argument("--full", action="store_true", help="every shape and dtype (minutes)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument(
-        "--json",
-        default="fastsoftmax-bench.json",
-        metavar="PATH",
-        help="where the results go (default fastsoftmax-bench.json)",
+        "--json", default="fastsoftmax-bench.json", metavar="PATH", help="where the results go"
     )
     p.add_argument(
         "--plot", default=None, metavar="PATH", help="PNG plot (default: the JSON's path with .png)"
@@ -506,7 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this implementation (repeatable; default: every available one)",
     )
     p.add_argument(
-        "--op", action="append", default=None, choices=BENCH_OPS, help="only this op (repeatable)"
+        "--op",
+        action="append",
+        default=None,
+        choices=BENCH_OPS,
+        help="only this op (repeatable; default: every op)",
     )
     p.add_argument(
         "--shape",
@@ -514,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         type=_shape,
         metavar="NxC",
-        help="only this shape, e.g. 512x10 (repeatable)",
+        help="only this shape, e.g. 512x10 (repeatable; default: the quick or --full shapes)",
     )
     p.add_argument("--no-train", action="store_true", help="skip the trainer's cases")
     p.add_argument(
@@ -531,11 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    # which options were typed (a resumed run keeps the checkpoint's unless overridden)
-    for opt in ("dataset", "epochs", "backend"):
-        typed = any(a == f"--{opt}" or a.startswith(f"--{opt}=") for a in argv)
-        setattr(args, f"{opt}_given", typed)
+    # the options typed on the command line, by dest: a resumed run checks them against
+    # the checkpoint.  Options are spelled in full (allow_abbrev=False), so `--name` and
+    # `--name=value` are the only forms; "--" ends the options.
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    args.given = {a[2:].split("=", 1)[0].replace("-", "_") for a in options if a.startswith("--")}
     try:
+        if getattr(args, "source", "idx") == "torchvision":
+            _need_torchvision()  # fail now, before a model is read or anything trained
         return args.func(args)
     except BrokenPipeError:  # e.g. `fastsoftmax predict ... | head`
         sys.stderr.close()

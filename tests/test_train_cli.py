@@ -221,3 +221,65 @@ def test_offline_without_data_lists_missing_files(tmp_path, capsys, monkeypatch)
     assert main(["train", "--data-dir", str(tmp_path), "--no-download", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte" in err and str(tmp_path) in err
+
+
+DONE_LINE = re.compile(
+    r"^done: (\d+) epochs, ([\d,]+) samples in ([\d.]+) s of training \(([\d,]+) samples/s\), "
+    r"([\d.]+) s with the per-epoch testing; final test accuracy: ([\d.]+)% \((\d+) images\)$"
+)
+
+
+def test_last_line_gives_time_and_throughput_on_real_mnist(capsys):
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"the real MNIST training set is not in {MNIST_DIR}")
+    argv = ["train", "--data-dir", str(MNIST_DIR), "--no-download", "--quiet", "--source", "idx"]
+    assert main([*argv, "--train-size", "3000", "--epochs", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    done = DONE_LINE.match(lines[-1])
+    assert done, lines[-1]
+    epochs, samples, seconds, rate, wall, acc, images = done.groups()
+    assert (int(epochs), samples, images) == (2, "6,000", "10000")
+    assert 0 < float(seconds) <= float(wall)
+    # the training time is the epoch lines' (3000 images each): the same samples/s overall
+    epoch_lines = EPOCH_LINE.findall("\n".join(lines))
+    epoch_seconds = sum(3000 / int(e[4].replace(",", "")) for e in epoch_lines)
+    assert int(rate.replace(",", "")) == pytest.approx(6000 / epoch_seconds, rel=0.01)
+    assert 80.0 <= float(acc) <= 100.0
+    assert float(acc) == pytest.approx(float(epoch_lines[-1][3]))
+
+
+def test_resume_honours_epochs_and_rejects_other_settings(split_dir, tmp_path, capsys):
+    first, resumed, straight = tmp_path / "1.npz", tmp_path / "2.npz", tmp_path / "s.npz"
+    settings = ["--train-size", "2000", "--lr", "0.05", "--momentum", "0.5"]
+    assert _train(split_dir, *settings, "--epochs", "1", "--save", str(first)) == 0
+    assert _train(split_dir, *settings, "--epochs", "2", "--save", str(straight)) == 0
+    capsys.readouterr()
+
+    # --epochs beyond the checkpoint's: trained on to 2 epochs, on its 2000 images (not
+    # given again), as a run straight to 2 epochs; the same --lr typed again is fine
+    assert _train(split_dir, "--resume", str(first), "--epochs", "2", "--lr", "0.05",
+                  "--save", str(resumed)) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert [e[:2] for e in EPOCH_LINE.findall(out)] == [("2", "2")]
+    assert DONE_LINE.match(out.splitlines()[-1]).group(1, 2) == ("1", "2,000")
+    a, meta = load_model(resumed)
+    b, _ = load_model(straight)
+    assert a.n_iter_ == 2 and meta["epochs"] == 2 and meta["train_size"] == 2000
+    np.testing.assert_array_equal(a._state.W, b._state.W)
+
+    # settings the checkpoint fixes: a typed value that differs is an error naming it
+    for opt, value in [("--lr", "0.5"), ("--batch-size", "32"), ("--momentum", "0"),
+                       ("--weight-decay", "0.001"), ("--seed", "1"),
+                       ("--train-size", "3000")]:  # fmt: skip
+        assert _train(split_dir, "--resume", str(first), opt, value) == 2, opt
+        err = capsys.readouterr().err
+        assert err.startswith(f"fastsoftmax: error: {opt} "), err
+        assert f"conflicts with --resume {first}" in err and f"leave out {opt}" in err
+    # fewer epochs than the checkpoint has trained
+    assert _train(split_dir, "--resume", str(resumed), "--epochs", "1") == 2
+    assert "pass --epochs 2 or more" in capsys.readouterr().err
+    # a misspelt option is not taken for another (it once set --epochs, then ignored)
+    with pytest.raises(SystemExit) as exc:
+        _train(split_dir, "--resume", str(first), "--epoch", "20")
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --epoch 20" in capsys.readouterr().err

@@ -541,7 +541,7 @@ def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f
                     g[i, c] = zero
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth, row_path):
     """Thread t of nth: its run of chunks, one partial loss sum per chunk; row_path:
     None (tiles) or 1 (rows), see the module's docstring."""
@@ -602,7 +602,7 @@ def _prob_row_sums(z, q, w, i, m, keep, eps_c):
     return a, lin
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
     nrows, n = z.shape
     per, nchunks = _row_chunking(nrows, n)
@@ -657,7 +657,7 @@ def xent_prob_serial(z, q, w, eps, scale, loss, g):
 # --------------------------------------------------------------------------------------
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------
-@njit(**_F)
+@njit(**_F, inline="always")
 def _softmax_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
@@ -717,7 +717,7 @@ def _lse_block(x, a, r1, buf, f64, shift, logs, row_path):
     return 1
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _log_softmax_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
@@ -745,7 +745,7 @@ def _log_softmax_run(x, out, t, nth, row_path):
             a += nr
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _logsumexp_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
@@ -831,7 +831,7 @@ def _backward_rows(nrows, n, t, nth):
     )
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _softmax_backward_run(p, gout, out, t, nth):
     r0, r1 = _backward_rows(p.shape[0], p.shape[1], t, nth)
     for i in range(r0, r1):
@@ -840,7 +840,7 @@ def _softmax_backward_run(p, gout, out, t, nth):
             out[i, j] = p[i, j] * (gout[i, j] - d)
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _log_softmax_backward_run(logp, gout, out, t, nth):
     r0, r1 = _backward_rows(logp.shape[0], logp.shape[1], t, nth)
     for i in range(r0, r1):

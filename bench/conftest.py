@@ -62,6 +62,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["numba_target"] = benchmarks.numba_target()
 
 
+def pytest_benchmark_update_json(config, output_json):
+    """--benchmark-json keeps the statistics, not every round's time (stats.data), unless
+    --benchmark-save-data is given: the committed results stay small."""
+    if not config.getoption("benchmark_save_data", False):
+        benchmarks.drop_raw_data(output_json)
+
+
 @pytest.fixture(scope="session")
 def copy_bandwidth(request) -> float | None:
     """Bytes/s of a parallel copy (read + write counted) of 512 MiB with THREADS threads:

@@ -836,11 +836,27 @@ def _run_train(train_cases, n, full, copy_bw, options, say) -> list[dict]:
     return out
 
 
-def write_json(doc: dict, path) -> Path:
-    """Write a document of `run` (pytest-benchmark's format) to `path`."""
+def drop_raw_data(doc: dict) -> dict:
+    """Remove each benchmark's per-round times (``stats["data"]``) from a pytest-benchmark
+    document, in place, and return it.  The statistics (min, max, mean, median, stddev,
+    quartiles, rounds, iterations), extra_info, machine_info and commit_info stay; they
+    are all that `compare`, `format_table`, `plot` and ``pytest-benchmark compare`` read."""
+    for b in doc.get("benchmarks", []):
+        if isinstance(b, dict) and isinstance(b.get("stats"), dict):
+            b["stats"].pop("data", None)
+    return doc
+
+
+def write_json(doc: dict, path, *, raw_data: bool = False) -> Path:
+    """Write a document of `run` (pytest-benchmark's format) to `path`, without the
+    per-round times unless raw_data (`doc` itself is left as it is)."""
     path = Path(path)
     if path.parent != Path():
         path.parent.mkdir(parents=True, exist_ok=True)
+    if not raw_data:
+        doc = drop_raw_data(
+            {**doc, "benchmarks": [{**b, "stats": dict(b["stats"])} for b in doc["benchmarks"]]}
+        )
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return path
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import data
 from .implementations import available
+from .train.loop import LR_SCHEDULES
 
 _COMPARE_OPS = ("cross_entropy_with_grad", "cross_entropy", "softmax", "log_softmax")
 
@@ -171,10 +172,18 @@ def train(args: argparse.Namespace) -> int:
         dataset = args.dataset
         model = SoftmaxRegression(
             learning_rate=args.lr,
+            lr_schedule=args.lr_schedule,
+            power_t=args.power_t,
             batch_size=args.batch_size,
             max_epochs=args.epochs,
             weight_decay=args.weight_decay,
             momentum=args.momentum,
+            average=args.average,
+            tol=args.tol,
+            n_iter_no_change=args.n_iter_no_change,
+            early_stopping=args.early_stopping,
+            validation_fraction=args.validation_fraction,
+            class_weight=args.class_weight,
             backend=args.backend,
             random_state=args.seed,
         )
@@ -196,10 +205,15 @@ def train(args: argparse.Namespace) -> int:
     backend = resolve_step_backend(model.backend)
     if backend == "numba":
         _say_if_compiling()
-    warm_up(x_train, backend)  # JIT compilation stays out of the first epoch's samples/s
+    # JIT compilation stays out of the first epoch's samples/s
+    warm_up(
+        x_train, backend, weighted=model.class_weight is not None,
+        averaged=model._average_start() is not None,
+    )  # fmt: skip
     print(
         f"{dataset}: {len(x_train)} training and {len(x_test)} test images; backend "
-        f"{backend}; {epochs} epochs, batch {model.batch_size}, lr {model.learning_rate}, "
+        f"{backend}; {epochs} epochs, batch {model.batch_size}, lr {model.learning_rate} "
+        f"({model.lr_schedule}), "
         f"weight decay {model.weight_decay}, momentum {model.momentum}"
         + (f"; resuming {args.resume} at epoch {model.n_iter_}" if args.resume else "")
     )
@@ -274,7 +288,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"model saved to {args.save}")
     if args.plots:
         paths = plots.write_training_plots(
-            args.plots, history, model._state.W, model.classes_, y_test, model.predict(x_test)
+            args.plots, history, model._weights()[0], model.classes_, y_test, model.predict(x_test)
         )
         print("plots: " + ", ".join(str(p) for p in paths))
     # last, so that it is the line a log's tail shows
@@ -294,6 +308,14 @@ _RESUME_FIXED = {
     "weight_decay": "weight_decay",
     "momentum": "momentum",
     "seed": "random_state",
+    "lr_schedule": "lr_schedule",
+    "power_t": "power_t",
+    "average": "average",
+    "tol": "tol",
+    "n_iter_no_change": "n_iter_no_change",
+    "early_stopping": "early_stopping",
+    "validation_fraction": "validation_fraction",
+    "class_weight": "class_weight",
 }
 
 
@@ -505,6 +527,12 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _estimator_defaults() -> dict:
+    from .estimator import SoftmaxRegression
+
+    return SoftmaxRegression().get_params()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastsoftmax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -532,11 +560,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", default="auto", choices=("auto", "numba", "numpy"), help="training step code"
     )
-    p.add_argument("--epochs", type=int, default=10, help="train until this many epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="images per SGD step")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 coefficient lambda")
-    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum")
+    # the estimator's defaults: one source of truth for code and command line
+    est = _estimator_defaults()
+    p.add_argument(
+        "--epochs", type=int, default=est["max_epochs"], help="train until this many epochs"
+    )
+    p.add_argument("--batch-size", type=int, default=est["batch_size"], help="images per SGD step")
+    p.add_argument("--lr", type=float, default=est["learning_rate"], help="initial learning rate")
+    p.add_argument(
+        "--lr-schedule", default=est["lr_schedule"], choices=LR_SCHEDULES,
+        help="how the rate changes: linear/cosine decay to 0 over --epochs, "
+        "invscaling lr/(1+epochs done)^power_t, or constant",
+    )  # fmt: skip
+    p.add_argument(
+        "--power-t", type=float, default=est["power_t"], help="the exponent of invscaling"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=est["weight_decay"], help="L2 coefficient lambda"
+    )
+    p.add_argument("--momentum", type=float, default=est["momentum"], help="heavy-ball momentum")
+    p.add_argument(
+        "--average", type=int, default=int(est["average"]), metavar="N",
+        help="averaged SGD: the model is the mean of the iterates after N samples "
+        "(1: from the start; 0: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tol", type=float, default=est["tol"],
+        help="stop when --n-iter-no-change epochs in a row improve the training loss "
+        "(or the validation accuracy) by less than this (default: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--n-iter-no-change", type=int, default=est["n_iter_no_change"],
+        help="epochs without improvement that stop training (with --tol)",
+    )  # fmt: skip
+    p.add_argument(
+        "--early-stopping", action="store_true",
+        help="score --tol on a held-out part of the training set (default: training loss)",
+    )  # fmt: skip
+    p.add_argument(
+        "--validation-fraction", type=float, default=est["validation_fraction"],
+        help="the held-out part for --early-stopping",
+    )  # fmt: skip
+    p.add_argument(
+        "--class-weight", default=None, choices=("balanced",),
+        help="weigh each class by n / (C * its count) (default: all 1)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffling")
     p.add_argument(
         "--train-size", type=int, default=0, help="use the first N training images, 0 for all"

@@ -210,7 +210,7 @@ def test_trainer_raises_when_the_team_is_aborted(monkeypatch):
     a silently half-done step."""
     from fastsoftmax.train import loop
 
-    monkeypatch.setattr(_numba_step, "sgd_steps", lambda *args: 1)
+    monkeypatch.setattr(_numba_step, "sgd_steps", lambda *args, **kwargs: 1)
     X, y, _, C, d = _problem()
     state = loop.TrainState.zeros(C, d, np.float32, np.random.default_rng(0))
     with pytest.raises(RuntimeError, match="did not reach its barrier"):

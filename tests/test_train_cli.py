@@ -56,7 +56,7 @@ def test_train_default_settings_reach_92_percent_and_evaluate_agrees(split_dir, 
     assert _train(split_dir, "--save", str(model_path)) == 0
     out = capsys.readouterr().out
     epochs = EPOCH_LINE.findall(out)
-    assert [int(e[0]) for e in epochs] == list(range(1, 11))
+    assert [int(e[0]) for e in epochs] == list(range(1, 21))
     losses = [float(e[2]) for e in epochs]
     assert losses[-1] < losses[0]
     final = float(re.search(r"final test accuracy: ([\d.]+)%", out).group(1))
@@ -65,7 +65,7 @@ def test_train_default_settings_reach_92_percent_and_evaluate_agrees(split_dir, 
 
     # the saved model reproduces that accuracy, computed here independently
     model, meta = load_model(model_path)
-    assert meta["dataset"] == "mnist" and len(meta["history"]["epoch"]) == 10
+    assert meta["dataset"] == "mnist" and len(meta["history"]["epoch"]) == 20
     x, y = data.load("mnist", "test", data_dir=split_dir, download=False)
     acc = 100 * np.mean(model.predict(x) == y)
     assert acc == pytest.approx(final, abs=0.005)
@@ -250,7 +250,9 @@ def test_last_line_gives_time_and_throughput_on_real_mnist(capsys):
 
 def test_resume_honours_epochs_and_rejects_other_settings(split_dir, tmp_path, capsys):
     first, resumed, straight = tmp_path / "1.npz", tmp_path / "2.npz", tmp_path / "s.npz"
+    # a constant rate: a decay's horizon is --epochs, which the resumed run changes
     settings = ["--train-size", "2000", "--lr", "0.05", "--momentum", "0.5"]
+    settings += ["--lr-schedule", "constant"]
     assert _train(split_dir, *settings, "--epochs", "1", "--save", str(first)) == 0
     assert _train(split_dir, *settings, "--epochs", "2", "--save", str(straight)) == 0
     capsys.readouterr()
@@ -283,3 +285,40 @@ def test_resume_honours_epochs_and_rejects_other_settings(split_dir, tmp_path, c
         _train(split_dir, "--resume", str(first), "--epoch", "20")
     assert exc.value.code == 2
     assert "unrecognized arguments: --epoch 20" in capsys.readouterr().err
+
+
+def test_trainer_options_reach_the_model(split_dir, tmp_path, capsys):
+    """The estimator's training options from the command line: the saved model has
+    them, and --tol stops as its rule says (a tol larger than any loss: the first epoch
+    sets the best, the next --n-iter-no-change epochs stop the run)."""
+    path = tmp_path / "opts.npz"
+    opts = [
+        "--train-size", "2000", "--epochs", "10", "--lr-schedule", "cosine", "--lr", "0.3",
+        "--average", "100", "--tol", "1e9", "--n-iter-no-change", "2",
+        "--class-weight", "balanced", "--save", str(path),
+    ]  # fmt: skip
+    assert _train(split_dir, *opts) == 0
+    out = capsys.readouterr().out
+    assert [int(e[0]) for e in EPOCH_LINE.findall(out)] == [1, 2, 3]
+    model, _ = load_model(path)
+    params = model.get_params()
+    assert params["lr_schedule"] == "cosine" and params["learning_rate"] == 0.3
+    assert params["average"] == 100 and params["tol"] == 1e9
+    assert params["n_iter_no_change"] == 2 and params["class_weight"] == "balanced"
+    # the averaged model is what predicts: coef_ is the mean of the iterates, not W
+    assert model._state.Wa is not None
+    np.testing.assert_array_equal(model.coef_, model._state.Wa)
+    assert not np.array_equal(model.coef_, model._state.W)
+
+
+def test_help_lists_every_train_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    options = text.split("\noptions:", 1)[1]
+    for opt, default in [("--lr", "0.5"), ("--epochs", "20"), ("--lr-schedule", "linear")]:
+        entry = options.split(f"\n  {opt} ", 1)[1].split("\n  -", 1)[0]
+        assert f"(default: {default})" in " ".join(entry.split()), opt
+    for opt in ("--average", "--tol", "--n-iter-no-change", "--early-stopping",
+                "--validation-fraction", "--class-weight", "--power-t"):  # fmt: skip
+        assert opt in text, opt

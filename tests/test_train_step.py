@@ -42,17 +42,21 @@ def _kernel(backend):
     return _numpy_step.sgd_steps
 
 
-def run_steps(backend, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads=2):
+def run_steps(
+    backend, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads=2, **kw
+):  # fmt: skip
     """Call one backend's kernel (the numba one takes the part and thread counts last:
-    here as many parts as threads, so each count splits the batches its own way)."""
+    here as many parts as threads, so each count splits the batches its own way).
+    kw: sw= row weights, avg= (Wa, ba, coef)."""
     fn = _kernel(backend)
     if backend == "numba":
         status = fn(
-            X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads, nthreads
-        )
+            X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads, nthreads,
+            **kw,
+        )  # fmt: skip
         assert status == 0
     else:
-        fn(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses)
+        fn(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, **kw)
 
 
 def oracle_objective(Xb, yb, W, b):
@@ -63,31 +67,37 @@ def oracle_objective(Xb, yb, W, b):
     return -logp[np.arange(len(yb)), yb].mean()
 
 
-def oracle_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a):
+def oracle_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, sw=None):
     """The spec in float64, written independently of the package.  Returns the new
-    (W, b, vW, vb) and the per-step objectives."""
+    (W, b, vW, vb), the per-step objectives and the iterates (W, b) after each step.
+    lr: a number or one per step (lr[s]); sw: None or per-row weights s_i (row i's
+    loss and gradient times s_i)."""
     X = np.asarray(X, np.float64) * a
     W, b, vW, vb = (np.array(t, np.float64) for t in (W, b, vW, vb))
     n = len(order)
     C = W.shape[0]
-    losses = []
+    losses, iterates = [], []
     for s in range(s0, s1):
         idx = order[s * batch : min((s + 1) * batch, n)]
         Xb, yb = X[idx], y[idx]
         B = len(idx)
+        rw = np.ones(B) if sw is None else np.asarray(sw, np.float64)[idx]
         z = Xb @ W.T + b
         e = np.exp(z - z.max(axis=1, keepdims=True))
         p = e / e.sum(axis=1, keepdims=True)
         onehot = np.eye(C)[yb]
-        losses.append(-np.log(p[np.arange(B), yb]).mean() + 0.5 * wd * np.sum(W * W))
-        G = (p - onehot) / B
+        row_loss = -np.log(p[np.arange(B), yb])
+        losses.append((rw * row_loss).sum() / B + 0.5 * wd * np.sum(W * W))
+        G = rw[:, None] * (p - onehot) / B
         gW = G.T @ Xb + wd * W
         gb = G.sum(axis=0)
         vW = mu * vW + gW
         vb = mu * vb + gb
-        W = W - lr * vW
-        b = b - lr * vb
-    return W, b, vW, vb, np.array(losses)
+        rate = lr[s] if np.ndim(lr) else lr
+        W = W - rate * vW
+        b = b - rate * vb
+        iterates.append((W, b))
+    return W, b, vW, vb, np.array(losses), iterates
 
 
 def assert_close_to(actual, expected, dtype, what):
@@ -165,6 +175,41 @@ def test_epoch_of_steps_matches_float64_oracle(backend, dtype, x_kind, C, n, bat
         assert got.dtype == np.dtype(dtype), name
         assert_close_to(got, want, dtype, f"{name} after {steps} steps")
     assert_close_to(losses, expected[4], dtype, "per-step objectives")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("C", [2, 10, 33])
+@pytest.mark.parametrize("mu", [0.0, 0.9])
+def test_rates_row_weights_and_averaging_match_the_oracle(backend, dtype, C, mu):
+    """A rate per step, per-row weights (some 0, some large) and averaged SGD from step
+    2 on: the weights, the objectives and the mean of the iterates (the oracle averages
+    the iterates it kept; the kernels keep a running mean)."""
+    rng = np.random.default_rng(C)
+    n, batch, d = 203, 40, 31
+    X, y, W, b, vW, vb = make_problem(rng, n, d, C, dtype, "uint8")
+    a = 1.0 / 255.0
+    order = rng.permutation(n)
+    steps = -(-n // batch)
+    lrs = np.linspace(0.8, 0.1, steps)
+    sw = rng.random(n) * 3.0
+    sw[::7] = 0.0
+    start = 2
+    expected = oracle_steps(X, y, order, 0, steps, batch, W, b, vW, vb, lrs, mu, 0.01, a, sw)
+    Wa, ba = np.zeros_like(W), np.zeros_like(b)
+    k = np.arange(steps) - start + 1.0
+    coef = np.where(k >= 1, 1.0 / np.maximum(k, 1), 0.0)
+    losses = np.zeros(steps)
+    run_steps(
+        backend, X, y, order, 0, steps, batch, W, b, vW, vb, lrs, mu, 0.01, a, losses,
+        sw=sw, avg=(Wa, ba, coef),
+    )  # fmt: skip
+    assert_close_to(W, expected[0], dtype, "W")
+    assert_close_to(b, expected[1], dtype, "b")
+    assert_close_to(losses, expected[4], dtype, "per-step objectives")
+    kept = expected[5][start:]
+    assert_close_to(Wa, np.mean([w for w, _ in kept], axis=0), dtype, "mean of the W iterates")
+    assert_close_to(ba, np.mean([v for _, v in kept], axis=0), dtype, "mean of the b iterates")
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3, 4])
@@ -448,7 +493,9 @@ def test_each_epoch_visits_a_permutation_of_the_rows(backend, shuffle):
     vW, vb = np.zeros_like(W), np.zeros_like(b)
     sizes = np.array([8, 8, 8, 8, 5])
     for e, order in enumerate(orders):
-        W, b, vW, vb, losses = oracle_steps(X, y, order, 0, 5, batch, W, b, vW, vb, lr, mu, wd, 1.0)
+        W, b, vW, vb, losses, _ = oracle_steps(
+            X, y, order, 0, 5, batch, W, b, vW, vb, lr, mu, wd, 1.0
+        )
         assert state.loss_curve[e] == pytest.approx(np.dot(losses, sizes) / n, rel=1e-10)
     np.testing.assert_allclose(state.W, W, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(state.b, b, rtol=1e-10, atol=1e-13)

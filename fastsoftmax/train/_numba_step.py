@@ -3,9 +3,11 @@
 One step on a minibatch B of rows (``order[s*batch : (s+1)*batch]`` of X)::
 
     z  = a X_B W^T + b                   (B, C)   a = x_scale (1/255 for uint8 pixels)
-    loss, G = mean cross-entropy of z and its gradient (the Core kernel, scale 1/B)
+    loss, G = mean cross-entropy of z and its gradient (the Core kernel, scale 1/B),
+              row i's loss and gradient row times s_i where row weights s are given
     dW = a G^T X_B + wd W,  db = sum_rows G
-    v  = momentum v + dW;  W -= lr v      (plain SGD when momentum == 0: v = dW)
+    v  = momentum v + dW;  W -= lr_s v    (plain SGD when momentum == 0: v = dW)
+    Wa += c_s (W - Wa), ba likewise      (averaged SGD, where asked: c_s from the caller)
 
 Work split: the batch's rows are cut into ``nth`` contiguous parts, one per thread
 (``nth`` depends on the batch size and the thread count only).  A thread walks its part
@@ -298,14 +300,15 @@ def _prefetch_next(X, order, pf, i1, n0, n1):
     return pf + PF_ROWS
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _part(
     X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, lrow, buf, f64,
-    row_path,
+    row_path, sw,
 ):  # fmt: skip
     """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
     (added into gW, gb).  Returns the sum of the part's row losses (float64).
     order[n0:n1] is the thread's part of the next step (its first rows are prefetched).
+    sw: None, or (n,) float64 row weights that scale each row's loss and gradient.
 
     Rows go BLOCK at a time: the second read of a block (for dW) hits L2."""
     C = W.shape[0]
@@ -328,6 +331,13 @@ def _part(
             _xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
         else:
             _xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
+        if sw is not None:  # a type test: settled at compile time
+            for q in range(nr):
+                wq = sw[order[s0 + q]]
+                lrow[q] *= wq
+                wz = like(zz, wq)
+                for c in range(C):
+                    zz[q, c] *= wz
         for q in range(nr):
             total += lrow[q]
             for c in range(C):
@@ -341,9 +351,11 @@ def _part(
 
 
 @njit(**_F)
-def _update_classes(W, b, vW, vb, gW, gb, nth, lr, mu, wd, c0, c1, sqc):
+def _update_classes(W, b, vW, vb, gW, gb, nth, lr, mu, wd, c0, c1, sqc, avg, s):
     """Classes c0..c1-1: add the thread partials in thread order, then the (momentum)
-    SGD update; sqc[c] = ||W[c]||^2 afterwards (for the next step's decay term)."""
+    SGD update; sqc[c] = ||W[c]||^2 afterwards (for the next step's decay term); then,
+    where avg = (Wa, ba, coef) is given and coef[s] != 0, Wa += coef[s] (W - Wa) and
+    ba likewise (the running mean of the iterates: coef[s] = 1 / its count)."""
     d = W.shape[1]
     lr = like(W, lr)
     mu = like(W, mu)
@@ -372,6 +384,14 @@ def _update_classes(W, b, vW, vb, gW, gb, nth, lr, mu, wd, c0, c1, sqc):
             b[c] -= lr * gbc
         if wd != 0.0:
             sqc[c] = _sq(wc)
+        if avg is not None:  # a type test: settled at compile time
+            Wa, ba, coef = avg
+            k = like(W, coef[s])
+            if k != 0.0:
+                wa = Wa[c]
+                for j in range(d):
+                    wa[j] += k * (wc[j] - wa[j])
+                ba[c] += k * (b[c] - ba[c])
 
 
 @njit(**_F)
@@ -419,8 +439,8 @@ def _thread_partials(P, C, d, dtype):
 
 @njit(**_KW)
 def team_steps(
-    ctl, size, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, row_path, NP,
-    partials, scratch,
+    ctl, size, X, y, order, s0, s1, batch, W, b, vW, vb, lrs, mu, wd, a, losses, row_path, NP,
+    partials, scratch, sw, avg,
 ):  # fmt: skip
     """One of the `size` threads of a call of sgd_steps: joins the team (see _team) and,
     as member r of m, does its share of steps s0..s1-1.  partials: (gW, gb, part_loss,
@@ -453,7 +473,7 @@ def team_steps(
             part_loss[t] = _part(
                 X, y, order, r0 + t * nb // nth, r0 + (t + 1) * nb // nth, nxt0, nxt1,
                 W, b, a, inv_b, gW[t][:C], gb[t][:C], xbs[r], rowss[r], zs[r],
-                ybs[r], lrows[r], bufs[r], f64s[r], row_path,
+                ybs[r], lrows[r], bufs[r], f64s[r], row_path, sw,
             )  # fmt: skip
         sq = 0.0
         if r == 0 and wd != 0.0:  # ||W||^2 before this step's update
@@ -469,8 +489,9 @@ def team_steps(
         nu = min(m, C)
         if r < nu:
             _update_classes(
-                W, b, vW, vb, gW, gb, nth, lr, mu, wd, r * C // nu, (r + 1) * C // nu, sqc
-            )
+                W, b, vW, vb, gW, gb, nth, lrs[s], mu, wd, r * C // nu, (r + 1) * C // nu,
+                sqc, avg, s,
+            )  # fmt: skip
         if not team_barrier(ctl, m):  # W, b (and sqc) are the next step's
             return
 
@@ -490,13 +511,19 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def sgd_steps(
-    X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nparts, nthreads
-) -> int:
+    X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nparts, nthreads,
+    sw=None, avg=None,
+) -> int:  # fmt: skip
     """Steps s0..s1-1 of an epoch whose row order is `order`; W (C, d), b (C,) and the
     momentum buffers vW, vb are updated in place; losses[s] gets step s's objective
     (mean cross-entropy + wd/2 ||W||^2, before its update).
 
     X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale.
+    lr: the learning rate, or a float64 array of one per step of the epoch (lr[s]).
+    sw: None or (n,) float64 row weights (sample_weight times class weight): row i's
+    loss and gradient are multiplied by sw[i] (the step's objective stays a sum over
+    the batch divided by its size).  avg: None or (Wa, ba, coef), coef a float64 array
+    per step of the epoch: after step s, Wa += coef[s] (W - Wa) where coef[s] != 0.
 
     All the steps run in one call of team_steps per thread: this thread's and
     min(nthreads, nparts) - 1 others (Python threads; the kernel releases the GIL).
@@ -517,9 +544,12 @@ def sgd_steps(
     P = max(1, min(nthreads, NP))
     partials = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
     ctl = new_control()
+    lrs = np.asarray(lr, np.float64)
+    if lrs.ndim == 0:
+        lrs = np.full(max(s1, 1), float(lr))
     args = (
-        ctl, P, X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses,
-        row_path_for(C), NP, partials, _thread_scratch(P, W),
+        ctl, P, X, y, order, s0, s1, batch, W, b, vW, vb, lrs, mu, wd, a, losses,
+        row_path_for(C), NP, partials, _thread_scratch(P, W), sw, avg,
     )  # fmt: skip
     others = [_pool().submit(team_steps, *args) for _ in range(P - 1)]
     team_steps(*args)
@@ -551,7 +581,7 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads):
         part_loss[t] = _part(
             X, y, order, t * n // nth, (t + 1) * n // nth, n, n, W, b, a, scale,
             gW[t][:C], gb[t][:C], xbs[t], rowss[t], zs[t], ybs[t], lrows[t], bufs[t],
-            f64s[t], row_path,
+            f64s[t], row_path, None,
         )  # fmt: skip
     total = 0.0
     for t in range(nth):

@@ -6,6 +6,7 @@ that can be saved mid-epoch and resumed to the same result as an uninterrupted r
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 from .._backends import BackendUnavailableError
 
 STEP_BACKENDS = ("numpy", "numba")
+LR_SCHEDULES = ("constant", "invscaling", "linear", "cosine")
 # Rows per call into the step kernel: between calls the loop reports progress and
 # checks for a stop request (Ctrl-C); the kernels' results do not depend on it.
 ROWS_PER_CALL = 8192
@@ -26,7 +28,9 @@ class TrainState:
 
     W: (C, d) and b: (C,) the parameters; vW, vb their momentum buffers; `epoch` the
     completed epochs; `step` the completed steps of the current epoch, whose row order is
-    `order` (None between epochs) and whose per-step objectives go into `step_losses`.
+    `order` (None between epochs) and whose per-step objectives go into `step_losses`;
+    `t` the steps taken in all (the learning-rate schedule's clock).  Wa, ba: the
+    running mean of the iterates (averaged SGD), None unless asked for.
     """
 
     W: np.ndarray
@@ -39,6 +43,9 @@ class TrainState:
     order: np.ndarray | None = None
     step_losses: np.ndarray | None = None
     loss_curve: list[float] = field(default_factory=list)
+    t: int = 0
+    Wa: np.ndarray | None = None
+    ba: np.ndarray | None = None
 
     @classmethod
     def zeros(cls, num_classes: int, num_features: int, dtype, rng) -> TrainState:
@@ -80,8 +87,8 @@ def _step_function(backend: str):
         from .._threads import get_num_threads, pool_size
         from . import _numba_step
 
-        def run(*args):
-            if _numba_step.sgd_steps(*args, pool_size(), get_num_threads()):
+        def run(*args, sw=None, avg=None):
+            if _numba_step.sgd_steps(*args, pool_size(), get_num_threads(), sw=sw, avg=avg):
                 raise RuntimeError(
                     "a thread of the training step did not reach its barrier within "
                     f"{TEAM_TIMEOUT_S:g} s; the step was abandoned (parameters partly updated)"
@@ -93,9 +100,18 @@ def _step_function(backend: str):
     return _numpy_step.sgd_steps
 
 
-def warm_up(X: np.ndarray, backend: str, dtype=np.float32, num_classes: int = 10) -> None:
-    """Compile (or load from Numba's cache) the step kernel for X's dtype, running no
-    step, so that timings of the first epoch do not include it."""
+def warm_up(
+    X: np.ndarray,
+    backend: str,
+    dtype=np.float32,
+    num_classes: int = 10,
+    *,
+    weighted: bool = False,
+    averaged: bool = False,
+) -> None:
+    """Compile (or load from Numba's cache) the step kernel for X's dtype, with or
+    without row weights and averaging, running no step, so that timings of the first
+    epoch do not include it."""
     if backend != "numba":
         return
     d = X.shape[1]
@@ -103,9 +119,46 @@ def warm_up(X: np.ndarray, backend: str, dtype=np.float32, num_classes: int = 10
     b = np.zeros(num_classes, dtype)
     order = np.arange(min(len(X), 1))
     y = np.zeros(len(X), np.int64)
+    sw = np.ones(len(X)) if weighted else None
+    avg = (W.copy(), b.copy(), np.zeros(1)) if averaged else None
     _step_function(backend)(
-        X, y, order, 0, 0, 1, W, b, W.copy(), b.copy(), 0.0, 0.0, 0.0, 1.0, np.zeros(1)
-    )
+        X, y, order, 0, 0, 1, W, b, W.copy(), b.copy(), 0.0, 0.0, 0.0, 1.0, np.zeros(1),
+        sw=sw, avg=avg,
+    )  # fmt: skip
+
+
+def learning_rates(
+    schedule: str, lr: float, t: np.ndarray, *, power_t: float, steps_per_epoch: int, horizon: int
+) -> np.ndarray:
+    """The learning rate of each step whose index (steps taken before it) is in t:
+
+    constant    lr
+    invscaling  lr / (1 + t / steps_per_epoch) ** power_t   (the epoch count, not the
+                sample count as in scikit-learn's SGD: the same decay for any batch size)
+    linear      lr (1 - t / horizon)                       (horizon: the steps of the run)
+    cosine      lr (1 + cos(pi t / horizon)) / 2
+    Past the horizon linear and cosine stay at their last rate, lr / horizon."""
+    t = np.asarray(t, np.float64)
+    if schedule == "constant":
+        return np.full(t.shape, float(lr))
+    if schedule == "invscaling":
+        return lr / (1.0 + t / steps_per_epoch) ** power_t
+    frac = np.minimum(t, horizon - 1) / horizon
+    if schedule == "linear":
+        return lr * (1.0 - frac)
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + np.cos(math.pi * frac))
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
+def average_coefficients(t: np.ndarray, start: int | None) -> np.ndarray | None:
+    """Averaged SGD's weights of the new iterate, per step: after step t (0-based) the
+    mean of the iterates of steps start..t gets the new one with weight 1 / (t - start
+    + 1) (so Wa = W at the first); 0 before start.  None when start is None."""
+    if start is None:
+        return None
+    k = np.asarray(t, np.float64) - start + 1.0
+    return np.where(k >= 1.0, 1.0 / np.maximum(k, 1.0), 0.0)
 
 
 def x_scale_for(X: np.ndarray) -> float:
@@ -125,12 +178,23 @@ def train_epochs(
     weight_decay: float,
     shuffle: bool,
     backend: str,
+    lr_schedule: str = "constant",
+    power_t: float = 0.5,
+    horizon_epochs: int | None = None,
+    sample_weight: np.ndarray | None = None,
+    average_start: int | None = None,
     on_progress: Callable[[TrainState, int], None] | None = None,
     on_epoch_end: Callable[[TrainState, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
     """Run epochs until `state.epoch == until_epoch`.  X: (n, d) C-contiguous float32,
     float64 (the parameters' dtype) or uint8; y: (n,) int64 class indices.
+
+    The rate of each step follows `lr_schedule` (see learning_rates; linear and cosine
+    decay over `horizon_epochs` epochs, default until_epoch).  sample_weight: None or
+    (n,) float64 weights of the rows (their loss and gradient are multiplied by them).
+    average_start: None, or the step from which state.Wa, state.ba hold the mean of
+    the iterates (averaged SGD).
 
     on_progress(state, steps_per_epoch) runs after every call into the kernel,
     on_epoch_end(state, seconds) after every epoch.  Returns False when should_stop()
@@ -141,18 +205,31 @@ def train_epochs(
     steps = -(-n // batch_size)
     per_call = max(1, ROWS_PER_CALL // batch_size)
     a = x_scale_for(X)
+    horizon = steps * (until_epoch if horizon_epochs is None else horizon_epochs)
+    if average_start is not None and state.Wa is None:
+        state.Wa, state.ba = np.zeros_like(state.W), np.zeros_like(state.b)
+    sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
     while state.epoch < until_epoch:
         if state.order is None:
             state.order = state.rng.permutation(n) if shuffle else np.arange(n)
             state.step = 0
             state.step_losses = np.zeros(steps)
         t0 = time.perf_counter()
+        # the schedule's clock at this epoch's step 0, and the per-step rates from there
+        clock = state.t - state.step + np.arange(steps)
+        lrs = learning_rates(
+            lr_schedule, learning_rate, clock, power_t=power_t, steps_per_epoch=steps,
+            horizon=max(horizon, 1),
+        )  # fmt: skip
+        coef = average_coefficients(clock, average_start)
+        avg = None if coef is None else (state.Wa, state.ba, coef)
         while state.step < steps:
             s1 = min(state.step + per_call, steps)
             step(
                 X, y, state.order, state.step, s1, batch_size, state.W, state.b, state.vW,
-                state.vb, learning_rate, momentum, weight_decay, a, state.step_losses,
+                state.vb, lrs, momentum, weight_decay, a, state.step_losses, sw=sw, avg=avg,
             )  # fmt: skip
+            state.t += s1 - state.step
             state.step = s1
             if on_progress is not None:
                 on_progress(state, steps)

@@ -25,6 +25,17 @@ from .loop import TrainState
 
 FORMAT = "fastsoftmax/softmax-regression"
 FORMAT_VERSION = 1
+# The hyperparameters that files written before them lack, as those files trained.
+_DEFAULTS_BEFORE = {
+    "lr_schedule": "constant",
+    "power_t": 0.5,
+    "average": False,
+    "tol": None,
+    "n_iter_no_change": 5,
+    "early_stopping": False,
+    "validation_fraction": 0.1,
+    "class_weight": None,
+}
 
 
 class ModelFileError(ValueError):
@@ -66,6 +77,9 @@ def save_model(
         "rng_state": np.array(st.rng_json()),
         "metadata": np.array(json.dumps(metadata or {})),
     }
+    arrays["t"] = np.array(st.t)
+    if st.Wa is not None:
+        arrays["Wa"], arrays["ba"] = st.Wa, st.ba
     if st.order is not None:
         arrays["order"] = st.order
         arrays["step_losses"] = st.step_losses
@@ -130,6 +144,9 @@ def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
         raise ModelFileError(f"{path}: the weights contain NaN or infinity")
     try:
         params = json.loads(str(need("hyperparameters")))
+        # files from before these options existed trained as their defaults were then
+        for key, old in _DEFAULTS_BEFORE.items():
+            params.setdefault(key, old)
         metadata = json.loads(str(need("metadata")))
         rng = TrainState.rng_from_json(str(need("rng_state")))
         model = SoftmaxRegression(**params)
@@ -140,6 +157,13 @@ def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
         epoch=int(need("epoch")), step=int(need("step")),
         loss_curve=[float(v) for v in need("loss_curve")],
     )  # fmt: skip
+    # steps taken in all: the schedule's clock (older files trained at a constant rate)
+    state.t = int(arrays["t"]) if "t" in arrays else 0
+    if "Wa" in arrays:
+        Wa, ba = arrays["Wa"], arrays.get("ba")
+        if Wa.shape != W.shape or ba is None or ba.shape != (C,):
+            raise ModelFileError(f"{path}: inconsistent averaged weights {Wa.shape}")
+        state.Wa, state.ba = Wa.astype(W.dtype), ba.astype(W.dtype)
     if "order" in arrays:
         order, losses = arrays["order"], arrays.get("step_losses")
         n = order.shape[0]

@@ -94,7 +94,7 @@ _KW = {"cache": True, "nogil": True, "fastmath": {"contract"}, "error_model": "n
 # --------------------------------------------------------------------------------------
 # Work split
 # --------------------------------------------------------------------------------------
-@njit(**_F)
+@njit(**_F, inline="always")
 def _row_chunking(nrows, n):
     """(rows per chunk, number of chunks) for chunks of whole rows of about
     ROW_CHUNK_ELEMENTS elements (at least one row): the row path's split."""
@@ -102,7 +102,7 @@ def _row_chunking(nrows, n):
     return per, (nrows + per - 1) // per
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _chunking(nrows, n):
     """(rows per chunk, number of chunks): a function of the shape alone."""
     if n <= SMALL_C_MAX:
@@ -116,14 +116,14 @@ def row_path_for(num_classes: int):
     return None if num_classes <= SMALL_C_MAX else 1
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _threads(nchunks, nthreads):
     # nthreads comes from fastsoftmax.get_num_threads() in Python: asking Numba for the
     # thread count in here would make it refuse to cache the kernels.
     return max(1, min(nthreads, nchunks))
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _ordered_sum(partial):
     total = 0.0
     for c in range(partial.shape[0]):
@@ -131,7 +131,7 @@ def _ordered_sum(partial):
     return total
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _scratch_for(n, dtype):
     """Per-thread scratch of the tiled path for n classes: (buffer in `dtype`, float64
     buffer).  With R = TILE_ROWS, the first holds zt [0, nR), m [nR, (n+1)R), the
@@ -141,7 +141,7 @@ def _scratch_for(n, dtype):
     return np.empty((n + 5) * TILE_ROWS + n, dtype), np.empty(7 * TILE_ROWS)
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _scratch(x):
     """_scratch_for x's class count on the tiled path; token buffers on the row path."""
     return _scratch_for(x.shape[1] if x.shape[1] <= SMALL_C_MAX else 0, x.dtype)
@@ -221,7 +221,7 @@ def _row_blocked_sum(a, i):
     return ones + ob, s + sb
 
 
-@njit(**_F)
+@njit(**_F, inline="always")
 def _true_class_grad(e_y, k, d, coef_y, eps_c, wsum, w_y, scale):
     """scale * dloss/dz_y = scale (coef_y (p_y - 1) + eps_c (W p_y - w_y)), formed in
     float64 without rounding p_y first: p_y - 1 = -(s - e_y) / s, and s - e_y is

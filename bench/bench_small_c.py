@@ -18,13 +18,13 @@ from fastsoftmax._numba import kernels as k
 
 @numba.njit(error_model="numpy")
 def _rows_path(z, y, loss, g):
-    k._xent_index_rows(z, y, None, float(z.shape[1]), -100, 0.0, 1.0, loss, g, 0, z.shape[0])
+    k.xent_index_rows(z, y, None, float(z.shape[1]), -100, 0.0, 1.0, loss, g, 0, z.shape[0])
 
 
 @numba.njit(error_model="numpy")
 def _tiles_path(z, y, loss, g):
-    buf, f64 = k._scratch_for(z.shape[1], z.dtype)
-    k._xent_index_tiles(
+    buf, f64 = k.scratch_for(z.shape[1], z.dtype)
+    k.xent_index_tiles(
         z, y, None, float(z.shape[1]), -100, 0.0, 1.0, loss, g, 0, z.shape[0], buf, f64
     )
 

@@ -6,8 +6,6 @@ reference); choose with ``backend=`` or ``with fastsoftmax.use_backend(name):``.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._api import (
     cross_entropy,
     cross_entropy_with_grad,
@@ -20,12 +18,8 @@ from ._api import (
 from ._backends import BackendUnavailableError, available_backends, use_backend
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._threads import get_num_threads, set_num_threads, thread_limit
-from .estimator import NotFittedError, SoftmaxRegression
-
-try:
-    __version__ = version("fastsoftmax")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from ._version import __version__
+from .estimator import NotFittedError, SoftmaxRegression, load_model, save_model
 
 __all__ = [
     "BackendUnavailableError",
@@ -38,9 +32,11 @@ __all__ = [
     "get_num_threads",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
+    "load_model",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "save_model",
     "set_num_threads",
     "softmax",
     "softmax_backward",

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from . import _validate as check
-from ._backends import _is_cupy_array, load, resolve
+from ._backends import is_cupy_array, load, resolve
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -62,7 +62,7 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _resolve_options(
+def resolve_options(
     arr, n, c, target, reduction, label_smoothing, ignore_index, weight, backend,
     weight_name="weight",
 ):  # fmt: skip
@@ -93,7 +93,7 @@ def _resolve_options(
     return be, work, red, eps, ignore, kind, y, w, wsum, denom, scale
 
 
-def _reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):
+def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):
     """The loss the caller gets from the kernels' float64 row losses and their sum:
     the rows for "none", else a scalar of `dtype` (the "mean" of an all-ignored batch
     is 0, where PyTorch gives NaN)."""
@@ -147,7 +147,7 @@ def softmax(
     `out` when given; `out` may be `x` itself for an in-place softmax).  A slice whose
     entries are all -inf gives NaN (0/0), as in PyTorch.
     """
-    if _is_cupy_array(x):
+    if is_cupy_array(x):
         return _cupy_api().softmax(x, axis, out=out, backend=backend)
     return _rowwise("softmax", x, axis, out, backend)
 
@@ -156,7 +156,7 @@ def log_softmax(
     x: np.ndarray, axis: int = -1, *, out: np.ndarray | None = None, backend: str | None = None
 ) -> np.ndarray:
     """log_softmax(x) = x - logsumexp(x) along `axis`; same shapes and rules as softmax."""
-    if _is_cupy_array(x):
+    if is_cupy_array(x):
         return _cupy_api().log_softmax(x, axis, out=out, backend=backend)
     return _rowwise("log_softmax", x, axis, out, backend)
 
@@ -169,7 +169,7 @@ def logsumexp(
     x: (..., C, ...) -> x's shape without `axis` (or with it as 1 if keepdims), x's dtype.
     An all -inf slice gives -inf, a slice holding +inf gives +inf, an empty one -inf.
     """
-    if _is_cupy_array(x):
+    if is_cupy_array(x):
         return _cupy_api().logsumexp(x, axis, keepdims=keepdims, backend=backend)
     arr = check.float_array(x, "x")
     if arr.ndim == 0:
@@ -214,7 +214,7 @@ def softmax_backward(
 
     probs, grad_out: the same shape; the result has that shape and their common dtype.
     """
-    if _is_cupy_array(probs):
+    if is_cupy_array(probs):
         return _cupy_api().softmax_backward(probs, grad_out, axis, out=out, backend=backend)
     return _backward("softmax_backward", probs, "probs", grad_out, axis, out, backend)
 
@@ -230,7 +230,7 @@ def log_softmax_backward(
     """Vector-Jacobian product of log_softmax: given log_probs = log_softmax(x) and
     grad_out = dL/dlog_probs, returns dL/dx = grad_out - exp(log_probs) * sum(grad_out, axis).
     """
-    if _is_cupy_array(log_probs):
+    if is_cupy_array(log_probs):
         return _cupy_api().log_softmax_backward(log_probs, grad_out, axis, out=out, backend=backend)
     return _backward("log_softmax_backward", log_probs, "log_probs", grad_out, axis, out, backend)
 
@@ -252,7 +252,7 @@ def _cross_entropy(
 ):
     z = check.logits_2d(logits)
     n, c = z.shape
-    be, work, red, eps, ignore, kind, y, w, wsum, denom, scale = _resolve_options(
+    be, work, red, eps, ignore, kind, y, w, wsum, denom, scale = resolve_options(
         z, n, c, target, reduction, label_smoothing, ignore_index, weight, backend
     )
 
@@ -281,7 +281,7 @@ def _cross_entropy(
     else:
         total = be.xent_prob(zw, y, w, eps, scale, loss_rows, g)
 
-    loss = _reduced_loss(red, loss_rows, total, denom, z.dtype)
+    loss = reduced_loss(red, loss_rows, total, denom, z.dtype)
     if not want_grad:
         return loss
 
@@ -323,7 +323,7 @@ def cross_entropy(
     target ignored, or an empty batch) is 0, not NaN; and a term with a zero coefficient
     (a zero weight or probability) contributes 0 even where log_softmax is -inf.
     """
-    if _is_cupy_array(logits):
+    if is_cupy_array(logits):
         return _cupy_api().cross_entropy(
             logits, target, reduction=reduction, ignore_index=ignore_index,
             label_smoothing=label_smoothing, weight=weight, backend=backend,
@@ -363,7 +363,7 @@ def cross_entropy_with_grad(
     out: an (N, C) array of logits' dtype to receive dlogits (saves the allocation).
     inplace: write dlogits over logits and return logits (opt-in memory saving).
     """
-    if _is_cupy_array(logits):
+    if is_cupy_array(logits):
         return _cupy_api().cross_entropy_with_grad(
             logits, target, reduction=reduction, ignore_index=ignore_index,
             label_smoothing=label_smoothing, weight=weight, out=out, inplace=inplace,

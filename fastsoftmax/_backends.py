@@ -15,11 +15,13 @@ from types import ModuleType
 
 import numpy as np
 
-# name -> (module, pip extra that provides its dependency)
+# name -> (module, what to pip install for its dependency).  Each module runs the ops of
+# the kernel contract (fastsoftmax/reference.py); the CPU ones also run the training
+# step (sgd_steps).
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("fastsoftmax.reference", ""),
     "numba": ("fastsoftmax._numba", "numba"),
-    "cupy": ("fastsoftmax._cupy.api", "cuda"),
+    "cupy": ("fastsoftmax._cupy.api", "fastsoftmax[cuda]"),
 }
 CPU_BACKENDS = ("numba", "numpy")  # order of preference for NumPy arrays
 AUTO = "auto"
@@ -49,7 +51,7 @@ def load(name: str) -> ModuleType:
         # what auto means is settled once per process (numba imports or it does not)
         mod = _loaded[AUTO] = default_cpu_backend()
         return mod
-    module, extra = _REGISTRY[name]
+    module, requirement = _REGISTRY[name]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as err:
@@ -59,7 +61,7 @@ def load(name: str) -> ModuleType:
             ) from err
         raise BackendUnavailableError(
             f"backend {name!r} needs {err.name!r}, which is not installed; "
-            f"install it with: pip install 'fastsoftmax[{extra}]'"
+            f"install it with: pip install '{requirement}'"
         ) from err
     _loaded[name] = mod
     return mod
@@ -86,7 +88,7 @@ def default_cpu_backend() -> ModuleType:
     raise AssertionError("unreachable: the numpy backend is always available")
 
 
-def _is_cupy_array(x: object) -> bool:
+def is_cupy_array(x: object) -> bool:
     t = type(x)
     return t is not np.ndarray and t.__module__.split(".", 1)[0] == "cupy"
 
@@ -94,7 +96,7 @@ def _is_cupy_array(x: object) -> bool:
 def resolve(x: object, backend: str | None) -> ModuleType:
     """The backend that runs an op on array ``x``."""
     name = _current.get() if backend is None else _check_name(backend)
-    if type(x) is not np.ndarray and _is_cupy_array(x):
+    if type(x) is not np.ndarray and is_cupy_array(x):
         if name not in (AUTO, "cupy"):
             raise ValueError(f"backend {name!r} cannot run on CuPy arrays; use 'cupy' or 'auto'")
         return load("cupy")

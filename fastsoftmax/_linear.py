@@ -17,7 +17,7 @@ of the unfused composition's N x V logits (and as many again for their gradient)
 
 Softmax regression (the trainer) is this operation with V = 10 and an SGD update on
 top: the NumPy training step calls :func:`fused_chunks` here, and the Numba training
-step (``train/_numba_step.py``) is the small-V specialisation of the same plan (blocks of
+step (``_numba/step.py``) is the small-V specialisation of the same plan (blocks of
 rows, logits in cache, the Core kernel in place, dW from the same rows).
 
 The GEMMs go to NumPy's BLAS whatever the backend (they are >99% of the FLOPs at
@@ -32,8 +32,8 @@ import operator
 import numpy as np
 
 from . import _validate as check
-from ._api import Reduction, _reduced_loss, _resolve_options
-from ._backends import _is_cupy_array
+from ._api import Reduction, reduced_loss, resolve_options
+from ._backends import is_cupy_array
 
 # The default chunk holds at most this many bytes of logits: at N=8192, V=128256 float32
 # it is 523 rows, 6% of the unfused 4.2 GB (the Large-vocabularies target is <= 10%),
@@ -142,7 +142,7 @@ def _linear_cross_entropy(
     hidden, weight, target, bias, reduction, ignore_index, label_smoothing, class_weight,
     chunk_size, backend, want_grad,
 ):  # fmt: skip
-    if _is_cupy_array(hidden) or _is_cupy_array(weight):
+    if is_cupy_array(hidden) or is_cupy_array(weight):
         raise NotImplementedError(
             "linear_cross_entropy has no CuPy backend yet; pass NumPy arrays "
             "(cupy.asnumpy), or on the GPU compose cupy matmuls with "
@@ -175,7 +175,7 @@ def _linear_cross_entropy(
         if b_arr.dtype != h_arr.dtype:
             raise TypeError(f"bias must have hidden's dtype {h_arr.dtype}, got {b_arr.dtype}")
     # the mean's denominator covers every row: each chunk's gradient is final
-    be, work, red, eps, ignore, kind, y, cw, wsum, denom, scale = _resolve_options(
+    be, work, red, eps, ignore, kind, y, cw, wsum, denom, scale = resolve_options(
         h_arr, n, v, target, reduction, label_smoothing, ignore_index, class_weight, backend,
         weight_name="class_weight",
     )  # fmt: skip
@@ -201,7 +201,7 @@ def _linear_cross_entropy(
             db.fill(0)
 
     dtype = h_arr.dtype
-    loss = _reduced_loss(red, loss_rows, total, denom, dtype)
+    loss = reduced_loss(red, loss_rows, total, denom, dtype)
     if not want_grad:
         return loss
     cast = (lambda a: a) if work == dtype else (lambda a: a.astype(dtype))

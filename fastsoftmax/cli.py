@@ -148,8 +148,7 @@ def _default_checkpoint(args: argparse.Namespace) -> Path:
 def train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .estimator import SoftmaxRegression
-    from .train.model_file import load_model, save_model
+    from .estimator import SoftmaxRegression, load_model, save_model
 
     if args.plots:
         from . import plots  # fail now, not after training, if matplotlib is missing
@@ -208,7 +207,7 @@ def train(args: argparse.Namespace) -> int:
     # JIT compilation stays out of the first epoch's samples/s
     warm_up(
         x_train, backend, weighted=model.class_weight is not None,
-        averaged=model._average_start() is not None,
+        averaged=bool(model.average),
     )  # fmt: skip
     print(
         f"{dataset}: {len(x_train)} training and {len(x_test)} test images; backend "
@@ -245,7 +244,6 @@ def train(args: argparse.Namespace) -> int:
         run["epochs"] += 1
         run["rows"] += rows
         run["seconds"] += seconds
-        model._publish()
         acc = model.score(x_test, y_test)
         history["epoch"].append(state.epoch)
         history["train_loss"].append(state.loss_curve[-1])
@@ -275,7 +273,7 @@ def train(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
     if not finished:
         save_model(ckpt, model, metadata=meta)
-        st = model._state
+        st = model.training_state_
         print(
             f"interrupted at epoch {st.epoch + 1}, step {st.step}: checkpoint saved to "
             f"{ckpt}; continue with: fastsoftmax train --resume {ckpt}",
@@ -288,7 +286,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"model saved to {args.save}")
     if args.plots:
         paths = plots.write_training_plots(
-            args.plots, history, model._weights()[0], model.classes_, y_test, model.predict(x_test)
+            args.plots, history, model.coef_, model.classes_, y_test, model.predict(x_test)
         )
         print("plots: " + ", ".join(str(p) for p in paths))
     # last, so that it is the line a log's tail shows
@@ -341,7 +339,7 @@ def _check_resume_options(args: argparse.Namespace, model, meta: dict) -> None:
 def _check_resume_epochs(path: str, model, epochs: int) -> None:
     """ValueError when the checkpoint is already past `epochs`: otherwise the run would
     do nothing and report the checkpoint as if it were trained for `epochs`."""
-    state = model._state
+    state = model.training_state_
     needed = state.epoch + (1 if state.order is not None else 0)  # finish a stopped epoch
     if epochs < needed:
         part = f" and part of epoch {state.epoch + 1}" if state.order is not None else ""
@@ -353,7 +351,7 @@ def _check_resume_epochs(path: str, model, epochs: int) -> None:
 
 def _trainer_kernel():
     """The trainer's compiled kernel (the Numba dispatcher whose cache tells a first run)."""
-    from .train._numba_step import team_steps
+    from ._numba.step import team_steps
 
     return team_steps
 
@@ -388,8 +386,7 @@ def warmup(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from . import cross_entropy
-    from .train.model_file import ModelFileError, load_model
+    from .estimator import ModelFileError, encode_labels, load_model
 
     model, meta = load_model(args.model)
     x, y = data.load(
@@ -407,10 +404,10 @@ def evaluate(args: argparse.Namespace) -> int:
     trained_on = meta.get("dataset")
     if trained_on and trained_on != args.dataset:
         print(f"note: {args.model} was trained on {trained_on}", file=sys.stderr)
-    logits = model._logits(x)  # all C logits, also for two classes
-    idx = np.searchsorted(model.classes_, y)
-    pred = model.classes_[np.argmax(logits, axis=1)]
-    loss = cross_entropy(logits, np.clip(idx, 0, len(model.classes_) - 1))
+    logp = model.predict_log_proba(x)
+    idx = encode_labels(model.classes_, y)  # a label the model does not know: an error
+    pred = model.classes_[np.argmax(logp, axis=1)]
+    loss = -np.mean(logp[np.arange(len(idx)), idx])
     print(
         f"{args.dataset} {args.split}: {len(y)} images, accuracy {100 * np.mean(pred == y):.2f}%,"
         f" mean cross-entropy {float(loss):.4f}"
@@ -423,7 +420,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .train.model_file import ModelFileError, load_model
+    from .estimator import ModelFileError, load_model
 
     model, _ = load_model(args.model)
     blocks, names = [], []  # each file read once; one name per image

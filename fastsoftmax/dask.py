@@ -37,8 +37,10 @@ try:
 except ImportError as err:  # pragma: no cover - exercised without the extra
     raise ImportError("fastsoftmax.dask needs dask: pip install 'fastsoftmax[dask]'") from err
 
-from ._backends import _is_cupy_array, load
-from ._threads import blas_limit, get_num_threads, thread_limit
+from ._api import cross_entropy_with_grad, softmax
+from ._backends import is_cupy_array, load
+from ._threads import blas_limit, thread_limit
+from .estimator import encode_labels
 from .train.loop import resolve_step_backend, x_scale_for
 
 SOLVERS = ("lbfgs", "gd", "sgd")
@@ -46,7 +48,7 @@ SOLVERS = ("lbfgs", "gd", "sgd")
 
 # ------------------------------------------------------------------ per-chunk tasks
 def _xp(a):
-    if _is_cupy_array(a):
+    if is_cupy_array(a):
         import cupy
 
         return cupy
@@ -54,7 +56,7 @@ def _xp(a):
 
 
 def _to_host(a):
-    return a.get() if _is_cupy_array(a) else a
+    return a.get() if is_cupy_array(a) else a
 
 
 def work_dtype(x_dtype) -> np.dtype:
@@ -77,21 +79,19 @@ def chunk_loss_grad(X, y_idx, W, b, backend):
 
     On the CPU a chunk runs on one thread, its BLAS calls included: Dask runs a task
     per core at once, and each task's own thread pools would fight over those cores."""
-    if _is_cupy_array(X):
+    if is_cupy_array(X):
         return _chunk_loss_grad(X, y_idx, W, b, backend)
     with thread_limit(1), blas_limit(1):
         return _chunk_loss_grad(X, y_idx, W, b, backend)
 
 
 def _chunk_loss_grad(X, y_idx, W, b, backend):
-    if _is_cupy_array(X):
+    if is_cupy_array(X):
         import cupy
-
-        import fastsoftmax as fs
 
         h = _hidden(X)
         z = h @ cupy.asarray(W, h.dtype).T + cupy.asarray(b, h.dtype)
-        loss, g = fs.cross_entropy_with_grad(z, cupy.asarray(y_idx), reduction="sum")
+        loss, g = cross_entropy_with_grad(z, cupy.asarray(y_idx), reduction="sum")
         dW, db = (g.T @ h).get(), g.sum(axis=0).get()
         return float(loss), dW.astype(np.float64), db.astype(np.float64), X.shape[0]
     from ._linear import bytes_per_logit, default_chunk_size, fused_chunks
@@ -102,17 +102,12 @@ def _chunk_loss_grad(X, y_idx, W, b, backend):
     bc = np.ascontiguousarray(b, dtype)
     dW, db = np.empty_like(Wc), np.empty_like(bc)
     be = load(backend)
-    if be.name == "numba" and n:
+    if hasattr(be, "loss_grad") and n:
         # the trainer's fused step without its update: one pass over X, which it reads
         # as it is (uint8 pixels too), where BLAS's C-column GEMMs run at ~30 GFLOP/s
-        from ._numba.kernels import row_path_for
-        from .train._numba_step import loss_grad
-
         Xc = np.ascontiguousarray(X)
         yc = np.ascontiguousarray(y_idx, np.int64)
-        total = loss_grad(
-            Xc, yc, Wc, bc, x_scale_for(X), 1.0, dW, db, row_path_for(c), get_num_threads()
-        )
+        total = be.loss_grad(Xc, yc, Wc, bc, x_scale_for(X), dW, db)
         return total, dW.astype(np.float64), db.astype(np.float64), n
     h = _hidden(X)
     total = 0.0
@@ -158,7 +153,7 @@ def _tree_sum(parts: list, split_every: int = SPLIT_EVERY) -> Any:
 def chunk_sgd_pass(state, X, y_idx, seed, batch, lr, mu, wd, shuffle, backend):
     """One SGD pass over a chunk's rows with the single-machine fused step; returns the
     updated (W, b, vW, vb) and the chunk's summed step losses weighted by batch size."""
-    from .train.loop import _step_function
+    from .train.loop import step_function
 
     W, b, vW, vb = (np.array(p, copy=True) for p in state[:4])
     Xh = np.ascontiguousarray(_to_host(X))
@@ -168,7 +163,7 @@ def chunk_sgd_pass(state, X, y_idx, seed, batch, lr, mu, wd, shuffle, backend):
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     losses = np.zeros(steps)
     if n:
-        _step_function(backend)(
+        step_function(backend)(
             Xh, yh, order, 0, steps, batch, W, b, vW, vb, lr, mu, wd, x_scale_for(Xh), losses
         )
     sizes = np.full(steps, batch, dtype=np.float64)
@@ -178,12 +173,7 @@ def chunk_sgd_pass(state, X, y_idx, seed, batch, lr, mu, wd, shuffle, backend):
 
 
 def _encode_chunk(yb, classes):
-    yb = _to_host(yb)
-    idx = np.searchsorted(classes, yb)
-    idx = np.clip(idx, 0, len(classes) - 1)
-    if not np.array_equal(classes[idx], yb):
-        raise ValueError("y holds a label that is not in classes_")
-    return idx.astype(np.int64)
+    return encode_labels(classes, _to_host(yb))
 
 
 def _logits_chunk(X, W, b):
@@ -193,9 +183,7 @@ def _logits_chunk(X, W, b):
 
 
 def _proba_chunk(X, W, b):
-    import fastsoftmax as fs
-
-    return fs.softmax(_logits_chunk(X, W, b), axis=1)
+    return softmax(_logits_chunk(X, W, b), axis=1)
 
 
 def _predict_chunk(X, W, b, classes):
@@ -271,7 +259,7 @@ class SoftmaxRegression:
     @staticmethod
     def _as_dask_X(X) -> da.Array:
         if not isinstance(X, da.Array):
-            X = da.from_array(np.asarray(X) if not _is_cupy_array(X) else X, chunks=(-1, -1))
+            X = da.from_array(np.asarray(X) if not is_cupy_array(X) else X, chunks=(-1, -1))
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
         if X.dtype not in (np.uint8, np.float32, np.float64):
@@ -283,7 +271,7 @@ class SoftmaxRegression:
     def _check_Xy(self, X, y) -> tuple[da.Array, da.Array]:
         X = self._as_dask_X(X)
         if not isinstance(y, da.Array):
-            y = da.from_array(np.asarray(y) if not _is_cupy_array(y) else y, chunks=-1)
+            y = da.from_array(np.asarray(y) if not is_cupy_array(y) else y, chunks=-1)
         if y.ndim != 1:
             raise ValueError(f"y must be 1-D (n,), got shape {y.shape}")
         if math.isnan(X.shape[0]) or math.isnan(y.shape[0]):

@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from ._files import atomic_write
 
 # IDX type byte -> dtype (big-endian where it matters)
 _IDX_TYPES = {
@@ -184,14 +185,6 @@ def default_data_dir(name: str) -> Path:
     return Path(cache) / "fastsoftmax" / name
 
 
-def _legacy_env_dir(name: str) -> list[Path]:
-    """MNIST files directly in $FASTSOFTMAX_DATA_DIR (the layout of fastsoftmax 0.1) are
-    still found, after $FASTSOFTMAX_DATA_DIR/mnist; for MNIST only, so that such a folder
-    is never read as Fashion-MNIST."""
-    env = os.environ.get("FASTSOFTMAX_DATA_DIR")
-    return [Path(env)] if env and name == "mnist" else []
-
-
 def _find(directory: Path, stem: str) -> Path | None:
     for candidate in (directory / f"{stem}.gz", directory / stem):
         if candidate.is_file():
@@ -237,6 +230,10 @@ def _fetch(url: str, out: BinaryIO, *, desc: str, progress: bool) -> str:
     return md5.hexdigest()
 
 
+class _ChecksumError(Exception):
+    """A download whose MD5 is not the expected one."""
+
+
 def _download(stem: str, md5: str, directory: Path, mirrors: Iterable[str], progress: bool) -> Path:
     """Fetch <stem>.gz from the first mirror that answers; verify its MD5; write it
     atomically (streamed into a hidden temporary file in `directory`, then renamed into
@@ -248,26 +245,20 @@ def _download(stem: str, md5: str, directory: Path, mirrors: Iterable[str], prog
         url = mirror + f"{stem}.gz"
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{stem}.gz.", suffix=".part")
         except OSError as err:
             raise _DownloadError([f"cannot write into {directory}: {err}"]) from err
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_write(target) as fh:
                 digest = _fetch(url, fh, desc=f"{stem}.gz", progress=progress)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if digest != md5:
-                errors.append(f"{url}: MD5 {digest} does not match the expected {md5}")
-                continue
-            os.replace(tmp, target)
+                if digest != md5:  # raised inside: the file is not written
+                    raise _ChecksumError(f"{url}: MD5 {digest} does not match the expected {md5}")
             return target
+        except _ChecksumError as err:
+            errors.append(str(err))
         except (OSError, http.client.HTTPException, _DownloadError) as err:
             # URLError, HTTPError, timeouts and refused connections are OSErrors;
             # IncompleteRead (a connection cut mid-body) is an HTTPException
             errors.append(f"{url}: {err}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     raise _DownloadError(errors)
 
 
@@ -382,9 +373,8 @@ def load(
         return _load_torchvision(name, split, directory, download)
 
     files = _files(name)[split]
-    legacy = _legacy_env_dir(name) if data_dir is None else []
     system = SYSTEM_DATA_DIRS.get(name, ())
-    looked = [directory, *(d for d in (*legacy, *system) if d != directory)]
+    looked = [directory, *(d for d in system if d != directory)]
     paths: list[Path | None] = [None] * len(files)
     for folder in looked:
         found = [_find(folder, stem) for stem, _ in files]

@@ -21,11 +21,14 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._api import log_softmax, softmax
 from ._threads import blas_limit
 from .train.loop import (
     LR_SCHEDULES,
@@ -34,6 +37,7 @@ from .train.loop import (
     train_epochs,
     x_scale_for,
 )
+from .train.model_file import ModelFileError, read_model_file, write_model_file
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -115,11 +119,11 @@ def _non_finite_error(name: str) -> ValueError:
 def _all_finite(arr: np.ndarray) -> bool:
     if arr.size >= 1 << 18:
         try:
-            from .train._numba_step import all_finite
+            from ._numba import all_finite
         except ImportError:
             pass
         else:
-            return bool(all_finite(arr))
+            return all_finite(arr)
     # in blocks of rows: no temporary the size of X (whose first touch alone costs more
     # than an epoch of the fused step on MNIST)
     rows = max(1, (1 << 16) // max(arr.shape[1], 1))
@@ -175,7 +179,7 @@ def _unique_inverse(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(y, return_inverse=True)
 
 
-def _encode_labels(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
+def encode_labels(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Indices of y's labels in the sorted `classes`; ValueError naming the first label
     that is not one of them."""
     idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
@@ -682,7 +686,7 @@ class SoftmaxRegression:
         labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
         if len(labels) < 2:
             raise ValueError(too_few)
-        y_idx = _encode_labels(labels, y)  # before _init: a bad label leaves it unfitted
+        y_idx = encode_labels(labels, y)  # before _init: a bad label leaves it unfitted
         self._init(labels, X, coef_init, intercept_init)
         return y_idx
 
@@ -701,7 +705,7 @@ class SoftmaxRegression:
         self._publish()
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
-        return _encode_labels(self.classes_, y)
+        return encode_labels(self.classes_, y)
 
     def _train(self, X, y_idx, until_epoch, rows=None, **hooks) -> bool:
         state = self._state
@@ -711,6 +715,7 @@ class SoftmaxRegression:
         verbose = self.verbose
 
         def report(st: TrainState, seconds: float) -> None:
+            self._publish()  # the hooks see this epoch's model
             if verbose:
                 print(f"epoch {st.epoch}: loss {st.loss_curve[-1]:.6f} ({seconds:.3f} s)")
             if hooks.get("on_epoch_end") is not None:
@@ -738,6 +743,14 @@ class SoftmaxRegression:
         )
         self._publish()
         return done
+
+    @property
+    def training_state_(self) -> TrainState:
+        """The state training continues from: parameters, momentum buffers, epoch and
+        step, the current epoch's row order, the shuffling generator (see
+        ``fastsoftmax.train.TrainState``).  Read it; changing it changes the model."""
+        self._check_fitted()
+        return self._state
 
     def _weights(self) -> tuple[np.ndarray, np.ndarray]:
         """The model's (W, b): the mean of the iterates once averaging has begun."""
@@ -782,14 +795,10 @@ class SoftmaxRegression:
 
     def predict_log_proba(self, X) -> np.ndarray:
         """X: (n, d) -> log class probabilities (n, C), columns in ``classes_`` order."""
-        from . import log_softmax
-
         return log_softmax(self._logits(X), axis=1)
 
     def predict_proba(self, X) -> np.ndarray:
         """X: (n, d) -> class probabilities (n, C), columns in ``classes_`` order."""
-        from . import softmax
-
         return softmax(self._logits(X), axis=1)
 
     def predict(self, X) -> np.ndarray:
@@ -801,3 +810,42 @@ class SoftmaxRegression:
         """Mean accuracy of ``predict(X)`` against y."""
         y = _as_labels(y, np.asarray(X).shape[0] if hasattr(X, "shape") else len(X))
         return float(np.mean(self.predict(X) == y))
+
+
+# ------------------------------------------------------------------------ model files
+def _jsonable_params(model: SoftmaxRegression) -> dict:
+    params = model.get_params()
+    rs = params["random_state"]
+    if not (rs is None or isinstance(rs, int)):
+        params["random_state"] = None  # the RNG's state is saved separately
+    return params
+
+
+def save_model(
+    path: str | os.PathLike, model: SoftmaxRegression, *, metadata: dict | None = None
+) -> Path:
+    """Write a fitted model, with its training state (a checkpoint: ``load_model`` and
+    more training continue it exactly), to `path` atomically (an ``.npz`` of plain
+    arrays, read without pickle).  metadata: JSON-able, returned by load_model."""
+    if not hasattr(model, "_state"):
+        raise ValueError("model is not fitted: nothing to save")
+    return write_model_file(
+        path, classes=model.classes_, params=_jsonable_params(model), state=model._state,
+        metadata=metadata,
+    )  # fmt: skip
+
+
+def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
+    """(model, metadata) from a file written by save_model; ModelFileError (a
+    ValueError) names the file and what is wrong with it."""
+    classes, params, state, metadata = read_model_file(path)
+    try:
+        model = SoftmaxRegression(**params)
+        model._validate_params()
+    except (ValueError, TypeError) as err:
+        raise ModelFileError(f"{path}: corrupt hyperparameters ({err})") from err
+    model.classes_ = classes
+    model.n_features_in_ = state.W.shape[1]
+    model._state = state
+    model._publish()
+    return model, metadata

@@ -115,23 +115,24 @@ def _fake_split(directory: Path, n=5, compress=True, split="test", seed=0):
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_load_from_dir_and_env(tmp_path, monkeypatch, compress):
+def test_load_from_dir_and_env(tmp_path, monkeypatch, compress, isolated_locations):
     _fake_split(tmp_path, compress=compress)
     x, y = data.load("mnist", "test", data_dir=tmp_path, download=False)
     assert x.shape == (5, 784) and y.shape == (5,) and y.dtype == np.int64
+    # $FASTSOFTMAX_DATA_DIR holds one folder per dataset: $FASTSOFTMAX_DATA_DIR/mnist
+    monkeypatch.setitem(data.SYSTEM_DATA_DIRS, "mnist", ())
     monkeypatch.setenv("FASTSOFTMAX_DATA_DIR", str(tmp_path))
-    x2, _ = data.load("mnist", "test", download=False)  # MNIST files directly in it: found
-    np.testing.assert_array_equal(x, x2)
-    # ... and $FASTSOFTMAX_DATA_DIR/mnist comes first
+    with pytest.raises(data.DatasetNotFoundError, match=r"mnist"):
+        data.load("mnist", "test", download=False)
     _fake_split(tmp_path / "mnist", n=3, compress=compress, seed=9)
     assert len(data.load("mnist", "test", download=False)[0]) == 3
 
 
 def test_env_dir_holds_one_folder_per_dataset(tmp_path, monkeypatch, isolated_locations):
-    """MNIST and Fashion-MNIST share file names: files directly in $FASTSOFTMAX_DATA_DIR
-    are MNIST's, never read as Fashion-MNIST, which lives in $FASTSOFTMAX_DATA_DIR/fashion-mnist."""
+    """MNIST and Fashion-MNIST share file names: each lives in its own folder of
+    $FASTSOFTMAX_DATA_DIR, and one's files are never read as the other's."""
     monkeypatch.setitem(data.SYSTEM_DATA_DIRS, "fashion-mnist", ())
-    _fake_split(tmp_path, n=4, split="train", seed=1)  # MNIST, the old flat layout
+    _fake_split(tmp_path / "mnist", n=4, split="train", seed=1)
     monkeypatch.setenv("FASTSOFTMAX_DATA_DIR", str(tmp_path))
     assert len(data.load("mnist", "train", download=False)[0]) == 4
     with pytest.raises(data.DatasetNotFoundError, match=r"fashion-mnist"):

@@ -17,6 +17,7 @@ numba = pytest.importorskip("numba")
 
 from numba import njit, prange  # noqa: E402
 
+from fastsoftmax._numba import step as _numba_step  # noqa: E402
 from fastsoftmax._numba._team import (  # noqa: E402
     ARRIVALS,
     CLOSED,
@@ -27,7 +28,6 @@ from fastsoftmax._numba._team import (  # noqa: E402
     team_barrier,
     team_join,
 )
-from fastsoftmax.train import _numba_step  # noqa: E402
 
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 

@@ -19,8 +19,8 @@ from conftest import MNIST_DIR
 
 from fastsoftmax import SoftmaxRegression, data
 from fastsoftmax.cli import main
+from fastsoftmax.estimator import ModelFileError, load_model, save_model
 from fastsoftmax.train import loop
-from fastsoftmax.train.model_file import ModelFileError, load_model, save_model
 
 EPOCH_LINE = re.compile(
     r"^epoch\s+(\d+)/(\d+)\s+train loss ([\d.]+)\s+test accuracy ([\d.]+)%\s+([\d,]+) samples/s$",

@@ -34,12 +34,12 @@ STEP_TOL = {
 def _kernel(backend):
     if backend == "numba":
         pytest.importorskip("numba")
-        from fastsoftmax.train import _numba_step
+        from fastsoftmax._numba import step
 
-        return _numba_step.sgd_steps
-    from fastsoftmax.train import _numpy_step
+        return step.sgd_steps
+    from fastsoftmax import reference
 
-    return _numpy_step.sgd_steps
+    return reference.sgd_steps
 
 
 def run_steps(
@@ -572,7 +572,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(backend, stop_at_call,
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_all_finite_kernel_matches_numpy(dtype):
     pytest.importorskip("numba")
-    from fastsoftmax.train._numba_step import all_finite
+    from fastsoftmax._numba import all_finite
 
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((1000, 301)) * 1e30).astype(dtype)  # large but finite

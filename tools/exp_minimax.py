@@ -3,7 +3,7 @@
 Remez exchange for p(r) = 1 + c1 r + ... + cd r^d minimising max |p(r)/exp(r) - 1| on
 [-ln2/2, ln2/2], the range left after Cody-Waite reduction.  c0 is pinned to 1 so that
 exp(0) = 1 exactly (the row maximum then contributes exactly 1 to every softmax sum).
-Needs mpmath (a development tool, not a dependency of the package).
+Needs mpmath (in the test extra; tests/test_exp_constants.py reruns it against the constants).
 """
 
 from mpmath import cos, exp, log, lu_solve, matrix, mp, mpf, nstr, pi

@@ -29,7 +29,7 @@ import time
 
 import numba
 
-from .._threads import ThreadPolicy, get_num_threads
+from .._threads import ThreadPolicy, get_num_threads, pool_size
 from . import kernels as _k
 from .kernels import SMALL_C_MAX, row_path_for, target_stats
 
@@ -129,13 +129,53 @@ def log_softmax_backward(logp, gout, out):
     _run("log_softmax_backward", logp, serial, parallel, logp, gout, out)
 
 
+# ---------------------------------------------------------------------- training step
+# (fastsoftmax/_numba/step.py, imported on first use: the ops never need it)
+def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, sw=None, avg=None):
+    """The fused softmax-regression SGD step (fastsoftmax.reference.sgd_steps is its
+    NumPy reference), on this process's team of threads; RuntimeError when a thread of
+    the team did not reach a barrier in time (the step is then abandoned, the
+    parameters partly updated)."""
+    from . import step
+    from ._team import DEFAULT_TIMEOUT_S
+
+    status = step.sgd_steps(
+        X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, pool_size(),
+        get_num_threads(), sw=sw, avg=avg,
+    )  # fmt: skip
+    if status:
+        raise RuntimeError(
+            "a thread of the training step did not reach its barrier within "
+            f"{DEFAULT_TIMEOUT_S:g} s; the step was abandoned (parameters partly updated)"
+        )
+
+
+def loss_grad(X, y, W, b, a, gW, gb) -> float:
+    """The step's loss and gradient on every row of X, without the update (for
+    full-batch solvers): gW (C, d), gb (C,) get d(sum of row losses)/d(W, b) of the
+    cross-entropy of a X W^T + b; returns that sum (float64)."""
+    from . import step
+
+    return step.loss_grad(X, y, W, b, a, 1.0, gW, gb, row_path_for(W.shape[0]), get_num_threads())
+
+
+def all_finite(X) -> bool:
+    """No NaN or infinity in the C-contiguous 2-D float array X (at memory speed)."""
+    from . import step
+
+    return bool(step.all_finite(X))
+
+
 __all__ = [
     "SERIAL_MAX_ELEMENTS",
+    "all_finite",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "loss_grad",
     "name",
     "policy",
+    "sgd_steps",
     "softmax",
     "softmax_backward",
     "target_stats",

@@ -132,7 +132,7 @@ def _ordered_sum(partial):
 
 
 @njit(**_F, inline="always")
-def _scratch_for(n, dtype):
+def scratch_for(n, dtype):
     """Per-thread scratch of the tiled path for n classes: (buffer in `dtype`, float64
     buffer).  With R = TILE_ROWS, the first holds zt [0, nR), m [nR, (n+1)R), the
     gradient factor [(n+1)R, (n+2)R), per-class constants [(n+3)R, (n+3)R+n) and the
@@ -143,8 +143,8 @@ def _scratch_for(n, dtype):
 
 @njit(**_F, inline="always")
 def _scratch(x):
-    """_scratch_for x's class count on the tiled path; token buffers on the row path."""
-    return _scratch_for(x.shape[1] if x.shape[1] <= SMALL_C_MAX else 0, x.dtype)
+    """scratch_for x's class count on the tiled path; token buffers on the row path."""
+    return scratch_for(x.shape[1] if x.shape[1] <= SMALL_C_MAX else 0, x.dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -433,7 +433,7 @@ def target_stats(y, w, num_classes, ignore_index):
 # Cross-entropy, class-index targets
 # --------------------------------------------------------------------------------------
 @njit(**_F)
-def _xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
+def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
     """Large-C path over rows [r0, r1).  g is None for the forward-only kernel."""
     n = z.shape[1]
     eps_c = eps / n
@@ -474,7 +474,7 @@ def _xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
 
 
 @njit(**_F)
-def _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64):
+def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64):
     """Small-C path over rows [r0, r1), TILE_ROWS rows at a time, transposed."""
     n = z.shape[1]
     R = TILE_ROWS
@@ -551,9 +551,9 @@ def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth,
         r0 = c * per
         r1 = min(r0 + per, z.shape[0])
         if row_path is None:
-            _xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64)
+            xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64)
         else:
-            _xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
+            xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
         acc = 0.0
         for i in range(r0, r1):
             acc += loss[i]

@@ -1,5 +1,6 @@
-"""Softmax regression training: the fused SGD step per backend and the epoch loop."""
+"""Softmax regression training: the epoch loop (each backend owns its fused step) and
+model files."""
 
-from .loop import STEP_BACKENDS, TrainState, resolve_step_backend, train_epochs
+from .loop import TrainState, resolve_step_backend, train_epochs
 
-__all__ = ["STEP_BACKENDS", "TrainState", "resolve_step_backend", "train_epochs"]
+__all__ = ["TrainState", "resolve_step_backend", "train_epochs"]

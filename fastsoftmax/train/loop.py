@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backends import BackendUnavailableError
+from .._backends import AUTO, CPU_BACKENDS, default_cpu_backend, load
 
-STEP_BACKENDS = ("numpy", "numba")
 LR_SCHEDULES = ("constant", "invscaling", "linear", "cosine")
 # Rows per call into the step kernel: between calls the loop reports progress and
 # checks for a stop request (Ctrl-C); the kernels' results do not depend on it.
@@ -65,39 +64,19 @@ class TrainState:
 
 
 def resolve_step_backend(backend: str) -> str:
-    """'auto' -> 'numba' when importable, else 'numpy'; unknown or missing -> error."""
-    if backend != "auto" and backend not in STEP_BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {STEP_BACKENDS}, got {backend!r}")
-    if backend == "numpy":
-        return backend
-    try:
-        import numba  # noqa: F401
-    except ImportError as err:
-        if backend == "auto":
-            return "numpy"
-        raise BackendUnavailableError(
-            "backend 'numba' needs numba: pip install 'fastsoftmax[numba]'"
-        ) from err
-    return "numba"
+    """The backend whose training step runs: 'auto' -> numba when it imports, else
+    numpy; a backend that cannot run here -> BackendUnavailableError; one without a
+    training step (cupy) -> ValueError."""
+    if backend == AUTO:
+        return default_cpu_backend().name
+    if backend not in CPU_BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {CPU_BACKENDS}, got {backend!r}")
+    return load(backend).name
 
 
-def _step_function(backend: str):
-    if backend == "numba":
-        from .._numba._team import DEFAULT_TIMEOUT_S as TEAM_TIMEOUT_S
-        from .._threads import get_num_threads, pool_size
-        from . import _numba_step
-
-        def run(*args, sw=None, avg=None):
-            if _numba_step.sgd_steps(*args, pool_size(), get_num_threads(), sw=sw, avg=avg):
-                raise RuntimeError(
-                    "a thread of the training step did not reach its barrier within "
-                    f"{TEAM_TIMEOUT_S:g} s; the step was abandoned (parameters partly updated)"
-                )
-
-        return run
-    from . import _numpy_step
-
-    return _numpy_step.sgd_steps
+def step_function(backend: str):
+    """The backend's fused SGD step (see fastsoftmax.reference.sgd_steps)."""
+    return load(resolve_step_backend(backend)).sgd_steps
 
 
 def warm_up(
@@ -121,7 +100,7 @@ def warm_up(
     y = np.zeros(len(X), np.int64)
     sw = np.ones(len(X)) if weighted else None
     avg = (W.copy(), b.copy(), np.zeros(1)) if averaged else None
-    _step_function(backend)(
+    step_function(backend)(
         X, y, order, 0, 0, 1, W, b, W.copy(), b.copy(), 0.0, 0.0, 0.0, 1.0, np.zeros(1),
         sw=sw, avg=avg,
     )  # fmt: skip
@@ -200,7 +179,7 @@ def train_epochs(
     on_epoch_end(state, seconds) after every epoch.  Returns False when should_stop()
     asked to stop: `state` is then consistent (a whole number of steps) and can be saved.
     """
-    step = _step_function(backend)
+    step = step_function(backend)
     n = X.shape[0]
     steps = -(-n // batch_size)
     per_call = max(1, ROWS_PER_CALL // batch_size)

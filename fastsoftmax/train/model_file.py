@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..estimator import SoftmaxRegression
+from .._files import atomic_write
+from .._version import __version__
 from .loop import TrainState
 
 FORMAT = "fastsoftmax/softmax-regression"
@@ -42,71 +42,54 @@ class ModelFileError(ValueError):
     """A model file is missing, corrupt, or does not fit the data it is used with."""
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
-def save_model(
-    path: str | os.PathLike, model: SoftmaxRegression, *, metadata: dict | None = None
+def write_model_file(
+    path: str | os.PathLike,
+    *,
+    classes: np.ndarray,
+    params: dict,
+    state: TrainState,
+    metadata: dict | None = None,
 ) -> Path:
-    """Write a fitted model (with its training state) to `path` atomically."""
-    if not hasattr(model, "_state"):
-        raise ValueError("model is not fitted: nothing to save")
-    st = model._state
-    classes = np.asarray(model.classes_.tolist())
-    if classes.dtype.kind not in "biufU" or classes.shape != model.classes_.shape:
+    """Write a model's classes, hyperparameters (JSON-able) and training state to `path`
+    atomically."""
+    st = state
+    labels = np.asarray(classes.tolist())
+    if labels.dtype.kind not in "biufU" or labels.shape != classes.shape:
         raise ValueError(
-            f"cannot store class labels of dtype {model.classes_.dtype} without pickling; "
+            f"cannot store class labels of dtype {classes.dtype} without pickling; "
             "use integer or string labels"
         )
     arrays: dict[str, Any] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
-        "fastsoftmax_version": np.array(_version()),
-        "classes": classes,
+        "fastsoftmax_version": np.array(__version__),
+        "classes": labels,
         "W": st.W,
         "b": st.b,
         "vW": st.vW,
         "vb": st.vb,
-        "hyperparameters": np.array(json.dumps(_jsonable_params(model))),
+        "hyperparameters": np.array(json.dumps(params)),
         "epoch": np.array(st.epoch),
         "step": np.array(st.step),
+        "t": np.array(st.t),
         "loss_curve": np.asarray(st.loss_curve, np.float64),
         "rng_state": np.array(st.rng_json()),
         "metadata": np.array(json.dumps(metadata or {})),
     }
-    arrays["t"] = np.array(st.t)
     if st.Wa is not None:
         arrays["Wa"], arrays["ba"] = st.Wa, st.ba
     if st.order is not None:
         arrays["order"] = st.order
         arrays["step_losses"] = st.step_losses
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
     return path
 
 
-def _jsonable_params(model: SoftmaxRegression) -> dict:
-    params = model.get_params()
-    rs = params["random_state"]
-    if not (rs is None or isinstance(rs, int)):
-        params["random_state"] = None  # the RNG's state is saved separately
-    return params
-
-
-def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
-    """(model, metadata) from a file written by save_model; ModelFileError names the
-    file and what is wrong with it."""
+def read_model_file(path: str | os.PathLike) -> tuple[np.ndarray, dict, TrainState, dict]:
+    """(classes, hyperparameters, training state, metadata) from a file written by
+    write_model_file; ModelFileError names the file and what is wrong with it."""
     path = Path(path)
     if path.is_file() and not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a fastsoftmax model file (not an .npz archive)")
@@ -128,13 +111,13 @@ def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
     if int(need("format_version")) > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: format version {int(arrays['format_version'])} is newer than this "
-            f"fastsoftmax ({_version()}) reads; upgrade fastsoftmax"
+            f"fastsoftmax ({__version__}) reads; upgrade fastsoftmax"
         )
     W, b, classes = need("W"), need("b"), need("classes")
     vW, vb = need("vW"), need("vb")
     if W.ndim != 2 or W.dtype not in (np.float32, np.float64):
         raise ModelFileError(f"{path}: W must be a 2-D float array, got {W.dtype} {W.shape}")
-    C, d = W.shape
+    C = W.shape[0]
     if C < 2 or classes.shape != (C,) or b.shape != (C,) or vW.shape != W.shape or vb.shape != (C,):
         raise ModelFileError(
             f"{path}: inconsistent shapes: W {W.shape}, b {b.shape}, classes "
@@ -147,9 +130,10 @@ def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
         # files from before these options existed trained as their defaults were then
         for key, old in _DEFAULTS_BEFORE.items():
             params.setdefault(key, old)
+        if not isinstance(params, dict) or not isinstance(params.get("batch_size"), int):
+            raise ValueError("no integer batch_size")
         metadata = json.loads(str(need("metadata")))
         rng = TrainState.rng_from_json(str(need("rng_state")))
-        model = SoftmaxRegression(**params)
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise ModelFileError(f"{path}: corrupt hyperparameters or state ({err})") from err
     state = TrainState(
@@ -178,8 +162,4 @@ def load_model(path: str | os.PathLike) -> tuple[SoftmaxRegression, dict]:
         ):
             raise ModelFileError(f"{path}: corrupt checkpoint (epoch order or step count)")
         state.order, state.step_losses = order.astype(np.int64), losses.astype(np.float64)
-    model.classes_ = classes
-    model.n_features_in_ = d
-    model._state = state
-    model._publish()
-    return model, metadata
+    return classes, params, state, metadata

@@ -50,8 +50,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .._numba._math import REDUCE_FLAGS, like
-from .._numba._team import (
+from .._threads import pool_size
+from ._math import REDUCE_FLAGS, like
+from ._team import (
     ABORTED,
     DEFAULT_TIMEOUT_S,
     item_pointer,
@@ -59,14 +60,13 @@ from .._numba._team import (
     team_barrier,
     team_join,
 )
-from .._numba.kernels import (
+from .kernels import (
     SMALL_C_MAX,
-    _scratch_for,
-    _xent_index_rows,
-    _xent_index_tiles,
     row_path_for,
+    scratch_for,
+    xent_index_rows,
+    xent_index_tiles,
 )
-from .._threads import pool_size
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
 BLOCK = 64
@@ -328,9 +328,9 @@ def _part(
         zz = z[:nr]
         # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
         if row_path is None:  # C <= SMALL_C_MAX (a type: see kernels.row_path_for)
-            _xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
+            xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
         else:
-            _xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
+            xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
         if sw is not None:  # a type test: settled at compile time
             for q in range(nr):
                 wq = sw[order[s0 + q]]
@@ -417,8 +417,8 @@ def _thread_scratch(P, W):
     """Each of P threads' blocks for _part: gathered rows, logits, labels, row indices,
     row losses and the Core kernel's scratch (each padded by PAD)."""
     C, d = W.shape
-    nbuf = _scratch_for(C if C <= SMALL_C_MAX else 0, W.dtype)[0].shape[0]
-    nf64 = _scratch_for(0, W.dtype)[1].shape[0]
+    nbuf = scratch_for(C if C <= SMALL_C_MAX else 0, W.dtype)[0].shape[0]
+    nf64 = scratch_for(0, W.dtype)[1].shape[0]
     return (
         np.empty((P, BLOCK + 1, d), W.dtype),
         np.empty((P, BLOCK + PAD, C), W.dtype),

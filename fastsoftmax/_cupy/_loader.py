@@ -76,10 +76,10 @@ def check_device_array(arr, name: str, dtype, shape: tuple[int, ...]) -> None:
 # Launch rule of the kernels (kernels/README.md): 256 threads per block, no dynamic
 # shared memory; every kernel loops over rows grid-stride, so any grid >= 1 gives the same
 # bits, and the grid below only gives each row its own team: a group of G lanes for
-# C <= REG_C_MAX (the row in registers), a warp for C <= SMALL_C_MAX, else a block.
+# C <= REG_C_MAX (the row in registers), a warp for C <= WARP_C_MAX, else a block.
 THREADS = 256
 REG_C_MAX = 128
-SMALL_C_MAX = 1024
+WARP_C_MAX = 1024
 MAX_GRID = 2**31 - 1
 
 
@@ -90,7 +90,7 @@ def rows_per_block(c: int) -> int:
         while lanes < 32 and lanes * 4 < c:
             lanes *= 2
         return THREADS // lanes
-    return THREADS // 32 if c <= SMALL_C_MAX else 1
+    return THREADS // 32 if c <= WARP_C_MAX else 1
 
 
 def grid_for(n: int, c: int) -> tuple[int, int, int]:

@@ -8,7 +8,7 @@
 //
 // What is here (each kernel file's header says which op uses what):
 //   * Launch constants: kBlock = 256 threads, the path thresholds kRegCMax = 128 and
-//     kSmallCMax = 1024, kMinBlocks (the register budget).  kernels/README.md has the
+//     kWarpCMax = 1024, kMinBlocks (the register budget).  kernels/README.md has the
 //     host's launch rule.
 //   * Traits<T>: storage type T (float, double, half_t) -> compute type `cmp` (float,
 //     double, float) in which exp(x - max) and the outputs are formed, and sum type `acc`
@@ -93,13 +93,13 @@ constexpr int kMaxWarps = kBlock / kWarp;
 constexpr int kMinBlocks = 3;
 // Paths by C (each entry point picks its own; kernels/README.md has the host's grid):
 //   C <= kRegCMax    kernel1: a group of G lanes per row, the row held in registers.
-//   C <= kSmallCMax  kernel2 with a warp per row (the row streamed twice, L1-resident).
-//   C >  kSmallCMax  kernel2 with a block per row.
+//   C <= kWarpCMax  kernel2 with a warp per row (the row streamed twice, L1-resident).
+//   C >  kWarpCMax  kernel2 with a block per row.
 // One entry point holds every path, so its register count -- hence the large-C path's
 // occupancy -- is the largest of them: the register path stops at 128 classes of 4 per
 // lane.  (1024-class rows in registers took 80-208 registers, 256 of 8 per lane 116.)
 constexpr long long kRegCMax = 128;
-constexpr long long kSmallCMax = 1024;
+constexpr long long kWarpCMax = 1024;
 // kernel1 gives each lane at most kLaneElems elements: G = pow2ceil(ceil(C / 4)) lanes
 // per row (MNIST's C = 10: G = 4, 8 rows per warp; 64 < C <= 128: G = 32).
 constexpr int kLaneElems = 4;
@@ -426,7 +426,7 @@ __device__ __forceinline__ RowStats<Cmp, Acc> block_merge(RowStats<Cmp, Acc> s) 
 }
 
 // ---------------------------------------------------------------------------------------
-// kernel2's team: the threads that share one row -- a warp (C <= kSmallCMax, 8 rows per
+// kernel2's team: the threads that share one row -- a warp (C <= kWarpCMax, 8 rows per
 // 256-thread block) or the whole block (larger C); launch-uniform, chosen at run time
 // (templates for both would double the code NVRTC compiles at the first call).  Rows
 // are team-uniform, so the shuffles use full masks and every thread of the block

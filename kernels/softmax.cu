@@ -19,7 +19,7 @@
 //          so the row is read once and written once: max by shuffles, then exp(x - max)
 //          and the (k, d) sums by shuffles, then the outputs from registers.  Two-pass in
 //          registers: no online rescaling.
-// kernel2  C > 128: a team per row -- a warp for C <= 1024 (kSmallCMax; 8 rows per
+// kernel2  C > 128: a team per row -- a warp for C <= 1024 (kWarpCMax; 8 rows per
 //          block), the block above.  Pass 1 reads the row with 128-bit loads, two in
 //          flight per thread (after a scalar head that aligns the row to 16 bytes, so odd
 //          C such as 50257 vectorises too), and folds it into online statistics
@@ -155,7 +155,7 @@ template <class T, int OP>
 __device__ void softmax_kernel2(const T* x, T* out, long long N, long long C) {
   typedef typename Traits<T>::cmp cmp;
   typedef typename Traits<T>::acc acc;
-  const Team team(C > kSmallCMax);
+  const Team team(C > kWarpCMax);
   const long long t = team.t, nt = team.nt;
   const bool out_vec = congruent16(x, out);
   for (long long row = team.first; row < N; row += team.stride) {

@@ -264,7 +264,7 @@ __device__ void xent_kernel2(const XentArgs<T>& a) {
   typedef typename Traits<T>::cmp cmp;
   typedef typename Traits<T>::acc acc;
   const long long C = a.C;
-  const Team team(C > kSmallCMax);
+  const Team team(C > kWarpCMax);
   const long long t = team.t, nt = team.nt;
   const double eps_c = a.eps / (double)C;
   const bool lin = a.eps != 0.0;
@@ -423,7 +423,7 @@ __device__ void xent_prob_kernel2(const XentArgs<T>& a) {
   typedef typename Traits<T>::cmp cmp;
   typedef typename Traits<T>::acc acc;
   const long long C = a.C;
-  const Team team(C > kSmallCMax);
+  const Team team(C > kWarpCMax);
   const long long t = team.t, nt = team.nt;
   const cmp keep = cmp(1.0 - a.eps), epsc = cmp(a.eps / (double)C);
   const bool q_vec = congruent16(a.z, a.q);

@@ -134,11 +134,31 @@ def _ordered_sum(partial):
 @njit(**_F, inline="always")
 def scratch_for(n, dtype):
     """Per-thread scratch of the tiled path for n classes: (buffer in `dtype`, float64
-    buffer).  With R = TILE_ROWS, the first holds zt [0, nR), m [nR, (n+1)R), the
-    gradient factor [(n+1)R, (n+2)R), per-class constants [(n+3)R, (n+3)R+n) and the
-    storage-type sums and counts [(n+3)R+n, (n+5)R+n); the float64 one holds seven
-    rows of R per-row numbers: sums, log-sums, then per kernel."""
-    return np.empty((n + 5) * TILE_ROWS + n, dtype), np.empty(7 * TILE_ROWS)
+    buffer), whose parts _tile_views and _f64_row name (the one place that knows the
+    layout): (4 R + n) + n R numbers in `dtype`, 7 rows of R in float64 (R = TILE_ROWS)."""
+    return np.empty((n + 4) * TILE_ROWS + n, dtype), np.empty(7 * TILE_ROWS)
+
+
+@njit(**_F, inline="always")
+def _tile_views(buf, n):
+    """The storage-type scratch of scratch_for(n): the transposed tile zt (n x R), the
+    row maxima m, the gradient factor ga (per row), the per-class constants gb (n),
+    and the per-row sums acc and counts ones of _tile_expsum."""
+    R = TILE_ROWS
+    zt = buf[: n * R]
+    m = buf[n * R : (n + 1) * R]
+    ga = buf[(n + 1) * R : (n + 2) * R]
+    gb = buf[(n + 2) * R : (n + 2) * R + n]
+    acc = buf[(n + 2) * R + n : (n + 3) * R + n]
+    ones = buf[(n + 3) * R + n : (n + 4) * R + n]
+    return zt, m, ga, gb, acc, ones
+
+
+@njit(**_F, inline="always")
+def _f64_row(f64, k):
+    """Row k of the float64 scratch: R per-row numbers (0: sums, 1: their logs, 2-6:
+    the kernel's own)."""
+    return f64[k * TILE_ROWS : (k + 1) * TILE_ROWS]
 
 
 @njit(**_F, inline="always")
@@ -385,14 +405,10 @@ def _tile_softmax(x, a, nr, buf, f64):
     """zt <- exp(x - max) of rows [a, a + nr), transposed; returns zt and views of the
     row maxima, sums and log-sums."""
     n = x.shape[1]
-    R = TILE_ROWS
-    zt = buf[: n * R]
-    m = buf[n * R : (n + 1) * R]
+    zt, m, _, _, acc, ones = _tile_views(buf, n)
     _tile_transfer(x, a, nr, zt, INTO_TILE)
     _tile_max(zt, nr, n, m)
-    s, logs = f64[:R], f64[R : 2 * R]
-    acc = buf[(n + 3) * R + n : (n + 4) * R + n]
-    ones = buf[(n + 4) * R + n : (n + 5) * R + n]
+    s, logs = _f64_row(f64, 0), _f64_row(f64, 1)
     _tile_expsum(zt, nr, n, m, s, logs, acc, ones)
     return zt, m, s, logs
 
@@ -480,22 +496,17 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
     R = TILE_ROWS
     eps_c = eps / n
     zero = like(z, 0.0)
-    ga = buf[(n + 1) * R : (n + 2) * R]
-    gb = buf[(n + 3) * R : (n + 3) * R + n]  # scale (eps/C) w_c
-    s, logs = f64[:R], f64[R : 2 * R]
-    ty = f64[2 * R : 3 * R]  # z[y] - max
-    coef = f64[3 * R : 4 * R]  # (1 - eps) w_y; 0 for ignored rows
-    valid = f64[4 * R : 5 * R]  # 1.0 unless the row is ignored
-    smooth = f64[5 * R : 6 * R]
-    g_y = f64[6 * R : 7 * R]  # the gradient at the target
-    acc = buf[(n + 3) * R + n : (n + 4) * R + n]
-    ones = buf[(n + 4) * R + n : (n + 5) * R + n]
+    zt, m, ga, gb, acc, ones = _tile_views(buf, n)  # gb: scale (eps/C) w_c
+    s, logs = _f64_row(f64, 0), _f64_row(f64, 1)
+    ty = _f64_row(f64, 2)  # z[y] - max
+    coef = _f64_row(f64, 3)  # (1 - eps) w_y; 0 for ignored rows
+    valid = _f64_row(f64, 4)  # 1.0 unless the row is ignored
+    smooth = _f64_row(f64, 5)
+    g_y = _f64_row(f64, 6)  # the gradient at the target
     for c in range(n):
         gb[c] = like(z, scale * eps_c * (1.0 if w is None else float(w[c])))
     for a in range(r0, r1, R):
         nr = min(R, r1 - a)
-        zt = buf[: n * R]
-        m = buf[n * R : (n + 1) * R]
         _tile_transfer(z, a, nr, zt, INTO_TILE)
         _tile_max(zt, nr, n, m)
         if eps_c != 0.0:
@@ -723,8 +734,8 @@ def _log_softmax_run(x, out, t, nth, row_path):
     per, nchunks = _chunking(nrows, n)
     inplace = _same_memory(x, out)
     buf, f64 = _scratch(x)
-    shift = f64[2 * TILE_ROWS : 3 * TILE_ROWS]
-    logs = f64[3 * TILE_ROWS : 4 * TILE_ROWS]
+    shift = _f64_row(f64, 2)
+    logs = _f64_row(f64, 3)
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         a = c * per
         r1 = min(a + per, nrows)
@@ -750,8 +761,8 @@ def _logsumexp_run(x, out, t, nth, row_path):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     buf, f64 = _scratch(x)
-    shift = f64[2 * TILE_ROWS : 3 * TILE_ROWS]
-    logs = f64[3 * TILE_ROWS : 4 * TILE_ROWS]
+    shift = _f64_row(f64, 2)
+    logs = _f64_row(f64, 3)
     for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         a = c * per
         r1 = min(a + per, nrows)

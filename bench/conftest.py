@@ -7,7 +7,6 @@ Run: pytest bench/ [--benchmark-json=out.json]   (CI: --benchmark-disable)
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
 
 import pytest
@@ -41,19 +40,11 @@ def pytest_configure(config):
         pass
 
 
-# Seconds to wait before each timed case.  Thread pools spin for a while after their
-# last task (OpenBLAS's for up to ~0.1 s, PyTorch's and Numba's OpenMP teams for their
-# GOMP_SPINCOUNT), and on a 2-core machine those spinning threads take cycles from the
-# next case: the numba epoch measured 34.6 ms right after the numpy backend's epochs
-# against 22.3 ms alone (bench_train.py, same session).
-QUIESCE_S = 0.3
-
-
 @pytest.fixture(autouse=True)
 def _quiesce(request):
-    """Let the previous case's thread pools go idle before this one is timed."""
-    if not request.config.getoption("benchmark_disable", False):
-        time.sleep(QUIESCE_S)
+    """Let the previous case's thread pools go idle before this one is timed (the pause
+    of `fastsoftmax bench` too: benchmarks.QUIESCE_S)."""
+    benchmarks.quiesce(request.config)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -103,16 +94,7 @@ def record(
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
         return
-    seconds = stats.stats.median
-    entry = {"seconds": seconds}
-    if rows:
-        entry["samples_per_s"] = rows / seconds
-    if bytes_moved:
-        entry["bytes_moved"] = bytes_moved
-        entry["GB/s"] = bytes_moved / seconds / 1e9
-        if copy_bw:
-            entry["copy_GB/s"] = copy_bw / 1e9
-            entry["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
+    entry = benchmarks.rates(stats.stats.median, bytes_moved, rows, copy_bw)
     entry.update(extra or {})
     benchmark.extra_info.update(benchmarks.numba_target())
     benchmark.extra_info.update(entry)

@@ -12,6 +12,11 @@ A case is an op (or a training run) at a shape and dtype, run by one implementat
 
 Speed is judged against the machine's copy bandwidth measured in the same run
 (``copy_bandwidth``): read + write bytes per second of a parallel copy.
+
+``fastsoftmax bench`` (`run`) is a pytest-benchmark run of `bench_op` and `bench_train`
+below: pytest-benchmark times the cases, computes the statistics and writes the JSON;
+this module adds the napkin figures (`rates`), the speedups, the table, the comparison
+of two runs and the plot.
 """
 
 from __future__ import annotations
@@ -20,14 +25,13 @@ import contextlib
 import functools
 import json
 import os
-import statistics
+import sys
 import textwrap
+import time
 import tracemalloc
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
 
 import numpy as np
 
@@ -149,8 +153,6 @@ def copy_bandwidth(threads: int | None = None, nbytes: int = 1 << 29, repeat: in
     """Bytes per second (read + write) of a parallel copy of `nbytes` on the CPU: the
     physical limit a memory-bound kernel is judged against (Numba; NumPy's copy, one
     thread, where Numba is missing)."""
-    import time
-
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
     try:
@@ -235,126 +237,31 @@ def torch_sgd_epochs(x, y, epochs: int, batch: int, lr: float = 0.1, seed: int =
     return model
 
 
-# ----------------------------------------------------------------- fastsoftmax bench
-# The command's side of the suite: the same cases and napkin math as bench/, timed
-# without pytest, written in pytest-benchmark's JSON format (so `pytest-benchmark
-# compare` and `--benchmark-compare` read it), tabulated, plotted and compared.
+def device_copy_bandwidth() -> float | None:
+    """`gpu_copy_bandwidth` (CuPy), else the same device-to-device copy with PyTorch's
+    CUDA events, else None."""
+    bw = gpu_copy_bandwidth()
+    if bw is not None:
+        return bw
+    try:
+        import torch
 
-# pytest-benchmark version whose JSON layout the documents follow (its "version" field)
-FORMAT_VERSION = "5.2.3"
-QUICK_TRAIN_N = 20000
-# The reference is skipped (quick) or timed with few rounds (full) above this N x C
-SLOW_ELEMENTS = 10**7
-BYTES_MODEL = {
-    "softmax": "read N x C once, write N x C once (2 passes)",
-    "log_softmax": "read N x C once, write N x C once (2 passes)",
-    "cross_entropy": "read N x C once (1 pass) + N int64 targets",
-    "cross_entropy_with_grad": "read N x C once, write dlogits once (2 passes) + N int64 targets",
-}
-TRAIN_BYTES_MODEL = "X read once per epoch (n x d x itemsize)"
-TRAIN_FLOP_MODEL = "2 matmuls per epoch, 2 n d C each"
-
-
-def time_it(
-    fn: Callable[[], object],
-    *,
-    sync: Callable[[], object] | None = None,
-    warmup: int = 1,
-    min_rounds: int = 3,
-    max_rounds: int = 200,
-    min_time: float = 0.3,
-) -> list[float]:
-    """Wall seconds (``time.perf_counter``) of each timed call of `fn`.
-
-    `warmup` untimed calls come first (JIT and NVRTC compilation, first-touch
-    allocations).  Then at least `min_rounds` and at most `max_rounds` timed calls, until
-    they add up to `min_time` seconds.  `sync` (a GPU's synchronize) runs after every
-    call, before the clock stops, so queued work is timed rather than its launch.
-    """
-    if warmup < 0 or min_rounds < 1 or max_rounds < min_rounds:
-        raise ValueError(
-            f"need warmup >= 0 and 1 <= min_rounds <= max_rounds, got warmup={warmup}, "
-            f"min_rounds={min_rounds}, max_rounds={max_rounds}"
-        )
-    for _ in range(warmup):
-        fn()
-        if sync is not None:
-            sync()
-    times: list[float] = []
-    total = 0.0
-    while len(times) < max_rounds and (len(times) < min_rounds or total < min_time):
-        t0 = perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        dt = perf_counter() - t0
-        times.append(dt)
-        total += dt
-    return times
-
-
-def _quartiles(data: list[float]) -> tuple[float, float]:
-    """q1, q3 as pytest-benchmark computes them (Wikipedia's quartile methods 3 and 2)."""
-    rounds = len(data)
-    if rounds == 1:
-        return data[0], data[0]
-    if rounds % 2:  # method 3
-        n, q = rounds // 4, rounds % 4
-        if q == 1:
-            return (
-                0.25 * data[n - 1] + 0.75 * data[n],
-                0.75 * data[3 * n] + 0.25 * data[3 * n + 1],
-            )
-        return (
-            0.75 * data[n] + 0.25 * data[n + 1],
-            0.25 * data[3 * n + 1] + 0.75 * data[3 * n + 2],
-        )
-    return statistics.median(data[: rounds // 2]), statistics.median(data[rounds // 2 :])
-
-
-def stats_of(times) -> dict:
-    """pytest-benchmark's "stats" of per-round seconds, computed as its ``Stats`` does:
-    sample standard deviation, quartiles by Wikipedia's methods 3 (odd) and 2 (even),
-    Tukey's 1.5 IQR fences, ops = rounds / total, one iteration per round."""
-    data = [float(t) for t in times]
-    if not data:
-        raise ValueError("no timings")
-    s = sorted(data)
-    rounds = len(data)
-    mean = statistics.mean(data)
-    stddev = statistics.stdev(data) if rounds > 1 else 0
-    q1, q3 = _quartiles(s)
-    iqr = q3 - q1
-    if rounds == 1:
-        ld15iqr = hd15iqr = data[0]
-    else:
-        ld15iqr = s[bisect_left(s, q1 - 1.5 * iqr)]
-        # the highest datum within the fence (pytest-benchmark >= 5.3.1; earlier
-        # versions returned the first datum above it)
-        hd15iqr = s[bisect_right(s, q3 + 1.5 * iqr) - 1]
-    iqr_outliers = sum(v < q1 - 1.5 * iqr or v > q3 + 1.5 * iqr for v in data)
-    stddev_outliers = sum(v < mean - stddev or v > mean + stddev for v in data)
-    total = sum(data)
-    return {
-        "min": min(data),
-        "max": max(data),
-        "mean": mean,
-        "stddev": stddev,
-        "rounds": rounds,
-        "median": statistics.median(data),
-        "iqr": iqr,
-        "q1": q1,
-        "q3": q3,
-        "iqr_outliers": iqr_outliers,
-        "stddev_outliers": stddev_outliers,
-        "outliers": f"{stddev_outliers};{iqr_outliers}",
-        "ld15iqr": ld15iqr,
-        "hd15iqr": hd15iqr,
-        "ops": rounds / total if total else 0,
-        "total": total,
-        "data": data,
-        "iterations": 1,
-    }
+        if not torch.cuda.is_available():
+            return None
+        src = torch.ones((1 << 30) // 4, dtype=torch.float32, device="cuda")
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        best = float("inf")
+        for _ in range(10):
+            start.record()
+            dst.copy_(src)
+            stop.record()
+            stop.synchronize()
+            best = min(best, start.elapsed_time(stop) / 1e3)
+        return 2 * src.numel() * src.element_size() / best
+    except Exception:  # no PyTorch, no CUDA build, no device
+        return None
 
 
 def cpu_model() -> str:
@@ -420,40 +327,19 @@ def _simd_of_llvm_target(ll, cpu: str, features: str) -> str:
 
 @functools.cache
 def numba_target() -> dict:
-    """The CPU facts a CPU benchmark result depends on (one dict, computed once).
-
-    * ``cpu_model``: /proc/cpuinfo's model name (`cpu_model`).
-    * ``numba_cpu_name``: the CPU Numba compiles for: ``NUMBA_CPU_NAME`` (read by Numba
-      at import, ``numba.core.config.CPU_NAME``) or llvmlite's host CPU name.
-    * ``numba_cpu_features``: the LLVM feature string Numba passes with it, as Numba
-      computes it (numba.core.codegen): ``NUMBA_CPU_FEATURES`` when set (``""`` under
-      ``NUMBA_CPU_NAME=generic``), else the host's features from
-      ``llvmlite.binding.get_host_cpu_features()`` (AVX ones off under
-      ``NUMBA_ENABLE_AVX=0``).  So ``NUMBA_CPU_NAME`` alone does *not* lower the ISA:
-      the host's features (``+avx512f`` on an AVX-512 host) still come with it, and
-      ``NUMBA_CPU_NAME=znver3`` on an AVX-512 machine still gives zmm code.  An empty
-      string means the named CPU's own features (``NUMBA_CPU_NAME=znver3
-      NUMBA_CPU_FEATURES=`` gives AVX2 code).
-    * ``simd``: "avx512" when that target has AVX-512F, "avx2" when it has AVX2, else
-      "sse".  llvmlite has no call that lists a CPU model's features, so this asks LLVM
-      itself: a target machine made with Numba's (cpu, features) compiles a 512-bit
-      vector add, and the registers it uses (zmm / ymm / xmm) say which.  This covers
-      the feature string, the CPU model's defaults and how LLVM combines them.  Where
-      the probe cannot run, the feature string decides (``simd_from`` says which);
-      None off x86.
-    * ``*_from``: where each value came from.
-
-    Without Numba the numba_* values and ``simd`` are None.
+    """The CPU facts a CPU result depends on (computed once): ``cpu_model``; the CPU
+    Numba compiles for (``numba_cpu_name``: ``NUMBA_CPU_NAME`` or llvmlite's host CPU)
+    and the LLVM feature string it passes with it (``numba_cpu_features``, as
+    numba.core.codegen computes it: ``NUMBA_CPU_FEATURES`` when set, ``""`` under
+    ``NUMBA_CPU_NAME=generic``, else the host's features, AVX off under
+    ``NUMBA_ENABLE_AVX=0``); and ``simd``, "avx512" / "avx2" / "sse", asked of LLVM by
+    compiling a 512-bit vector add for that (cpu, features) (None off x86).  So
+    ``NUMBA_CPU_NAME=znver3`` alone keeps the host's ``+avx512f`` (zmm code); with
+    ``NUMBA_CPU_FEATURES=`` (empty: the model's own features) it gives AVX2.  ``*_from``
+    says where each value came from; without Numba the numba_* values and simd are None.
     """
-    info: dict = {
-        "cpu_model": cpu_model(),
-        "numba_cpu_name": None,
-        "numba_cpu_name_from": None,
-        "numba_cpu_features": None,
-        "numba_cpu_features_from": None,
-        "simd": None,
-        "simd_from": None,
-    }
+    keys = ("numba_cpu_name", "numba_cpu_features", "simd")
+    info = {"cpu_model": cpu_model(), **dict.fromkeys(k + s for k in keys for s in ("", "_from"))}
     try:
         import llvmlite.binding as ll
         from numba.core import config
@@ -477,12 +363,8 @@ def numba_target() -> dict:
         features_from = "host (llvmlite.binding.get_host_cpu_features)"
         if not config.ENABLE_AVX:
             features_from += ", AVX off (NUMBA_ENABLE_AVX=0)"
-    info.update(
-        numba_cpu_name=name,
-        numba_cpu_name_from=name_from,
-        numba_cpu_features=features,
-        numba_cpu_features_from=features_from,
-    )
+    info.update(numba_cpu_name=name, numba_cpu_name_from=name_from)
+    info.update(numba_cpu_features=features, numba_cpu_features_from=features_from)
     if not ll.get_process_triple().startswith(("x86_64", "i386", "i686")):
         info["simd_from"] = "not x86"
         return info
@@ -493,15 +375,6 @@ def numba_target() -> dict:
         info["simd"] = _simd_of_feature_string(features)
         info["simd_from"] = f"feature string (the LLVM probe failed: {err})"
     return info
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def _gpu_name(impls) -> str | None:
@@ -523,346 +396,289 @@ def _gpu_name(impls) -> str | None:
     return None
 
 
-def device_copy_bandwidth() -> float | None:
-    """`gpu_copy_bandwidth` (CuPy), else the same device-to-device copy with PyTorch's
-    CUDA events, else None."""
-    bw = gpu_copy_bandwidth()
-    if bw is not None:
-        return bw
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        src = torch.ones((1 << 30) // 4, dtype=torch.float32, device="cuda")
-        dst = torch.empty_like(src)
-        dst.copy_(src)
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        best = float("inf")
-        for _ in range(10):
-            start.record()
-            dst.copy_(src)
-            stop.record()
-            stop.synchronize()
-            best = min(best, start.elapsed_time(stop) / 1e3)
-        return 2 * src.numel() * src.element_size() / best
-    except Exception:  # no PyTorch, no CUDA build, no device
-        return None
-
-
-def _set_threads(threads: int, torch_too: bool) -> tuple[int | None, int | None]:
-    """Set Numba's and (when `torch_too` and it is installed) PyTorch's thread counts;
-    return the previous ones."""
-    import importlib.util
-
-    old_nb = old_torch = None
-    try:
-        import numba
-
-        old_nb = numba.get_num_threads()
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
-    if torch_too and importlib.util.find_spec("torch") is not None:
-        import torch
-
-        old_torch = torch.get_num_threads()
-        torch.set_num_threads(threads)
-    return old_nb, old_torch
+# ---------------------------------------------------------------- pytest-benchmark runs
+# Seconds to wait before each timed case, in the bench/ suites (bench/conftest.py) and
+# in `fastsoftmax bench` alike.  Thread pools spin for a while after their last task
+# (OpenBLAS's for up to ~0.1 s, PyTorch's and Numba's OpenMP teams for their
+# GOMP_SPINCOUNT), and on a 2-core machine those spinning threads take cycles from the
+# next case: the numba epoch measured 34.6 ms right after the numpy backend's epochs
+# against 22.3 ms alone (bench_train.py, same machine).
+QUIESCE_S = 0.3
+QUICK_TRAIN_N = 20000
+# Above this N x C the reference is left out (quick) or timed 3 rounds (--full), and so
+# are the PyTorch and JAX peers: seconds per call
+SLOW_ELEMENTS = 10**7
+BYTES_MODEL = {
+    "softmax": "read N x C once, write N x C once (2 passes)",
+    "log_softmax": "read N x C once, write N x C once (2 passes)",
+    "cross_entropy": "read N x C once (1 pass) + N int64 targets",
+    "cross_entropy_with_grad": "read N x C once, write dlogits once (2 passes) + N int64 targets",
+}
+TRAIN_MODELS = {
+    "bytes_model": "X read once per epoch (n x d x itemsize)",
+    "flop_model": "2 matmuls per epoch, 2 n d C each",
+}
+# (result name, backend, X dtype) of the trainer's cases
+TRAIN_CASES = (("numpy", "numpy", "float32"), ("numba", "numba", "float32"),
+               ("numba-uint8", "numba", "uint8"), ("torch", "torch", "float32"))  # fmt: skip
+_PLUGIN = "fastsoftmax-bench"
 
 
-def _restore_threads(old: tuple[int | None, int | None]) -> None:
-    old_nb, old_torch = old
-    if old_nb is not None:
-        import numba
-
-        numba.set_num_threads(old_nb)
-    if old_torch is not None:
-        import torch
-
-        torch.set_num_threads(old_torch)
+def quiesce(config) -> None:
+    """Let the previous case's thread pools go idle (not under --benchmark-disable):
+    called before every case of a pytest-benchmark run."""
+    if not config.getoption("benchmark_disable", False):
+        time.sleep(QUIESCE_S)
 
 
-def _entry(group, name, params, times, options, extra) -> dict:
-    return {
-        "group": group,
-        "name": name,
-        "fullname": f"fastsoftmax bench::{group}::{name}",
-        "params": params,
-        "param": name,
-        "extra_info": extra,
-        "options": options,
-        "stats": stats_of(times),
-    }
-
-
-def _rates(seconds, bytes_moved, rows, copy_bw) -> dict:
-    extra = {
-        "seconds": seconds,
-        "samples_per_s": rows / seconds,
-        "bytes_moved": bytes_moved,
-        "GB/s": bytes_moved / seconds / 1e9,
-    }
-    if copy_bw:
-        extra["copy_GB/s"] = copy_bw / 1e9
-        extra["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
-    return extra
-
-
-def _add_speedups(benchmarks_: list[dict], reference: str) -> None:
-    """extra_info["speedup"] = reference median / this median, in groups where the
-    reference ran."""
-    ref = {
-        b["group"]: b["stats"]["median"] for b in benchmarks_ if b["params"]["impl"] == reference
-    }
-    for b in benchmarks_:
-        if b["group"] in ref:
-            b["extra_info"]["speedup"] = ref[b["group"]] / b["stats"]["median"]
-            b["extra_info"]["reference"] = reference
-
-
-def _train_cases(impls):
-    """(name, base implementation, xtype) of the trainer's cases that can run here."""
-    names = {i.name for i in impls}
-    cases = [("numpy", "numpy", "float32"), ("numba", "numba", "float32")]
-    cases.append(("numba-uint8", "numba", "uint8"))
-    cases.append(("torch", "torch", "float32"))
-    return [c for c in cases if c[1] in names]
-
-
-def run(
-    *,
-    full: bool = False,
-    threads: int = 2,
-    impls=None,
-    ops=None,
-    train: bool = True,
-    progress: Callable[[str], object] | None = print,
-    shapes=None,
-    train_rows: int | None = None,
-) -> dict:
-    """Time every available implementation on every case; return a pytest-benchmark
-    JSON document (``machine_info``, ``commit_info``, ``benchmarks``, ``datetime``,
-    ``version``).
-
-    full: every shape and both dtypes (else ``QUICK_SHAPES``, float32, and the trainer on
-    ``QUICK_TRAIN_N`` rows).  threads: Numba's and PyTorch's thread count, and the copy
-    bandwidth's (restored afterwards).  impls: implementation names (default: all that
-    can run here).  ops: a subset of ``OPS``.  shapes: (N, C) pairs instead of the mode's.
-    train: also time one ``SoftmaxRegression.fit`` epoch per backend (and PyTorch's SGD
-    loop) on MNIST-shaped data; train_rows overrides its row count.  progress: called
-    with a line per result (None: silent).
-    """
-    import datetime
-    import os
-    import platform
-
-    from . import __version__
-    from .implementations import IMPLEMENTATIONS
-
-    say = progress or (lambda line: None)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    known = {i.name: i for i in IMPLEMENTATIONS}
-    if impls is not None:
-        impls = list(dict.fromkeys(impls))
-        unknown = [n for n in impls if n not in known]
-        if unknown:
-            raise ValueError(f"unknown implementation(s) {unknown}; have {sorted(known)}")
-    ops = OPS if ops is None else tuple(dict.fromkeys(ops))
-    bad_ops = [op for op in ops if op not in OPS]
-    if bad_ops:
-        raise ValueError(f"unknown op(s) {bad_ops}; have {list(OPS)}")
-    selected = [i for i in IMPLEMENTATIONS if impls is None or i.name in impls]
-    runnable = []
-    for impl in selected:
-        reason = impl.unavailable()
-        if reason is None:
-            runnable.append(impl)
-        elif impls is not None or impl.device == "cpu":
-            say(f"skipping {impl.name}: {reason}")
-    reference = next((i.name for i in IMPLEMENTATIONS if i.kind == "reference"), "numpy")
-
-    if shapes is None:
-        cases = op_cases(full, ops=ops)
-    else:
-        dts = DTYPES if full else ("float32",)
-        cases = [OpCase(op, int(n), int(c), dt) for op in ops for (n, c) in shapes for dt in dts]
-    n_train = train_rows or (TRAIN_N if full else QUICK_TRAIN_N)
-    train_cases = _train_cases(runnable) if train else []
-
-    import sys
-
-    uses_torch = any(i.name.startswith("torch") for i in runnable) or "torch" in sys.modules
-    old_threads = _set_threads(threads, uses_torch)
-    try:
-        try:
-            import numba
-
-            used_threads = numba.get_num_threads()
-        except ImportError:
-            used_threads = 1
-        copy_bw = copy_bandwidth(threads)
-        say(f"copy bandwidth ({threads} threads): {copy_bw / 1e9:.1f} GB/s")
-        gpu_bw = None
-        if any(i.device == "gpu" for i in runnable):
-            gpu_bw = device_copy_bandwidth()
-            if gpu_bw:
-                say(f"GPU device-to-device copy bandwidth: {gpu_bw / 1e9:.1f} GB/s")
-        options = {
-            "disable_gc": False,
-            "timer": "perf_counter",
-            "min_rounds": 3,
-            "max_rounds": 200,
-            "min_time": 0.3 if not full else 1.0,
-            "warmup": 1,
-        }
-        results: list[dict] = []
-        for case in cases:
-            host_args = None
-            for impl in runnable:
-                if case.op not in impl.ops:
-                    continue
-                slow = impl.kind == "reference" or impl.name in ("torch", "jax")
-                slow = slow and case.n * case.c > SLOW_ELEMENTS
-                if slow and not full and impl.kind == "reference":
-                    say(f"{case.group:36s} {impl.name:14s} skipped (N x C > 1e7; --full times it)")
-                    continue
-                if host_args is None:
-                    host_args = case.inputs()
-                args = impl.to_device(*host_args)
-                sync = synchronizer(impl.name)
-                opts = dict(options, min_rounds=3, min_time=0.0) if slow else options
-                times = time_it(
-                    lambda i=impl, a=args, op=case.op: i.on_device(op, *a),
-                    sync=sync,
-                    warmup=opts["warmup"],
-                    min_rounds=opts["min_rounds"],
-                    max_rounds=opts["max_rounds"],
-                    min_time=opts["min_time"],
-                )
-                del args
-                limit = gpu_bw if impl.device == "gpu" else copy_bw
-                extra = _rates(statistics.median(times), case.bytes_moved, case.n, limit)
-                extra["bytes_model"] = BYTES_MODEL[case.op]
-                extra["device"] = impl.device
-                params = {"impl": impl.name, "op": case.op, "n": case.n, "c": case.c}
-                params["dtype"] = case.dtype
-                results.append(_entry(case.group, impl.name, params, times, opts, extra))
-                say(
-                    f"{case.group:36s} {impl.name:14s} {extra['seconds'] * 1e3:10.3f} ms "
-                    f"{extra['GB/s']:8.2f} GB/s"
-                )
-        if train_cases:
-            results += _run_train(train_cases, n_train, full, copy_bw, options, say)
-    finally:
-        _restore_threads(old_threads)
-    _add_speedups(results, reference)
-
-    machine = {
-        "node": platform.node(),
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "python_implementation": platform.python_implementation(),
-        "python_version": platform.python_version(),
-        "release": platform.release(),
-        "system": platform.system(),
-        "cpu": {
-            "brand_raw": cpu_model(),
-            "count": os.cpu_count(),
-            "arch_string_raw": platform.machine(),
-        },
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": used_threads,
-        "copy_GB/s": copy_bw / 1e9,
-        "gpu": _gpu_name(runnable),
-        "gpu_copy_GB/s": None if gpu_bw is None else gpu_bw / 1e9,
-        "mode": "full" if full else "quick",
-        "fastsoftmax": __version__,
-        "numpy": np.__version__,
-        "numba": _version("numba"),
-        "torch": _version("torch"),
-    }
-    return {
-        "machine_info": machine,
-        "commit_info": {},
-        "benchmarks": results,
-        "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "version": FORMAT_VERSION,
-    }
-
-
-def _run_train(train_cases, n, full, copy_bw, options, say) -> list[dict]:
-    """One epoch of ``SoftmaxRegression.fit`` (validation included) per backend, and
-    the PyTorch loop, on n MNIST-shaped rows."""
-    from .estimator import SoftmaxRegression
-
-    pixels, x, y = mnist_shaped(n)
-    d, c = x.shape[1], TRAIN_C
-    group = f"train fit 1 epoch {n}x{d} batch {TRAIN_BATCH}"
-    if n < TRAIN_N:
-        group += f" (quick: {n} of {TRAIN_N} rows)"
-    opts = dict(options, min_rounds=3, max_rounds=20)
-    out = []
-    for name, backend, xtype in train_cases:
-        data = pixels if xtype == "uint8" else x
-        if backend == "torch":
-            fn = lambda: torch_sgd_epochs(x, y, 1, TRAIN_BATCH, 0.1)  # noqa: E731
-        else:
-            fn = lambda b=backend, X=data: SoftmaxRegression(  # noqa: E731
-                backend=b, batch_size=TRAIN_BATCH, max_epochs=1, random_state=0
-            ).fit(X, y)
-        times = time_it(
-            fn,
-            warmup=opts["warmup"],
-            min_rounds=opts["min_rounds"],
-            max_rounds=opts["max_rounds"],
-            min_time=opts["min_time"],
-        )
-        seconds = statistics.median(times)
-        extra = _rates(seconds, train_bytes(data), n, copy_bw)
-        extra["GFLOP/s"] = train_flop(n, d, c) / seconds / 1e9
-        extra["bytes_model"] = TRAIN_BYTES_MODEL
-        extra["flop_model"] = TRAIN_FLOP_MODEL
-        extra["device"] = "cpu"
-        params = {"impl": backend, "xtype": xtype, "n": n, "d": d, "c": c}
-        params.update(batch=TRAIN_BATCH, epochs=1)
-        out.append(_entry(group, name, params, times, opts, extra))
-        say(
-            f"{group:36s} {name:14s} {seconds * 1e3:10.3f} ms "
-            f"{n / seconds:12,.0f} samples/s {extra['GFLOP/s']:6.2f} GFLOP/s"
-        )
+def rates(seconds: float, bytes_moved=None, rows=None, copy_bw=None) -> dict:
+    """The napkin figures of a median time: samples/s (of `rows`), GB/s (of a
+    `bytes_moved` model) and that as a fraction of the copy bandwidth `copy_bw` (B/s)."""
+    out = {"seconds": seconds}
+    if rows:
+        out["samples_per_s"] = rows / seconds
+    if bytes_moved:
+        out["bytes_moved"] = bytes_moved
+        out["GB/s"] = bytes_moved / seconds / 1e9
+        if copy_bw:
+            out["copy_GB/s"] = copy_bw / 1e9
+            out["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
     return out
 
 
 def drop_raw_data(doc: dict) -> dict:
     """Remove each benchmark's per-round times (``stats["data"]``) from a pytest-benchmark
-    document, in place, and return it.  The statistics (min, max, mean, median, stddev,
-    quartiles, rounds, iterations), extra_info, machine_info and commit_info stay; they
-    are all that `compare`, `format_table`, `plot` and ``pytest-benchmark compare`` read."""
+    document, in place, and return it; the statistics, extra_info, machine_info and
+    commit_info stay (all that the table, the plot and the comparisons read)."""
     for b in doc.get("benchmarks", []):
         if isinstance(b, dict) and isinstance(b.get("stats"), dict):
             b["stats"].pop("data", None)
     return doc
 
 
-def write_json(doc: dict, path, *, raw_data: bool = False) -> Path:
-    """Write a document of `run` (pytest-benchmark's format) to `path`, without the
-    per-round times unless raw_data (`doc` itself is left as it is)."""
-    path = Path(path)
-    if path.parent != Path():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    if not raw_data:
-        doc = drop_raw_data(
-            {**doc, "benchmarks": [{**b, "stats": dict(b["stats"])} for b in doc["benchmarks"]]}
-        )
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return path
+def _suite(request) -> _Suite:
+    return request.config.pluginmanager.get_plugin(_PLUGIN)
+
+
+def bench_op(benchmark, request, impl, op, n, c, dtype):
+    """`op` on an (n, c) `dtype` case by the implementation `impl`, on its device arrays
+    (moved there before the clock starts); a GPU row synchronises before the clock
+    stops.  pytest-benchmark's warm-up calls compile (Numba, jax.jit, NVRTC)."""
+    suite, case = _suite(request), OpCase(op, n, c, dtype)
+    row = suite.impls[impl]
+    args, sync = row.to_device(*case.inputs()), synchronizer(impl)
+
+    def call():
+        out = row.on_device(op, *args)
+        if sync is not None:
+            sync()
+        return out
+
+    benchmark.group = case.group
+    if (row.kind == "reference" or impl in ("torch", "jax")) and n * c > SLOW_ELEMENTS:
+        benchmark.pedantic(call, rounds=3, warmup_rounds=1)
+    else:
+        benchmark(call)
+    limit = suite.gpu_bw if row.device == "gpu" else suite.copy_bw
+    benchmark.extra_info.update(rates(benchmark.stats.stats.median, case.bytes_moved, n, limit))
+    benchmark.extra_info.update(bytes_model=BYTES_MODEL[op], device=row.device)
+
+
+def bench_train(benchmark, request, impl, backend, xtype, n, d, c, batch):
+    """One epoch of ``SoftmaxRegression.fit`` (validation included) by `backend`, or of
+    PyTorch's SGD loop, on n MNIST-shaped rows (X as float32 or as uint8 pixels)."""
+    from .estimator import SoftmaxRegression
+
+    suite = _suite(request)
+    pixels, x, y = suite.mnist(n, d, c)
+    data = pixels if xtype == "uint8" else x
+
+    def fit():
+        if backend == "torch":
+            return torch_sgd_epochs(x, y, 1, batch, 0.1)
+        model = SoftmaxRegression(backend=backend, batch_size=batch, max_epochs=1, random_state=0)
+        return model.fit(data, y)
+
+    benchmark.group = f"train fit 1 epoch {n}x{d} batch {batch}"
+    benchmark.group += f" (quick: {n} of {TRAIN_N} rows)" if n < TRAIN_N else ""
+    benchmark(fit)
+    seconds = benchmark.stats.stats.median
+    benchmark.extra_info.update(rates(seconds, train_bytes(data), n, suite.copy_bw))
+    benchmark.extra_info["GFLOP/s"] = train_flop(n, d, c) / seconds / 1e9
+    benchmark.extra_info.update(TRAIN_MODELS, device="cpu")
+
+
+class _Suite:
+    """The pytest plugin of one `run`: its cases as the parameters of `bench_op` and
+    `bench_train`, the pause before each, its facts in machine_info, and the speedups
+    (and no per-round times) in the JSON."""
+
+    __name__ = _PLUGIN  # the name pytest registers it under
+
+    def __init__(self, op_params, train_params, impls, reference, copy_bw, gpu_bw, machine):
+        self.params = {"bench_op": op_params, "bench_train": train_params}
+        self.impls, self.reference, self.machine = impls, reference, machine
+        self.copy_bw, self.gpu_bw, self._mnist = copy_bw, gpu_bw, {}
+
+    def mnist(self, n, d, c):
+        if (n, d, c) not in self._mnist:  # made once per run
+            self._mnist[n, d, c] = mnist_shaped(n, d, c)
+        return self._mnist[n, d, c]
+
+    def pytest_generate_tests(self, metafunc):
+        params, code = self.params.get(metafunc.function.__name__), metafunc.function.__code__
+        if params is not None:  # the arguments after (benchmark, request)
+            metafunc.parametrize(code.co_varnames[2 : code.co_argcount], params)
+
+    def pytest_runtest_setup(self, item):
+        quiesce(item.config)
+
+    def pytest_benchmark_update_machine_info(self, config, machine_info):
+        machine_info.update(self.machine)
+
+    def pytest_benchmark_update_json(self, config, benchmarks, output_json):
+        results = output_json["benchmarks"]
+        ref = {b["group"]: b["stats"]["median"] for b in results if _label(b) == self.reference}
+        for b in results:  # speedup = the reference's median / this median
+            if b["group"] in ref:
+                b["extra_info"]["speedup"] = ref[b["group"]] / b["stats"]["median"]
+                b["extra_info"]["reference"] = self.reference
+        drop_raw_data(output_json)
+
+
+@contextlib.contextmanager
+def _threads(n: int, torch_too: bool):
+    """Numba's and (when `torch_too` and it is installed) PyTorch's thread counts set to
+    n, restored on exit; yields Numba's count (1 without Numba)."""
+    import importlib.util
+
+    undo, used = [], 1
+    with contextlib.suppress(ImportError):
+        import numba
+
+        undo.append(functools.partial(numba.set_num_threads, numba.get_num_threads()))
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        used = numba.get_num_threads()
+    if torch_too and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        undo.append(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+        torch.set_num_threads(n)
+    try:
+        yield used
+    finally:
+        for restore in undo:
+            restore()
+
+
+def run(*, full=False, threads=2, impls=None, ops=None, train=True, shapes=None,
+        train_rows=None, json_path="fastsoftmax-bench.json") -> dict:  # fmt: skip
+    """Time every available implementation on every case with pytest-benchmark (pytest
+    runs `bench_op` and `bench_train`); return the JSON it writes to `json_path`.
+
+    full: every shape and both dtypes, ~1 s per case (else ``QUICK_SHAPES``, float32,
+    ~0.3 s per case, the trainer on ``QUICK_TRAIN_N`` rows).  threads: Numba's and
+    PyTorch's thread count, and the copy bandwidth's (restored afterwards).  impls:
+    implementation names (default: all that can run here).  ops: a subset of ``OPS``.
+    shapes: (N, C) pairs instead of the mode's.  train: also one epoch of
+    ``SoftmaxRegression.fit`` per backend and of PyTorch's SGD loop (train_rows rows).
+    Notes and pytest's report go to stderr; RuntimeError when a case fails.
+    """
+    from . import __version__
+    from .implementations import IMPLEMENTATIONS
+
+    known = {i.name: i for i in IMPLEMENTATIONS}
+    ops = OPS if ops is None else tuple(dict.fromkeys(ops))
+    for kind, bad, have in (("implementation", set(impls or ()) - set(known), sorted(known)),
+                            ("op", set(ops) - set(OPS), list(OPS))):  # fmt: skip
+        if bad:
+            raise ValueError(f"unknown {kind}(s) {sorted(bad)}; have {have}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    try:
+        import pytest
+        import pytest_benchmark  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"{exc}: fastsoftmax bench runs pytest-benchmark; pip install "
+                          "'fastsoftmax[bench]'") from exc  # fmt: skip
+
+    runnable = []
+    for impl in (i for i in IMPLEMENTATIONS if impls is None or i.name in impls):
+        reason = impl.unavailable()
+        if reason is None:
+            runnable.append(impl)
+        elif impls is not None or impl.device == "cpu":
+            print(f"skipping {impl.name}: {reason}", file=sys.stderr)
+    dts = DTYPES if full else ("float32",)
+    shapes = shapes or (SHAPES if full else QUICK_SHAPES)
+    op_params = []
+    for case in (OpCase(op, int(n), int(c), dt) for op in ops for n, c in shapes for dt in dts):
+        for impl in (i for i in runnable if case.op in i.ops):
+            skip = impl.kind == "reference" and not full and case.n * case.c > SLOW_ELEMENTS
+            why = f"{impl.name} at N x C > 1e7 (seconds per call; --full times it)"
+            op_params.append(pytest.param(
+                impl.name, case.op, case.n, case.c, case.dtype,
+                id=f"{case.group.replace(' ', '-')}-{impl.name}",
+                marks=[pytest.mark.skip(reason=why)] if skip else [],
+            ))  # fmt: skip
+    n_train = train_rows or (TRAIN_N if full else QUICK_TRAIN_N)
+    train_params = [
+        pytest.param(name, backend, xtype, n_train, TRAIN_D, TRAIN_C, TRAIN_BATCH, id=name)
+        for name, backend, xtype in TRAIN_CASES
+        if train and backend in {i.name for i in runnable}
+    ]
+    if not op_params and not train_params:
+        raise ValueError("nothing to time: no available implementation runs these cases")
+
+    path, here = Path(json_path), Path(__file__)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # pytest-benchmark writes it only when a case ran
+    args = [f"{here}::bench_op"] * bool(op_params) + [f"{here}::bench_train"] * bool(train_params)
+    args += [  # this module is the test file; none of the caller's pytest set-up applies
+        *("-c", os.devnull, "--rootdir", str(here.parent), "--noconftest", "-q", "-rs"),
+        *("-p", "no:cacheprovider", "--import-mode=importlib", "-o", "python_functions=bench_*"),
+        *("--benchmark-json", str(path), "--benchmark-quiet", "--benchmark-min-rounds", "3"),
+        *("--benchmark-max-time", "1.0" if full else "0.3"),
+        *("--benchmark-warmup", "on", "--benchmark-warmup-iterations", "1"),
+    ]
+    uses_torch = any(i.name.startswith("torch") for i in runnable) or "torch" in sys.modules
+    with _threads(threads, uses_torch) as used_threads:
+        copy_bw = copy_bandwidth(threads)
+        print(f"copy bandwidth ({threads} threads): {copy_bw / 1e9:.1f} GB/s", file=sys.stderr)
+        gpu_bw = device_copy_bandwidth() if any(i.device == "gpu" for i in runnable) else None
+        machine = {
+            "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads": used_threads,
+            "copy_GB/s": copy_bw / 1e9, "gpu": _gpu_name(runnable),
+            "gpu_copy_GB/s": None if gpu_bw is None else gpu_bw / 1e9,
+            "mode": "full" if full else "quick", "fastsoftmax": __version__,
+            "numpy": np.__version__, "numba": _version("numba"), "torch": _version("torch"),
+            "numba_target": numba_target(),
+        }  # fmt: skip
+        reference = next((i.name for i in IMPLEMENTATIONS if i.kind == "reference"), "numpy")
+        suite = _Suite(op_params, train_params, known, reference, copy_bw, gpu_bw, machine)
+        with contextlib.redirect_stdout(sys.stderr):
+            status = pytest.main(args, plugins=[suite])
+    if status != 0 or not path.exists():
+        ran = f"; the cases that ran are in {path}" if path.exists() else ""
+        raise RuntimeError(f"the pytest-benchmark run failed (pytest's exit status {status}){ran}")
+    return load_json(path)
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+# ------------------------------------------------------------ reading pytest-benchmark JSON
+_STATS = ("min", "max", "mean", "median", "stddev", "iqr")
 
 
 def load_json(path) -> dict:
-    """A pytest-benchmark JSON document (ours or pytest-benchmark's own); ValueError
+    """A pytest-benchmark JSON document (of `run` or of the bench/ suites); ValueError
     naming the file when it is not one."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")  # OSError (with the name) when unreadable
@@ -873,62 +689,59 @@ def load_json(path) -> dict:
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
     for b in doc["benchmarks"]:
+        stats = b.get("stats") if isinstance(b, dict) else None
         if not (
-            isinstance(b, dict)
-            and isinstance(b.get("stats"), dict)
-            and isinstance(b["stats"].get("median"), int | float)
+            isinstance(stats, dict)
+            and all(isinstance(stats.get(k), int | float) for k in _STATS)
             and "name" in b
+            and "fullname" in b
         ):
-            raise ValueError(f"{path}: a benchmark without a name or stats.median: {b!r:.200}")
+            raise ValueError(
+                f"{path}: a benchmark without a name, fullname or stats "
+                f"({', '.join(_STATS)}): {b!r:.200}"
+            )
     return doc
 
 
-def _key(b: dict) -> tuple[str, str]:
-    return (str(b.get("group")), str(b["name"]))
+def compare(a_doc: dict, b_doc: dict, columns=("min", "median")) -> int:
+    """Print pytest-benchmark's table of the change from run A to run B (``pytest-benchmark
+    compare --between``): per group, the benchmarks of both (matched by fullname).
+    Return how many benchmarks were in only one of them (left out)."""
+    from pytest_benchmark.cli import TerminalReporter
+    from pytest_benchmark.logger import Logger
+    from pytest_benchmark.plugin import pytest_benchmark_group_stats, pytest_benchmark_scale_unit
+    from pytest_benchmark.stats import normalize_stats
+    from pytest_benchmark.table import CompareBetweenResults
+    from pytest_benchmark.utils import NAME_FORMATTERS, report_noprogress
 
-
-def compare(a_doc: dict, b_doc: dict) -> list[dict]:
-    """The benchmarks present in both documents (matched by group and name), in A's
-    order: median_a, median_b (seconds) and change = median_b / median_a - 1 (negative:
-    B is faster)."""
-    b_by_key = {_key(b): b for b in b_doc["benchmarks"]}
-    rows = []
-    for a in a_doc["benchmarks"]:
-        b = b_by_key.get(_key(a))
-        if b is None:
-            continue
-        ma, mb = a["stats"]["median"], b["stats"]["median"]
-        rows.append(
-            {
-                "group": _key(a)[0],
-                "name": _key(a)[1],
-                "median_a": ma,
-                "median_b": mb,
-                "change": mb / ma - 1 if ma else float("nan"),
-            }
+    names = [{b["fullname"] for b in doc["benchmarks"]} for doc in (a_doc, b_doc)]
+    both = names[0] & names[1]
+    flat = [
+        {**b, **normalize_stats(dict(b["stats"])), "source": source, "path": source}
+        for source, doc in (("A", a_doc), ("B", b_doc))
+        for b in doc["benchmarks"]
+        if b["fullname"] in both
+    ]
+    if flat:
+        table = CompareBetweenResults(
+            columns=list(columns),
+            sort="min",
+            histogram=False,
+            name_format=NAME_FORMATTERS["normal"],
+            logger=Logger(Logger.NORMAL),
+            scale_unit=functools.partial(pytest_benchmark_scale_unit, config=None),
         )
-    return rows
+        groups = pytest_benchmark_group_stats(config=None, benchmarks=flat, group_by="group")
+        table.display(TerminalReporter(), groups, progress_reporter=report_noprogress)
+    else:
+        print("no benchmark is in both files (matched by fullname)")
+    return len(names[0] ^ names[1])
 
 
-def format_compare(rows: list[dict]) -> str:
-    """A table of `compare`'s rows."""
-    if not rows:
-        return "no benchmark is in both files (matched by group and name)"
-    lines = [f"{'implementation':16s}{'A ms':>12s}{'B ms':>12s}{'change':>10s}"]
-    lines.append("-" * len(lines[0]))
-    group = None
-    for r in rows:
-        if r["group"] != group:
-            group = r["group"]
-            lines.append(group)
-        ratio = r["median_b"] / r["median_a"] if r["median_a"] else float("nan")
-        verdict = f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
-        lines.append(
-            f"  {r['name']:14s}{r['median_a'] * 1e3:12.3f}{r['median_b'] * 1e3:12.3f}"
-            f"{100 * r['change']:+9.1f}%  {verdict}"
-        )
-    lines.append("change = B median / A median - 1 (negative: B is faster)")
-    return "\n".join(lines)
+def _label(b: dict) -> str:
+    """A result's row name: its implementation (``params["impl"]``), else its name."""
+    impl = (b.get("params") or {}).get("impl")
+    return impl if isinstance(impl, str) else b["name"]
 
 
 def format_table(doc: dict) -> str:
@@ -960,7 +773,7 @@ def format_table(doc: dict) -> str:
                 return format(e[key] * scale, fmt) if e.get(key) is not None else "-"
 
             lines.append(
-                f"  {b['name']:14s}{med * 1e3:12.3f}{num('samples_per_s', '.3g'):>12s}"
+                f"  {_label(b):14s}{med * 1e3:12.3f}{num('samples_per_s', '.3g'):>12s}"
                 f"{num('GB/s', '.2f'):>9s}{num('fraction_of_copy_bandwidth', '.1f', 100):>8s}"
                 f"{num('GFLOP/s', '.2f'):>9s}"
                 + (f"{e['speedup']:8.1f}x" if e.get("speedup") else f"{'-':>9s}")
@@ -1004,12 +817,12 @@ def plot(doc: dict, path) -> Path:
             continue
         if e.get("GB/s") is None:
             continue
-        per_c = best.setdefault(b["name"], {})
+        per_c = best.setdefault(_label(b), {})
         if p["c"] not in per_c or p["n"] > per_c[p["c"]]["params"]["n"]:
             per_c[p["c"]] = b
     colors: dict[str, str] = {}  # one colour per implementation in both panels
     for b in doc["benchmarks"]:
-        colors.setdefault(b["name"], f"C{len(colors) % 10}")
+        colors.setdefault(_label(b), f"C{len(colors) % 10}")
     top = m.get("copy_GB/s") or 0.0
     for name, per_c in best.items():
         cs = sorted(per_c)
@@ -1042,10 +855,10 @@ def plot(doc: dict, path) -> Path:
     if train:
         group = train[0]["group"]
         train = [b for b in train if b["group"] == group]
-        names = [b["name"] for b in train]
-        rates = [_samples_per_s(b) for b in train]
-        bars = right.bar(names, rates, color=[colors[n] for n in names])
-        right.bar_label(bars, labels=[f"{r / 1e6:.2f} M" for r in rates], fontsize="small")
+        names = [_label(b) for b in train]
+        per_s = [_samples_per_s(b) for b in train]
+        bars = right.bar(names, per_s, color=[colors[n] for n in names])
+        right.bar_label(bars, labels=[f"{r / 1e6:.2f} M" for r in per_s], fontsize="small")
         right.set_title(textwrap.fill(group, 45), fontsize="medium")
     else:
         msg = "no training run\n(--no-train)"

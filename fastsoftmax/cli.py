@@ -475,25 +475,30 @@ def bench(args: argparse.Namespace) -> int:
 
     if args.compare:
         a_path, b_path = args.compare
-        rows = benchmarks.compare(benchmarks.load_json(a_path), benchmarks.load_json(b_path))
+        a_doc, b_doc = benchmarks.load_json(a_path), benchmarks.load_json(b_path)
         print(f"A = {a_path}\nB = {b_path}")
-        print(benchmarks.format_compare(rows))
+        left_out = benchmarks.compare(a_doc, b_doc)
+        if left_out:
+            print(f"{left_out} benchmark(s) in only one of the files left out")
         return 0
     started = time.perf_counter()
-    doc = benchmarks.run(
-        full=args.full,
-        threads=args.threads,
-        impls=args.impl,
-        ops=args.op,
-        train=not args.no_train,
-        shapes=args.shape,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    try:
+        doc = benchmarks.run(
+            full=args.full,
+            threads=args.threads,
+            impls=args.impl,
+            ops=args.op,
+            train=not args.no_train,
+            shapes=args.shape,
+            json_path=args.json,
+        )
+    except RuntimeError as err:  # a case failed: pytest's report is above
+        print(f"fastsoftmax: error: {err}", file=sys.stderr)
+        return 1
     print(benchmarks.format_table(doc))
-    json_path = benchmarks.write_json(doc, args.json)
-    print(f"JSON (pytest-benchmark format): {json_path}")
+    print(f"JSON (pytest-benchmark {doc.get('version')}): {args.json}")
     if not args.no_plot:
-        png = Path(args.plot) if args.plot else json_path.with_suffix(".png")
+        png = Path(args.plot) if args.plot else Path(args.json).with_suffix(".png")
         try:
             print(f"plot: {benchmarks.plot(doc, png)}")
         except ImportError as err:

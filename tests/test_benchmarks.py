@@ -1,10 +1,10 @@
-"""fastsoftmax.benchmarks' timing side and ``fastsoftmax bench``: the timer, the
-statistics (against NumPy and pytest-benchmark's own Stats), the JSON (read back by
-pytest-benchmark's compare command), the table, the comparison and the plot."""
+"""fastsoftmax.benchmarks and ``fastsoftmax bench``: a pytest-benchmark run of the
+cases (its JSON, read back by pytest-benchmark's compare command), the pause between
+cases shared with bench/, the napkin figures, the table, the comparison of two runs and
+the plot."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import importlib.util
 import io
@@ -12,161 +12,87 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastsoftmax import benchmarks
-from fastsoftmax.benchmarks import OpCase, compare, format_compare, stats_of, time_it
+from fastsoftmax.benchmarks import OpCase
 from fastsoftmax.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-STAT_KEYS = {
-    "min",
-    "max",
-    "mean",
-    "stddev",
-    "rounds",
-    "median",
-    "iqr",
-    "q1",
-    "q3",
-    "iqr_outliers",
-    "stddev_outliers",
-    "outliers",
-    "ld15iqr",
-    "hd15iqr",
-    "ops",
-    "total",
-    "iterations",
-    "data",
-}
 
 
-# ---------------------------------------------------------------- time_it
+def stats_fields() -> set[str]:
+    """The keys of a benchmark's "stats" in pytest-benchmark's JSON, per-round times
+    left out."""
+    return set(pytest.importorskip("pytest_benchmark.stats").Stats.fields) | {"iterations"}
 
 
-class FakeClock:
-    """perf_counter stand-in: every read advances 0.1 s and is logged."""
-
-    def __init__(self, log):
-        self.log, self.now = log, 0.0
-
-    def __call__(self):
-        self.log.append("clock")
-        self.now += 0.1
-        return self.now
-
-
-def test_time_it_syncs_before_every_clock_stop_and_keeps_warmup_untimed(monkeypatch):
-    log: list[str] = []
-    monkeypatch.setattr(benchmarks, "perf_counter", FakeClock(log))
-    times = time_it(
-        lambda: log.append("call"),
-        sync=lambda: log.append("sync"),
-        warmup=2,
-        min_rounds=2,
-        max_rounds=50,
-        min_time=0.35,
-    )
-    # warm-up: two calls (each synchronised) before the clock is first read
-    assert log[:4] == ["call", "sync", "call", "sync"]
-    timed = log[4:]
-    # every timed round: clock start, call, sync, clock stop (never a stop before a sync)
-    assert timed == ["clock", "call", "sync", "clock"] * len(times)
-    # each round reads 0.1 s; 0.35 s needs 4 rounds (min_rounds=2 alone would stop at 2)
-    assert len(times) == 4
-    assert times == pytest.approx([0.1] * 4)
-
-
-def test_time_it_round_limits(monkeypatch):
-    monkeypatch.setattr(benchmarks, "perf_counter", FakeClock([]))
+@pytest.fixture
+def pauses(monkeypatch):
+    """benchmarks.quiesce recorded (the configs it was called with), its pause 0."""
     calls = []
-    times = time_it(lambda: calls.append(1), warmup=0, min_rounds=3, max_rounds=5, min_time=100)
-    assert len(times) == 5 and len(calls) == 5  # max_rounds caps a slow min_time
-    calls.clear()
-    times = time_it(lambda: calls.append(1), warmup=1, min_rounds=3, max_rounds=5, min_time=0)
-    assert len(times) == 3 and len(calls) == 4  # min_rounds, plus the warm-up call
-    with pytest.raises(ValueError, match="min_rounds"):
-        time_it(lambda: None, min_rounds=5, max_rounds=2)
+    real = benchmarks.quiesce
+    monkeypatch.setattr(benchmarks, "QUIESCE_S", 0.0)
+    monkeypatch.setattr(benchmarks, "quiesce", lambda config: (calls.append(config), real(config)))
+    return calls
 
 
-def test_time_it_measures_real_time():
-    import time
+@pytest.fixture
+def fake_copy(monkeypatch):
+    """copy_bandwidth replaced by a fixed 10 GB/s; records the thread counts asked."""
+    asked = []
 
-    times = time_it(lambda: time.sleep(0.01), warmup=0, min_rounds=3, min_time=0)
-    assert len(times) == 3
-    assert all(0.009 <= t < 0.5 for t in times)
+    def fake(threads=None, *args, **kwargs):
+        asked.append(threads)
+        return 1e10
 
-
-# ---------------------------------------------------------------- stats_of
-
-
-def test_stats_of_against_numpy_on_known_data():
-    data = [0.3, 0.1, 0.4, 0.1, 0.5, 0.9, 0.2, 0.6, 0.5, 3.0]  # 3.0: a Tukey outlier
-    s = stats_of(data)
-    assert set(s) == STAT_KEYS
-    a = np.array(data)
-    assert s["min"] == 0.1 and s["max"] == 3.0 and s["rounds"] == 10
-    assert s["mean"] == pytest.approx(a.mean(), rel=1e-12)
-    assert s["stddev"] == pytest.approx(a.std(ddof=1), rel=1e-12)  # sample std, as pytest-bm
-    assert s["median"] == pytest.approx(np.median(a), rel=1e-12)
-    assert s["total"] == pytest.approx(a.sum(), rel=1e-12)
-    assert s["ops"] == pytest.approx(10 / a.sum(), rel=1e-12)
-    # pytest-benchmark's quartiles (Wikipedia methods 3 and 2) are NumPy's "hazen" ones
-    q1, q3 = np.percentile(a, [25, 75], method="hazen")
-    assert (s["q1"], s["q3"]) == pytest.approx((q1, q3), rel=1e-12)
-    assert (s["q1"], s["q3"]) == pytest.approx((0.2, 0.6))  # medians of the two halves
-    assert s["iqr"] == pytest.approx(q3 - q1)
-    lo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
-    assert s["iqr_outliers"] == int(np.sum((a < lo) | (a > hi))) == 1
-    sd_out = int(np.sum(np.abs(a - a.mean()) > a.std(ddof=1)))
-    assert s["stddev_outliers"] == sd_out == 1
-    assert s["outliers"] == "1;1"
-    assert s["ld15iqr"] == 0.1  # lowest datum within 1.5 IQR under Q1
-    # highest datum within 1.5 IQR over Q3 (Tukey; pytest-benchmark >= 5.3.1)
-    assert s["hd15iqr"] == float(a[a <= hi].max())
-    assert s["data"] == data and s["iterations"] == 1
+    monkeypatch.setattr(benchmarks, "copy_bandwidth", fake)
+    return asked
 
 
-@pytest.mark.parametrize("n", [2, 3, 5, 7, 9, 11, 12, 14])
-def test_stats_of_quartiles_are_hazen_percentiles(n):
-    a = np.random.default_rng(n).lognormal(size=n)
-    s = stats_of(a)
-    assert (s["q1"], s["q3"]) == pytest.approx(np.percentile(a, [25, 75], method="hazen"))
+# ---------------------------------------------------------------- the pause between cases
 
 
-def test_stats_of_one_round_and_empty():
-    s = stats_of([0.25])
-    assert s["stddev"] == 0 and s["q1"] == s["q3"] == s["ld15iqr"] == s["hd15iqr"] == 0.25
-    assert s["ops"] == 4.0 and s["outliers"] == "0;0"
-    with pytest.raises(ValueError):
-        stats_of([])
+class Config:
+    def __init__(self, disabled):
+        self.disabled = disabled
+
+    def getoption(self, name, default=None):
+        return self.disabled if name == "benchmark_disable" else default
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 50, 201])
-def test_stats_of_matches_pytest_benchmark_stats(n):
-    pb_stats = pytest.importorskip("pytest_benchmark.stats")
-    rng = np.random.default_rng(n)
-    data = list(rng.lognormal(-7, 0.5, size=n))
-    if n > 4:
-        data[n // 2] *= 20  # an outlier
-    theirs = pb_stats.Stats()
-    for v in data:
-        theirs.update(v)
-    ours = stats_of(data)
-    expected = theirs.as_dict()
-    assert set(ours) == set(expected) | {"data", "iterations"}
-    for key, value in expected.items():
-        if isinstance(value, str):
-            assert ours[key] == value, key
-        else:
-            assert ours[key] == pytest.approx(value, rel=1e-12, abs=0), key
+def test_quiesce_sleeps_before_timed_cases_only(monkeypatch):
+    slept = []
+    monkeypatch.setattr(benchmarks.time, "sleep", slept.append)
+    benchmarks.quiesce(Config(disabled=False))
+    assert slept == [benchmarks.QUIESCE_S] and benchmarks.QUIESCE_S > 0
+    benchmarks.quiesce(Config(disabled=True))
+    assert slept == [benchmarks.QUIESCE_S]  # untimed runs (CI) do not wait
+
+
+def test_the_bench_suites_pause_through_the_same_policy(tmp_path, pauses):
+    """bench/conftest.py's autouse fixture calls benchmarks.quiesce before every case."""
+    pytest.importorskip("pytest_benchmark")
+    spec = importlib.util.spec_from_file_location("bench_conftest", REPO / "bench" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    (tmp_path / "bench_x.py").write_text(
+        "def test_a(benchmark):\n    benchmark(sum, [1, 2])\n"
+        "def test_b(benchmark):\n    benchmark(sum, [3])\n"
+    )
+    args = [str(tmp_path / "bench_x.py"), "-c", os.devnull, "--rootdir", str(tmp_path)]
+    args += ["-p", "no:cacheprovider", "-q", "--benchmark-max-time", "0.001"]
+    with redirect_stdout(io.StringIO()):
+        assert pytest.main(args, plugins=[conftest]) == 0
+    assert len(pauses) == 2
 
 
 # ---------------------------------------------------------------- a real tiny run
@@ -174,46 +100,55 @@ def test_stats_of_matches_pytest_benchmark_stats(n):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """`fastsoftmax bench` on softmax float32 512x10, numpy and numba, no trainer."""
+    """`fastsoftmax bench` on softmax float32 512x10, numpy and numba, no trainer: (JSON
+    path, stdout, stderr, the pauses taken)."""
     pytest.importorskip("numba")
+    pytest.importorskip("pytest_benchmark")
     path = tmp_path_factory.mktemp("bench") / "tiny.json"
-    out = io.StringIO()
-    with redirect_stdout(out):
-        status = main(
-            [
-                *("bench", "--op", "softmax", "--impl", "numpy", "--impl", "numba"),
-                *("--no-train", "--shape", "512x10", "--json", str(path)),
-            ]
-        )
-    assert status == 0
-    return path, out.getvalue()
+    out, err, calls = io.StringIO(), io.StringIO(), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(benchmarks, "QUIESCE_S", 0.01)
+        real = benchmarks.quiesce
+        mp.setattr(benchmarks, "quiesce", lambda config: (calls.append(config), real(config)))
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(
+                [
+                    *("bench", "--op", "softmax", "--impl", "numpy", "--impl", "numba"),
+                    *("--no-train", "--shape", "512x10", "--json", str(path)),
+                ]
+            )
+    assert status == 0, err.getvalue()
+    return path, out.getvalue(), err.getvalue(), calls
 
 
-def test_tiny_run_json_is_pytest_benchmark_format_with_consistent_extra_info(tiny_run):
-    path, _ = tiny_run
+def test_tiny_run_json_is_pytest_benchmarks_own(tiny_run):
+    import pytest_benchmark
+
+    path, _, err, calls = tiny_run
     doc = json.loads(path.read_text())
     assert set(doc) == {"machine_info", "commit_info", "benchmarks", "datetime", "version"}
+    assert doc["version"] == pytest_benchmark.__version__  # written by pytest-benchmark
+    assert len(calls) == 2  # one pause before each case, through benchmarks.quiesce
+    assert "2 passed" in err  # pytest's report goes to stderr
     m = doc["machine_info"]
-    assert m["threads"] >= 1 and m["cores"] >= 1 and m["cpu_model"]
+    assert m["python_version"] == platform.python_version() and "cpu" in m  # its own
+    assert m["threads"] >= 1 and m["cores"] >= 1 and m["cpu_model"]  # ours
     assert m["numpy"] == np.__version__ and m["mode"] == "quick"
+    assert m["numba_target"] == benchmarks.numba_target()
+    by_impl = {b["params"]["impl"]: b for b in doc["benchmarks"]}
+    assert sorted(by_impl) == ["numba", "numpy"]
     case = OpCase("softmax", 512, 10, "float32")
-    by_name = {b["name"]: b for b in doc["benchmarks"]}
-    assert sorted(by_name) == ["numba", "numpy"]
-    for b in doc["benchmarks"]:
+    for impl, b in by_impl.items():
         assert b["group"] == case.group == "softmax float32 512x10"
-        assert b["params"] == {
-            "impl": b["name"],
-            "op": "softmax",
-            "n": 512,
-            "c": 10,
-            "dtype": "float32",
-        }
+        assert b["params"] == {"impl": impl, "op": "softmax", "n": 512, "c": 10, "dtype": "float32"}
+        assert b["fullname"] == f"benchmarks.py::bench_op[softmax-float32-512x10-{impl}]"
+        assert b["options"]["max_time"] == 0.3 and b["options"]["min_rounds"] == 3
         st = b["stats"]
-        assert set(st) == STAT_KEYS - {"data"}  # the statistics, not every round's time
-        assert st["rounds"] >= 3 and st["iterations"] == 1
+        assert set(st) == stats_fields()  # the statistics, not every round's time
+        assert st["rounds"] >= 3 and st["iterations"] >= 1
         assert 0 < st["min"] <= st["median"] <= st["max"] < 1
-        e = b["extra_info"]
-        med = st["median"]
+        assert st["ops"] == pytest.approx(1 / st["mean"], rel=1e-9)
+        e, med = b["extra_info"], st["median"]
         assert e["bytes_moved"] == case.bytes_moved == 2 * 512 * 10 * 4
         assert e["GB/s"] == pytest.approx(e["bytes_moved"] / med / 1e9, rel=1e-12)
         assert e["copy_GB/s"] == m["copy_GB/s"] > 0.1  # the one measurement of this run
@@ -221,16 +156,20 @@ def test_tiny_run_json_is_pytest_benchmark_format_with_consistent_extra_info(tin
             e["GB/s"] / e["copy_GB/s"], rel=1e-12
         )
         assert e["samples_per_s"] == pytest.approx(512 / med, rel=1e-12)
-        ref = by_name["numpy"]["stats"]["median"]
-        assert e["speedup"] == pytest.approx(ref / med, rel=1e-12)
-    assert by_name["numpy"]["extra_info"]["speedup"] == 1.0
+        assert e["device"] == "cpu" and e["bytes_model"] == benchmarks.BYTES_MODEL["softmax"]
+        ref = by_impl["numpy"]["stats"]["median"]
+        assert e["speedup"] == pytest.approx(ref / med, rel=1e-12) and e["reference"] == "numpy"
+    assert by_impl["numpy"]["extra_info"]["speedup"] == 1.0
 
 
 def test_tiny_run_prints_table_and_writes_plot(tiny_run):
-    path, out = tiny_run
+    import pytest_benchmark
+
+    path, out, _, _ = tiny_run
     doc = json.loads(path.read_text())
-    assert "softmax float32 512x10" in out and f"JSON (pytest-benchmark format): {path}" in out
-    numba = next(b for b in doc["benchmarks"] if b["name"] == "numba")
+    assert "softmax float32 512x10" in out
+    assert f"JSON (pytest-benchmark {pytest_benchmark.__version__}): {path}" in out
+    numba = next(b for b in doc["benchmarks"] if b["params"]["impl"] == "numba")
     row = next(line for line in out.splitlines() if line.strip().startswith("numba"))
     cols = row.split()
     assert float(cols[1]) == pytest.approx(numba["stats"]["median"] * 1e3, abs=1e-3)
@@ -243,8 +182,7 @@ def test_tiny_run_prints_table_and_writes_plot(tiny_run):
 
 
 def test_tiny_run_is_read_by_pytest_benchmark_compare(tiny_run, tmp_path):
-    pytest.importorskip("pytest_benchmark")
-    path, _ = tiny_run
+    path, _, _, _ = tiny_run
     doc = json.loads(path.read_text())
     csv_prefix = tmp_path / "cmp"
     done = subprocess.run(
@@ -261,41 +199,29 @@ def test_tiny_run_is_read_by_pytest_benchmark_compare(tiny_run, tmp_path):
     with open(csv_prefix.with_suffix(".csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
     got = {r["param:impl"]: float(r["median"]) for r in rows}
-    want = {b["name"]: b["stats"]["median"] for b in doc["benchmarks"]}
+    want = {b["params"]["impl"]: b["stats"]["median"] for b in doc["benchmarks"]}
     assert got == pytest.approx(want, rel=1e-9)
 
 
-# ---------------------------------------------------------------- run(): selection
+# ---------------------------------------------------------------- run(): what is timed
 
 
-@pytest.fixture
-def fake_copy(monkeypatch):
-    """copy_bandwidth replaced by a fixed 10 GB/s; records the thread counts asked."""
-    asked = []
-
-    def fake(threads=None, *args, **kwargs):
-        asked.append(threads)
-        return 1e10
-
-    monkeypatch.setattr(benchmarks, "copy_bandwidth", fake)
-    return asked
-
-
-def test_run_trainer_cases(fake_copy):
+def test_run_trainer_cases(fake_copy, pauses, tmp_path):
     numba = pytest.importorskip("numba")
     before = numba.get_num_threads()
     doc = benchmarks.run(
-        threads=1, impls=["numpy", "numba"], ops=[], train_rows=2000, progress=None
+        threads=1, impls=["numpy", "numba"], ops=[], train_rows=2000, json_path=tmp_path / "t.json"
     )
     assert fake_copy == [1]  # measured once, with the run's thread count
     assert numba.get_num_threads() == before  # restored
     assert doc["machine_info"]["threads"] == 1
-    by_name = {b["name"]: b for b in doc["benchmarks"]}
-    assert sorted(by_name) == ["numba", "numba-uint8", "numpy"]
+    by_name = {b["params"]["impl"]: b for b in doc["benchmarks"]}
+    assert sorted(by_name) == ["numba", "numba-uint8", "numpy"] and len(pauses) == 3
     flop = benchmarks.train_flop(2000, benchmarks.TRAIN_D, benchmarks.TRAIN_C)
     ref = by_name["numpy"]["stats"]["median"]
     for name, b in by_name.items():
-        assert b["group"].startswith("train ") and "2000 of 60000" in b["group"]
+        assert b["group"].startswith("train fit 1 epoch") and "2000 of 60000" in b["group"]
+        assert b["params"]["xtype"] == ("uint8" if name == "numba-uint8" else "float32")
         e, med = b["extra_info"], b["stats"]["median"]
         itemsize = 1 if name == "numba-uint8" else 4
         assert e["bytes_moved"] == 2000 * benchmarks.TRAIN_D * itemsize
@@ -307,23 +233,33 @@ def test_run_trainer_cases(fake_copy):
         assert e["speedup"] == pytest.approx(ref / med, rel=1e-12)
 
 
-def test_quick_run_skips_the_reference_on_large_cases(fake_copy):
+def test_quick_run_skips_the_reference_on_large_cases(fake_copy, pauses, tmp_path, capsys):
     pytest.importorskip("numba")
-    lines: list[str] = []
     doc = benchmarks.run(
         impls=["numpy", "numba"],
         ops=["softmax"],
         shapes=[(2000, 6000)],
         train=False,
-        progress=lines.append,
+        json_path=tmp_path / "q.json",
     )
     (only,) = doc["benchmarks"]  # N x C = 1.2e7: the reference is left out in quick mode
-    assert only["name"] == "numba" and only["group"] == "softmax float32 2000x6000"
+    assert only["params"]["impl"] == "numba" and only["group"] == "softmax float32 2000x6000"
     assert "speedup" not in only["extra_info"]
-    assert any("numpy" in line and "skipped" in line for line in lines)
+    err = capsys.readouterr().err
+    assert "1 skipped" in err and "numpy at N x C > 1e7" in err
 
 
-def test_run_times_a_gpu_row_on_device_arrays_against_the_device_copy(fake_copy, monkeypatch):
+def fake_row(name, run_on_device, device="cpu", to_device=None):
+    from fastsoftmax import implementations
+
+    return implementations.Implementation(
+        name, "peer", lambda: None, run_on_device, ("softmax",), device, to_device
+    )
+
+
+def test_run_times_a_gpu_row_on_device_arrays_against_the_device_copy(
+    fake_copy, pauses, monkeypatch, tmp_path
+):
     """A stand-in GPU row: inputs moved once before timing, its synchronizer called after
     every call, its fraction taken of the device-to-device copy bandwidth."""
     from fastsoftmax import implementations
@@ -332,7 +268,7 @@ def test_run_times_a_gpu_row_on_device_arrays_against_the_device_copy(fake_copy,
         def __init__(self, a):
             self.a = a
 
-    moved, ran, synced = [], [], []
+    moved, log = [], []
 
     def to_device(a):
         moved.append(a.shape)
@@ -340,54 +276,85 @@ def test_run_times_a_gpu_row_on_device_arrays_against_the_device_copy(fake_copy,
 
     def run_on_device(op, x):
         assert isinstance(x, OnDevice)  # never a host array while timed
-        ran.append(op)
+        log.append("run")
         return x
 
-    fake = implementations.Implementation(
-        "fake-gpu", "gpu-peer", lambda: None, run_on_device, ("softmax",), "gpu", to_device
-    )
+    fake = fake_row("fake-gpu", run_on_device, "gpu", to_device)
     monkeypatch.setattr(implementations, "IMPLEMENTATIONS", (fake,))
     monkeypatch.setattr(benchmarks, "device_copy_bandwidth", lambda: 2e12)
-    monkeypatch.setattr(
-        benchmarks, "synchronizer", lambda name: (lambda: synced.append(name)) if name else None
-    )
+    monkeypatch.setattr(benchmarks, "synchronizer", lambda name: lambda: log.append(f"sync {name}"))
     doc = benchmarks.run(
-        ops=["softmax", "cross_entropy"], shapes=[(64, 10)], train=False, progress=None
+        ops=["softmax", "cross_entropy"], shapes=[(64, 10)], train=False, json_path=tmp_path / "g"
     )
     (b,) = doc["benchmarks"]  # cross_entropy is not among the row's ops
-    assert b["name"] == "fake-gpu" and b["extra_info"]["device"] == "gpu"
+    assert b["params"]["impl"] == "fake-gpu" and b["extra_info"]["device"] == "gpu"
     assert moved == [(64, 10)]  # moved once, outside the timed calls
-    assert len(ran) == len(synced) == b["stats"]["rounds"] + 1  # + the warm-up call
-    assert set(synced) == {"fake-gpu"}
+    n_calls = len(log) // 2
+    assert n_calls > b["stats"]["rounds"] * b["stats"]["iterations"]  # + warm-up calls
+    assert log == ["run", "sync fake-gpu"] * n_calls  # a sync after every call
     assert b["extra_info"]["copy_GB/s"] == doc["machine_info"]["gpu_copy_GB/s"] == 2000.0
     assert b["extra_info"]["fraction_of_copy_bandwidth"] == pytest.approx(
         b["extra_info"]["GB/s"] / 2000.0, rel=1e-12
     )
 
 
-def test_run_rejects_unknown_names(fake_copy):
+def test_a_failing_case_fails_the_command_and_keeps_the_others(
+    fake_copy, pauses, monkeypatch, tmp_path, capsys
+):
+    from fastsoftmax import implementations
+
+    def broken(op, x):
+        raise ArithmeticError("the kernel broke")
+
+    rows = (fake_row("fine", lambda op, x: x), fake_row("broken", broken))
+    monkeypatch.setattr(implementations, "IMPLEMENTATIONS", rows)
+    path = tmp_path / "f.json"
+    argv = ["bench", "--op", "softmax", "--shape", "8x4", "--no-train", "--json", str(path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the kernel broke" in err and "1 failed, 1 passed" in err
+    assert "fastsoftmax: error: the pytest-benchmark run failed" in err and str(path) in err
+    assert [b["params"]["impl"] for b in benchmarks.load_json(path)["benchmarks"]] == ["fine"]
+
+
+def test_run_rejects_unknown_names_and_empty_runs(fake_copy, tmp_path):
     with pytest.raises(ValueError, match="nope"):
-        benchmarks.run(impls=["nope"], train=False, progress=None)
+        benchmarks.run(impls=["nope"], train=False)
     with pytest.raises(ValueError, match="softmin"):
-        benchmarks.run(ops=["softmin"], train=False, progress=None)
+        benchmarks.run(ops=["softmin"], train=False)
+    with pytest.raises(ValueError, match="threads"):
+        benchmarks.run(threads=0)
+    with pytest.raises(ValueError, match="nothing to time"):
+        benchmarks.run(ops=[], train=False, json_path=tmp_path / "e.json")
     assert fake_copy == []  # nothing measured before the arguments are checked
 
 
-# ---------------------------------------------------------------- compare
+def test_run_without_pytest_benchmark_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # its import raises
+    with pytest.raises(ImportError, match=r"pip install 'fastsoftmax\[bench\]'"):
+        benchmarks.run(train=False)
+    assert main(["bench", "--no-train"]) == 2
+    assert "fastsoftmax[bench]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- documents, compare
 
 
 def entry(group, name, median, **extra):
-    """A benchmark entry whose median is exactly `median` (three rounds around it)."""
-    stats = stats_of([median * 0.9, median, median * 1.2])
+    """A benchmark entry as pytest-benchmark writes it, whose median is exactly `median`
+    (pytest-benchmark's Stats of three rounds around it)."""
+    stats = pytest.importorskip("pytest_benchmark.stats").Stats()
+    for t in (median * 0.9, median, median * 1.2):
+        stats.update(t)
     return {
         "group": group,
-        "name": name,
-        "fullname": f"x::{group}::{name}",
+        "name": f"bench_x[{name}]",
+        "fullname": f"x.py::bench_x[{group}-{name}]",
         "params": {"impl": name, **extra.pop("params", {})},
         "param": name,
         "options": {},
         "extra_info": extra,
-        "stats": stats,
+        "stats": {**stats.as_dict(), "iterations": 1},
     }
 
 
@@ -397,72 +364,62 @@ def doc_of(*entries, **machine):
         "commit_info": {},
         "benchmarks": list(entries),
         "datetime": "2026-01-01T00:00:00+00:00",
-        "version": benchmarks.FORMAT_VERSION,
+        "version": "5.3.1",
     }
 
 
-A_DOC = doc_of(
-    entry("g1", "numpy", 2.0e-3),
-    entry("g1", "numba", 1.0e-3),
-    entry("g2", "numba", 5.0e-3),
-    entry("only-a", "numba", 1.0),
-)
-B_DOC = doc_of(
-    entry("g1", "numba", 1.5e-3),
-    entry("g1", "numpy", 1.0e-3),
-    entry("g2", "numba", 5.0e-3),
-    entry("only-b", "x", 1.0),
-)
+def write(tmp_path, name, doc) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
 
 
-def test_compare_matches_by_group_and_name():
-    rows = compare(A_DOC, B_DOC)
-    assert [(r["group"], r["name"]) for r in rows] == [
-        ("g1", "numpy"),
-        ("g1", "numba"),
-        ("g2", "numba"),
-    ]
-    assert [r["median_a"] for r in rows] == pytest.approx([2e-3, 1e-3, 5e-3])
-    assert [r["median_b"] for r in rows] == pytest.approx([1e-3, 1.5e-3, 5e-3])
-    assert [r["change"] for r in rows] == pytest.approx([-0.5, 0.5, 0.0])
-    text = format_compare(rows)
-    assert "-50.0%" in text and "+50.0%" in text and "2.00x faster" in text
-    assert "only-a" not in text and "only-b" not in text
-    assert "no benchmark" in format_compare(compare(A_DOC, doc_of()))
+def test_drop_raw_data_keeps_the_statistics():
+    doc = doc_of(entry("g", "numba", 1e-3))
+    doc["benchmarks"][0]["stats"]["data"] = [1e-3] * 3
+    stats = dict(doc["benchmarks"][0]["stats"])
+    assert benchmarks.drop_raw_data(doc) is doc
+    assert doc["benchmarks"][0]["stats"] == {k: v for k, v in stats.items() if k != "data"}
 
 
-def test_write_json_drops_raw_data_and_keeps_the_document(tmp_path):
-    doc = copy.deepcopy(A_DOC)
-    path = benchmarks.write_json(doc, tmp_path / "a.json")
-    assert doc == A_DOC  # the caller's document keeps its data
-    written = benchmarks.load_json(path)
-    assert all("data" not in b["stats"] for b in written["benchmarks"])
-    for w, a in zip(written["benchmarks"], A_DOC["benchmarks"], strict=True):
-        assert w["stats"] == {k: v for k, v in a["stats"].items() if k != "data"}
-    assert compare(written, A_DOC) == compare(A_DOC, A_DOC)
-    kept = benchmarks.load_json(benchmarks.write_json(doc, tmp_path / "b.json", raw_data=True))
-    assert kept["benchmarks"][0]["stats"]["data"] == A_DOC["benchmarks"][0]["stats"]["data"]
-
-
-def test_cli_compare_two_files(tmp_path, capsys):
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    benchmarks.write_json(A_DOC, a)
-    benchmarks.write_json(B_DOC, b)
+def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
+    a = write(tmp_path, "a.json", doc_of(
+        entry("g1", "numpy", 4.0e-3), entry("g1", "numba", 2.0e-3),
+        entry("g2", "numba", 5.0e-3), entry("only-a", "numba", 1.0),
+    ))  # fmt: skip
+    b = write(tmp_path, "b.json", doc_of(
+        entry("g1", "numba", 3.0e-3), entry("g1", "numpy", 2.0e-3),
+        entry("g2", "numba", 5.0e-3), entry("only-b", "x", 1.0),
+    ))  # fmt: skip
     assert main(["bench", "--compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert str(a) in out and str(b) in out
-    numba_g1 = next(line for line in out.splitlines() if line.strip().startswith("numba"))
-    assert numba_g1.split()[1:4] == ["1.000", "1.500", "+50.0%"]
+    assert f"A = {a}" in out and f"B = {b}" in out
+    assert "benchmark 'g1': 2 tests, 2 sources" in out and "A Median" in out
+    assert "only-a" not in out and "only-b" not in out
+    assert "2 benchmark(s) in only one of the files left out" in out
+    rows, group = {}, None
+    for line in out.splitlines():
+        if "benchmark '" in line:
+            group = line.split("'")[1]
+        elif "bench_x[" in line:  # name, A min, B min, change, A median, B median, change
+            rows[group, line.split()[0]] = line.split()[1:]
+    assert sorted(rows) == [("g1", "bench_x[numba]"), ("g1", "bench_x[numpy]"),
+                            ("g2", "bench_x[numba]")]  # fmt: skip
+    assert "Name (time in ms)" in out
+    assert rows["g1", "bench_x[numba]"][3:] == ["2.0000", "3.0000", "+50.0%"]
+    assert rows["g1", "bench_x[numpy]"][3:] == ["4.0000", "2.0000", "-50.0%"]
+    assert rows["g2", "bench_x[numba]"][2::3] == ["+0.0%", "+0.0%"]
 
 
-def test_cli_compare_reads_pytest_benchmarks_own_json(capsys):
+def test_cli_compare_reads_the_bench_suites_json(tmp_path, capsys):
     own = REPO / "bench" / "results" / "train_cpu.json"
     if not own.exists():
         pytest.skip(f"{own} is not there")
-    assert main(["bench", "--compare", str(own), str(own)]) == 0
+    copy = shutil.copy(own, tmp_path / "again.json")
+    assert main(["bench", "--compare", str(own), str(copy)]) == 0
     out = capsys.readouterr().out
     n = len(json.loads(own.read_text())["benchmarks"])
-    assert out.count("+0.0%") == n > 0
+    assert out.count("+0.0%") == 2 * n > 0  # min and median of every benchmark
 
 
 @pytest.mark.parametrize(
@@ -470,13 +427,12 @@ def test_cli_compare_reads_pytest_benchmarks_own_json(capsys):
     [
         ("{not json", "not valid JSON"),
         ('{"runs": []}', "no 'benchmarks'"),
-        ('{"benchmarks": [{"name": "x"}]}', "stats.median"),
+        ('{"benchmarks": [{"name": "x"}]}', "without a name, fullname or stats"),
         (None, "No such file"),
     ],
 )
 def test_cli_compare_bad_file_exits_2_naming_it(tmp_path, capsys, content, message):
-    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
-    benchmarks.write_json(A_DOC, good)
+    good, bad = write(tmp_path, "good.json", doc_of(entry("g", "n", 1.0))), tmp_path / "bad.json"
     if content is not None:
         bad.write_text(content)
     assert main(["bench", "--compare", str(good), str(bad)]) == 2
@@ -485,6 +441,13 @@ def test_cli_compare_bad_file_exits_2_naming_it(tmp_path, capsys, content, messa
 
 
 # ---------------------------------------------------------------- table, CLI options
+
+
+def test_rates():
+    r = benchmarks.rates(0.5, bytes_moved=2e9, rows=1000, copy_bw=8e9)
+    assert r == {"seconds": 0.5, "samples_per_s": 2000.0, "bytes_moved": 2e9, "GB/s": 4.0,
+                 "copy_GB/s": 8.0, "fraction_of_copy_bandwidth": 0.5}  # fmt: skip
+    assert benchmarks.rates(0.5) == {"seconds": 0.5}
 
 
 def test_format_table_rows():
@@ -556,9 +519,9 @@ def test_cli_bench_passes_options_and_notes_missing_matplotlib(tmp_path, monkeyp
     assert main(argv) == 0
     assert seen["full"] is True and seen["threads"] == 3 and seen["train"] is False
     assert seen["impls"] == ["numba"] and seen["ops"] == ["softmax", "cross_entropy"]
-    assert seen["shapes"] == [(512, 10), (8, 4)]
+    assert seen["shapes"] == [(512, 10), (8, 4)] and seen["json_path"] == str(path)
     captured = capsys.readouterr()
-    assert benchmarks.load_json(path)["benchmarks"][0]["name"] == "numba"
+    assert "numba" in captured.out and f"JSON (pytest-benchmark 5.3.1): {path}" in captured.out
     assert not path.with_suffix(".png").exists()
     assert "no plot written" in captured.err and "fastsoftmax[plot]" in captured.err
 

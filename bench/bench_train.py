@@ -79,11 +79,11 @@ def test_sgd_step(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
             opt.step()
 
     else:
-        from fastsoftmax.train.loop import _step_function, x_scale_for
+        from fastsoftmax.train.loop import step_function, x_scale_for
 
         st = TrainState.zeros(C, D, np.float32, np.random.default_rng(0))
         losses = np.zeros(1)
-        run, a = _step_function(impl), x_scale_for(data)
+        run, a = step_function(impl), x_scale_for(data)
 
         def step():
             run(data, y, order, 0, 1, BATCH, st.W, st.b, st.vW, st.vb, 0.1, 0.0, 0.0, a, losses)

@@ -572,7 +572,7 @@ class SoftmaxRegression:
         in y).  Hooks: ``on_progress(state, steps_per_epoch)`` after every kernel call,
         ``on_epoch_end(state, seconds)`` after every epoch, ``should_stop() -> bool``
         polled between kernel calls.  Returns False when should_stop() stopped it (the
-        model is then consistent and can be saved with ``fastsoftmax.train.save_model``;
+        model is then consistent and can be saved with ``fastsoftmax.save_model``;
         the continuation gives the same weights as an uninterrupted run).
         """
         self._validate_params()

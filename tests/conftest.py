@@ -10,6 +10,32 @@ import pytest
 
 from fastsoftmax.implementations import IMPLEMENTATIONS
 
+# The float64 half of the big parameter matrices compiles its own set of kernels; the
+# default run leaves it to `pytest --full` (which CI runs too).
+FULL = pytest.mark.full
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="also run the tests marked `full` (the whole parameter matrix; CI runs them)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: part of the whole matrix, run with --full")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    kept = [item for item in items if "full" not in item.keywords]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if "full" in i.keywords])
+        items[:] = kept
+
+
 # One tolerance table per dtype, for comparisons with the float64 reference.  atol is
 # relative to the gradient's scale (1/N for a mean), so it means "units of the largest
 # possible entry".  float32: the kernels' exp is within 1.2 ulp and sums are float64.

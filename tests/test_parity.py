@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close, backend_params, random_logits
+from conftest import FULL, assert_close, backend_params, random_logits
 
 import fastsoftmax as fs
 
@@ -24,6 +24,8 @@ SMALL_SHAPES = [
     (4, 5000),
 ]
 DTYPES = [np.float32, np.float64]
+# float64 with --full (see conftest.FULL)
+DTYPE_PARAMS = [np.float32, pytest.param(np.float64, marks=FULL)]
 IGNORE = -100
 
 
@@ -63,7 +65,7 @@ def _targets(rng, n, c, ignore):
 @pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["eps0", "eps0.1"])
 @pytest.mark.parametrize("ignore", [False, True], ids=["all-rows", "ignored-rows"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_cross_entropy_with_grad(impl, shape, dtype, reduction, ignore, smoothing, weighted, rng):
     n, c = shape
@@ -89,7 +91,7 @@ def test_cross_entropy_with_grad(impl, shape, dtype, reduction, ignore, smoothin
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.2], ids=["eps0", "eps0.2"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize(
     "shape", [*SMALL_SHAPES, (60000, 10), (2, 128256)], ids=lambda s: f"{s[0]}x{s[1]}"
 )
@@ -114,7 +116,7 @@ def test_cross_entropy_probability_targets(impl, shape, dtype, reduction, smooth
 
 @pytest.mark.parametrize("impl", backend_params())
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_softmax_family(impl, op, shape, dtype, rng):
     x = random_logits(rng, shape, dtype)
@@ -126,7 +128,7 @@ def test_softmax_family(impl, op, shape, dtype, rng):
 
 @pytest.mark.parametrize("impl", backend_params())
 @pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize(
     "shape", [*SMALL_SHAPES, (60000, 10), (2, 128256)], ids=lambda s: f"{s[0]}x{s[1]}"
 )

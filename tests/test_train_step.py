@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR
+from conftest import FULL, MNIST_DIR
 
 from fastsoftmax.train import TrainState, train_epochs
 from fastsoftmax.train.loop import x_scale_for
 
 BACKENDS = ["numpy", "numba"]
 DTYPES = [np.float32, np.float64]
+# float64 with --full (see conftest.FULL)
+DTYPE_PARAMS = [np.float32, pytest.param(np.float64, marks=FULL)]
 
 # Comparisons of a few steps with the float64 oracle: (rtol, atol in units of the
 # compared array's largest entry).
@@ -151,7 +153,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=["f32", "f64"])
 @pytest.mark.parametrize("x_kind", ["uint8", "float"])
 @pytest.mark.parametrize("C", [2, 10, 33])
 @pytest.mark.parametrize(("n", "batch", "d", "lr", "mu", "wd"), CASES)
@@ -178,7 +180,7 @@ def test_epoch_of_steps_matches_float64_oracle(backend, dtype, x_kind, C, n, bat
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=["f32", "f64"])
 @pytest.mark.parametrize("C", [2, 10, 33])
 @pytest.mark.parametrize("mu", [0.0, 0.9])
 def test_rates_row_weights_and_averaging_match_the_oracle(backend, dtype, C, mu):
@@ -232,7 +234,7 @@ def test_numba_thread_counts_against_the_oracle(nthreads, x_kind, C):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS, ids=["f32", "f64"])
 def test_steps_in_the_middle_of_an_epoch(backend, dtype):
     """s0 > 0: the kernel runs steps s0..s1-1 of the order and writes only losses[s0:s1]."""
     rng = np.random.default_rng(7)

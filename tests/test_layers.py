@@ -21,7 +21,7 @@ LAYERS = {
     "estimators": ("estimator", "dask"),
     "apps": (
         "cli", "benchmarks", "plots", "data", "implementations", "warmup", "__init__",
-        "__main__",
+        "__main__", "torch",
     ),
 }  # fmt: skip
 RANK = {part: rank for rank, parts in enumerate(LAYERS.values()) for part in parts}

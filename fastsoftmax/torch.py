@@ -1,0 +1,818 @@
+"""fastsoftmax for PyTorch: the fused cross-entropy as a drop-in loss (the ``torch`` extra).
+
+``cross_entropy`` and ``CrossEntropyLoss`` take ``torch.nn.functional.cross_entropy``'s
+and ``torch.nn.CrossEntropyLoss``'s arguments, ``linear_cross_entropy`` those of
+PyTorch 2.13's ``F.linear_cross_entropy``; results and gradients are PyTorch's, with
+the package's two documented differences (a "mean" over no kept row is 0, not NaN; a
+term with a zero coefficient is 0 even where log_softmax is -inf).
+
+How a call runs
+---------------
+* The forward pass computes the loss *and* d(loss)/d(input) in one pass over the
+  logits (``fastsoftmax.cross_entropy_with_grad``); the gradient is saved, and the
+  backward pass only multiplies it by the upstream gradient (a scalar for "mean" and
+  "sum", one factor per row for "none").  When that factor is exactly 1 (the usual
+  ``loss.backward()``) on the CPU, the saved gradient itself becomes ``input.grad``.
+  Without grad mode, or when the input does not require grad, only the loss is computed.
+* CPU tensors reach the Numba kernels as zero-copy NumPy views (``tensor.numpy()``),
+  and the gradient is written straight into a tensor PyTorch owns.  float32 and float64
+  compute in their own type; float16 and bfloat16 are copied to float32 (the gradient
+  then overwrites that copy) and come back in their dtype.  A non-contiguous input is
+  copied once and gives exactly the contiguous input's result.
+* CUDA tensors reach the CuPy kernels through DLPack on PyTorch's current stream, with
+  no copy to the host (the CuPy backend reads back one flag per call to report a bad
+  target).  They need the ``cuda`` extra.
+* The kernels use at most ``torch.get_num_threads()`` threads (and never more than
+  ``fastsoftmax.get_num_threads()``), so they share the cores with PyTorch's intra-op
+  pool; calls of up to 16384 logits, such as a classifier's minibatch, run on the
+  calling thread.
+* The ops are ``torch.library`` custom ops (``fastsoftmax::cross_entropy``,
+  ``cross_entropy_fwd``, ``linear_cross_entropy``, ``linear_cross_entropy_fwd``,
+  ``linear_cross_entropy_bwd``) with fake (meta) implementations and autograd formulas,
+  so ``torch.compile(fullgraph=True)`` traces them without a graph break.  Outside
+  ``torch.compile`` the eager ``cross_entropy`` runs the same code through a
+  ``torch.autograd.Function``, which costs ~100 us less per call than the custom op's
+  dispatch (what matters for small minibatches).
+
+``linear_cross_entropy`` runs PyTorch's GEMMs (MKL, cuBLAS) on chunks of rows and the
+fused kernel on each chunk's logits in place, so at most ``chunk_size x V`` logits exist
+at a time (default: 1/16 of the N x V logits, 64 rows at least, 256 MiB at most); dinput,
+dweight and dbias are computed in the forward pass for "mean" and "sum".  For "none"
+the backward needs each row's upstream factor inside dweight's sum, so the forward
+computes the loss alone and the backward computes the logits again, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _api
+from . import _validate as check
+from ._backends import BackendUnavailableError
+from ._threads import get_num_threads, thread_limit
+
+__all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
+
+# the dtype each input dtype is computed in
+_WORK = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+}
+# The eager cross_entropy runs through _CrossEntropyFunction (lower per-call cost than
+# the custom op's dispatch); False sends eager calls through the custom ops too (tests)
+EAGER_FUNCTION = True
+
+# CPU buffers of at least this many elements are allocated by NumPy (_new); smaller
+# ones by torch.empty, 0.5 us faster
+NUMPY_MIN_ELEMENTS = 2**18
+
+# Calls of at most this many logits run on the calling thread whatever the thread
+# settings (README, Threads), so they skip thread_limit's ~3 us
+SERIAL_LOGITS = 16384
+
+# linear_cross_entropy's default chunk: at most 1/CHUNK_FRACTION of the logits (peak
+# extra memory ~6% of N x V, the target is <= 10%), at least CHUNK_MIN_ROWS rows (GEMMs
+# of fewer rows run well below BLAS's speed), at most CHUNK_MAX_BYTES of logits
+CHUNK_FRACTION = 16
+CHUNK_MIN_ROWS = 64
+CHUNK_MAX_BYTES = 256 * 2**20
+
+
+# --------------------------------------------------------------------------------------
+# argument checks (PyTorch's argument names)
+# --------------------------------------------------------------------------------------
+def _legacy_reduction(size_average, reduce) -> str:
+    """torch.nn's mapping of the deprecated size_average and reduce to a reduction."""
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if not reduce:
+        return "none"
+    return "mean" if size_average else "sum"
+
+
+def _float_tensor(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _WORK:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got {x.dtype}"
+        )
+    return x
+
+
+def _same_device(x: Tensor, name: str, ref: Tensor, ref_name: str) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
+
+
+def _not_differentiable(x, name: str) -> None:
+    if x is not None and x.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError(
+            f"fastsoftmax.torch does not differentiate with respect to {name}; pass {name}.detach()"
+        )
+
+
+def _target(target, c: int, batch: tuple, input_shape: tuple, ref: Tensor) -> bool:
+    """Check `target` against the input; True for probabilities, False for indices."""
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _same_device(target, "target", ref, "input")
+    if target.is_floating_point():
+        if tuple(target.shape) != input_shape:
+            raise ValueError(
+                f"target of class probabilities must have input's shape {input_shape}, got "
+                f"{tuple(target.shape)}; class indices must be an integer tensor of shape "
+                f"{batch}"
+            )
+        return True
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"target must be integer class indices or floating-point probabilities, got "
+            f"{target.dtype}"
+        )
+    if tuple(target.shape) != batch:
+        raise ValueError(
+            f"target of class indices must have shape {batch} (input's shape {input_shape} "
+            f"without the class dimension), got {tuple(target.shape)}"
+        )
+    return False
+
+
+def _class_weight(weight, c: int, ref: Tensor, name: str = "weight"):
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(weight).__name__}")
+    if tuple(weight.shape) != (c,):
+        raise ValueError(f"{name} must have shape (C,) = ({c},), got {tuple(weight.shape)}")
+    if not (weight.is_floating_point() or weight.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must be a real tensor, got {weight.dtype}")
+    _same_device(weight, name, ref, "input")
+    _not_differentiable(weight, name)
+    return weight
+
+
+# --------------------------------------------------------------------------------------
+# the kernels on tensors
+# --------------------------------------------------------------------------------------
+# NumPy dtypes of the same item size: CPU buffers are allocated by NumPy
+_NUMPY = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.float16: np.float16,
+    torch.bfloat16: np.uint16,
+}
+
+
+def _new(shape, dtype: torch.dtype, like: Tensor, zero: bool = False) -> Tensor:
+    """An uninitialised (or zero) contiguous tensor on `like`'s device.  On the CPU its
+    memory comes from NumPy, which asks for transparent huge pages for large arrays:
+    a fresh 4096 x 32000 float32 gradient is written in 56 ms there against 141 ms in
+    torch.empty's 4 KiB pages (Linux, THP "madvise" mode)."""
+    if not like.is_cpu or math.prod(shape) < NUMPY_MIN_ELEMENTS:
+        return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=like.device)
+    arr = (np.zeros if zero else np.empty)(shape, _NUMPY[dtype])
+    t = torch.from_numpy(arr)
+    return t if t.dtype == dtype else t.view(dtype)
+
+
+def _cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous copy of x in `dtype` (in a _new buffer)."""
+    return _new(x.shape, dtype, x).copy_(x)
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as err:
+        raise BackendUnavailableError(
+            "CUDA tensors run on fastsoftmax's CuPy kernels: pip install 'fastsoftmax[cuda]'"
+        ) from err
+    return cupy
+
+
+INPLACE = "inplace"  # _kernel's grad= for a gradient written over the logits
+
+
+def _call(z, y, w, red: str, ignore: int, eps: float, grad):
+    """The op API on NumPy or CuPy arrays; grad: None, INPLACE or an array."""
+    if grad is None:
+        return _api.cross_entropy(
+            z, y, reduction=red, ignore_index=ignore, label_smoothing=eps, weight=w
+        )
+    if grad is INPLACE:
+        return _api.cross_entropy_with_grad(
+            z, y, reduction=red, ignore_index=ignore, label_smoothing=eps, weight=w,
+            inplace=True,
+        )[0]  # fmt: skip
+    return _api.cross_entropy_with_grad(
+        z, y, reduction=red, ignore_index=ignore, label_smoothing=eps, weight=w, out=grad
+    )[0]
+
+
+def _kernel(z: Tensor, y: Tensor, w, red: str, ignore: int, eps: float, grad) -> Tensor:
+    """The fused kernel on a contiguous (M, C) float32/float64 tensor `z` (detached):
+    returns the loss as a tensor of z's dtype; `grad` is None (loss only), INPLACE (the
+    gradient overwrites z) or an (M, C) tensor to receive it.  y, w: the target (int64 or
+    z's dtype) and class weights (z's dtype), contiguous, on z's device."""
+    if z.is_cpu:
+        wn = None if w is None else w.numpy()
+        gn = grad if grad is None or grad is INPLACE else grad.numpy()
+        threads = torch.get_num_threads()
+        if z.numel() <= SERIAL_LOGITS or threads >= get_num_threads():
+            loss = _call(z.numpy(), y.numpy(), wn, red, ignore, eps, gn)
+        else:  # PyTorch was told to use fewer threads than we may: so do we
+            with thread_limit(max(1, threads)):
+                loss = _call(z.numpy(), y.numpy(), wn, red, ignore, eps, gn)
+        return torch.from_numpy(np.asarray(loss))
+    if not z.is_cuda:
+        raise NotImplementedError(
+            f"input is on {z.device}; fastsoftmax.torch runs CPU and CUDA tensors"
+        )
+    cp = _cupy()
+    index = z.device.index
+    stream = torch.cuda.current_stream(z.device)
+    with cp.cuda.Device(index), cp.cuda.ExternalStream(stream.cuda_stream, index):
+        wc = None if w is None else cp.from_dlpack(w)
+        gc = grad if grad is None or grad is INPLACE else cp.from_dlpack(grad)
+        loss = _call(cp.from_dlpack(z), cp.from_dlpack(y), wc, red, ignore, eps, gc)
+        return torch.from_dlpack(loss)
+
+
+def _prepared(target: Tensor, weight, work: torch.dtype):
+    """target and class weights as the kernels take them (views when they already are)."""
+    y = target.detach()
+    y = y.to(work) if y.is_floating_point() else y
+    w = None if weight is None else weight.detach().to(work).contiguous()  # (C,): small
+    return y.contiguous(), w
+
+
+def _xent(x: Tensor, target: Tensor, weight, red: str, ignore: int, eps: float, want_grad):
+    """(loss, d loss/d x or None) of an (M, C) input, both in x's dtype; for "none" the
+    gradient is that of loss.sum()."""
+    dtype = x.dtype
+    work = _WORK[dtype]
+    z = x.detach()
+    fresh = dtype != work or not z.is_contiguous()
+    if fresh:  # our own copy: the gradient can overwrite it
+        z = _cast(z, work)
+    y, w = _prepared(target, weight, work)
+    g = None
+    if not want_grad:
+        loss = _kernel(z, y, w, red, ignore, eps, None)
+    elif fresh:
+        loss = _kernel(z, y, w, red, ignore, eps, INPLACE)
+        g = z
+    else:
+        g = _new(z.shape, work, z)
+        loss = _kernel(z, y, w, red, ignore, eps, g)
+    if dtype != work:
+        loss = loss.to(dtype)
+        g = None if g is None else _cast(g, dtype)
+    return loss, g
+
+
+def _is_one(go: Tensor) -> bool:
+    """go is exactly 1 and may be read now (a plain CPU tensor outside tracing)."""
+    return (
+        type(go) is Tensor
+        and go.is_cpu
+        and go.dim() == 0
+        and not go.requires_grad
+        and not torch.compiler.is_compiling()
+        and go.item() == 1.0
+    )
+
+
+def _scaled(g: Tensor, go: Tensor | None, rows: bool) -> Tensor | None:
+    """The saved gradient g times the upstream gradient go (per row when `rows`); None
+    when go is (an undefined gradient: no materialised zeros)."""
+    if go is None:
+        return None
+    if rows:
+        return g * go.unsqueeze(-1).to(g.dtype)
+    if _is_one(go):
+        return g
+    return g * go.to(g.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# custom ops: cross-entropy on (M, C)
+# --------------------------------------------------------------------------------------
+def _loss_like(x: Tensor, red: str) -> Tensor:
+    return x.new_empty((x.shape[0],) if red == "none" else ())
+
+
+@torch.library.custom_op("fastsoftmax::cross_entropy", mutates_args=())
+def _op_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+) -> Tensor:
+    """The loss alone (its backward computes the gradient again)."""
+    return _xent(input, target, weight, reduction, ignore_index, label_smoothing, False)[0]
+
+
+@_op_cross_entropy.register_fake
+def _(input, target, weight, reduction, ignore_index, label_smoothing):
+    return _loss_like(input, reduction)
+
+
+def _setup_cross_entropy(ctx, inputs, output):
+    input, target, weight, *opts = inputs
+    ctx.save_for_backward(input, target, weight)
+    ctx.opts = opts
+
+
+def _backward_cross_entropy(ctx, go):
+    input, target, weight = ctx.saved_tensors
+    _, g = torch.ops.fastsoftmax.cross_entropy_fwd(input, target, weight, *ctx.opts)
+    return _scaled(g, go, ctx.opts[0] == "none"), None, None, None, None, None
+
+
+_op_cross_entropy.register_autograd(_backward_cross_entropy, setup_context=_setup_cross_entropy)
+
+
+@torch.library.custom_op("fastsoftmax::cross_entropy_fwd", mutates_args=())
+def _op_cross_entropy_fwd(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[Tensor, Tensor]:
+    """(loss, the gradient of the loss, of loss.sum() for "none"): the fused forward."""
+    return _xent(input, target, weight, reduction, ignore_index, label_smoothing, True)
+
+
+@_op_cross_entropy_fwd.register_fake
+def _(input, target, weight, reduction, ignore_index, label_smoothing):
+    return _loss_like(input, reduction), torch.empty_like(
+        input, memory_format=torch.contiguous_format
+    )
+
+
+def _unused_outputs(ctx, outputs) -> None:
+    """The saved gradients are outputs only to reach setup_context: no gradient flows
+    into them (and none is materialised: zeros of dweight's size in every backward)."""
+    ctx.mark_non_differentiable(*outputs)
+    ctx.set_materialize_grads(False)
+
+
+def _setup_cross_entropy_fwd(ctx, inputs, output):
+    _unused_outputs(ctx, output[1:])
+    ctx.save_for_backward(output[1])
+    ctx.rows = inputs[3] == "none"
+
+
+def _backward_cross_entropy_fwd(ctx, go, _go_grad):
+    (g,) = ctx.saved_tensors
+    return _scaled(g, go, ctx.rows), None, None, None, None, None
+
+
+_op_cross_entropy_fwd.register_autograd(
+    _backward_cross_entropy_fwd, setup_context=_setup_cross_entropy_fwd
+)
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    """cross_entropy_fwd's autograd for eager calls, without the custom op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, opts):
+        loss, g = _xent(input, target, weight, *opts, True)
+        ctx.save_for_backward(g)
+        ctx.rows = opts[0] == "none"
+        return loss
+
+    @staticmethod
+    def backward(ctx, go):
+        (g,) = ctx.saved_tensors
+        return _scaled(g, go, ctx.rows), None, None, None
+
+
+# --------------------------------------------------------------------------------------
+# cross_entropy, CrossEntropyLoss
+# --------------------------------------------------------------------------------------
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``torch.nn.functional.cross_entropy`` on fastsoftmax's fused kernels.
+
+    input: (C,), (N, C) or (N, C, d1, ..., dK) logits, float16/bfloat16/float32/float64,
+        on the CPU or a CUDA device.
+    target: class indices of shape (), (N,) or (N, d1, ..., dK) (any integer dtype), or
+        class probabilities of input's shape (floating).
+    weight: (C,) class weights or None; ignore_index, reduction, label_smoothing, and the
+        deprecated size_average and reduce: as in PyTorch.
+
+    Returns the loss in input's dtype (a scalar, or the batch shape for "none"); the
+    backward reuses the gradient the forward computed.  A "mean" whose denominator is 0
+    (every target ignored) is 0 with a zero gradient, where PyTorch gives NaN.
+    Differentiable with respect to input only.
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    red = check.reduction_name(reduction)
+    eps = check.smoothing(label_smoothing)
+    ignore = check.ignore(ignore_index)
+    _float_tensor(input, "input")
+    d = input.dim()
+    if d == 0:
+        raise ValueError("input must have shape (C,), (N, C) or (N, C, d1, ...), got a 0-d tensor")
+    shape = tuple(input.shape)
+    c = shape[0] if d == 1 else shape[1]
+    batch = () if d == 1 else shape[:1] + shape[2:]
+    prob = _target(target, c, batch, shape, input)
+    _not_differentiable(target, "target")
+    weight = _class_weight(weight, c, input)
+
+    if d == 1:
+        x, t = input.unsqueeze(0), target.unsqueeze(0)
+    elif d == 2:
+        x, t = input, target
+    else:  # classes last, one row per position (a copy: the gradient comes back strided)
+        x = input.movedim(1, -1).reshape(-1, c)
+        t = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
+    grad = torch.is_grad_enabled() and input.requires_grad
+    if torch.compiler.is_compiling() or not EAGER_FUNCTION:
+        if grad:
+            loss = torch.ops.fastsoftmax.cross_entropy_fwd(x, t, weight, red, ignore, eps)[0]
+        else:
+            loss = torch.ops.fastsoftmax.cross_entropy(x, t, weight, red, ignore, eps)
+    elif grad:
+        loss = _CrossEntropyFunction.apply(x, t, weight, (red, ignore, eps))
+    else:
+        loss = _xent(x, t, weight, red, ignore, eps, False)[0]
+    return loss.reshape(batch) if red == "none" else loss
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` (same arguments, buffers and state_dict) whose
+    forward is :func:`cross_entropy`."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# linear cross-entropy: the chunk loop on tensors
+# --------------------------------------------------------------------------------------
+def default_chunk_size(n: int, v: int, itemsize: int) -> int:
+    """linear_cross_entropy's rows per chunk when chunk_size is None."""
+    by_bytes = CHUNK_MAX_BYTES // max(1, v * itemsize)
+    return max(1, min(n, max(CHUNK_MIN_ROWS, min(n // CHUNK_FRACTION, by_bytes))))
+
+
+def _denominator(y: Tensor, cw, v: int, ignore: int) -> float:
+    """The "mean"'s denominator over all rows of class-index targets (checking them)."""
+    valid = y != ignore
+    bad = valid & ((y < 0) | (y >= v))
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"target[{row}] = {int(y[row])} is out of range for {v} classes (ignore_index={ignore})"
+        )
+    if cw is None:
+        return float(valid.sum())
+    return float(torch.where(valid, cw[y.clamp(0, v - 1)], 0).sum(dtype=torch.float64))
+
+
+def _linear(
+    h, w, target, b, cw, red, ignore, eps, chunk_size, want, grad_output=None
+):  # fmt: skip
+    """(loss, dh, dw, db) of cross_entropy(h @ w.T + b): h (N, H), w (V, H), checked.
+    `want` = (dh, dw, db) wanted; unwanted gradients are None.  Without grad_output
+    the gradients are those of the loss ("mean", "sum" only); with it (the backward),
+    those of (loss * grad_output).sum()."""
+    dtype = h.dtype
+    work = _WORK[dtype]
+    hw, ww = h.detach(), w.detach()
+    hw = hw if hw.dtype == work and hw.is_contiguous() else _cast(hw, work)
+    ww = ww if ww.dtype == work and ww.is_contiguous() else _cast(ww, work)
+    bw = None if b is None else b.detach().to(work).contiguous()
+    n, v = hw.shape[0], ww.shape[0]
+    y, cwt = _prepared(target, cw, work)
+    denom = float(n) if y.is_floating_point() else _denominator(y, cwt, v, ignore)
+    scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
+    rows = red == "none"
+    want_h, want_w, want_b = want
+    want_w = want_w or want_b  # dbias comes from the same chunks
+    any_grad = want_h or want_w
+    if rows and any_grad and grad_output is None:
+        raise ValueError('the forward computes no gradient for reduction="none"')
+    chunk = chunk_size or default_chunk_size(n, v, ww.element_size())
+    kw = {"dtype": work, "device": hw.device}
+    buf = _new((min(chunk, n), v), work, hw)
+    dh = _new((n, hw.shape[1]), work, hw) if want_h else None
+    dw = _new(ww.shape, work, hw, zero=True) if want[1] else None
+    db = torch.zeros(v, **kw) if want_b and bw is not None else None
+    loss_rows = torch.empty(n, **kw) if rows else None
+    total = torch.zeros((), dtype=torch.float64, device=hw.device)
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        z = buf[: r1 - r0]
+        hr = hw[r0:r1]
+        if bw is None:
+            torch.mm(hr, ww.t(), out=z)
+        else:
+            torch.addmm(bw, hr, ww.t(), out=z)
+        loss = _kernel(
+            z, y[r0:r1], cwt, "none" if rows else "sum", ignore, eps,
+            INPLACE if any_grad else None,
+        )  # fmt: skip
+        if rows:
+            loss_rows[r0:r1] = loss
+        else:
+            total += loss
+        if not any_grad:
+            continue
+        if rows:
+            z.mul_(grad_output[r0:r1].to(work).unsqueeze(-1))
+        if dh is not None:
+            torch.mm(z, ww, out=dh[r0:r1])
+        if dw is not None:
+            dw.addmm_(z.t(), hr)
+        if db is not None:
+            db += z.sum(0)
+    factor = scale
+    if grad_output is not None and not rows:
+        factor = grad_output.to(work) * scale
+    if not (isinstance(factor, float) and factor == 1.0):
+        for t in (dh, dw, db):
+            if t is not None:
+                t.mul_(factor)
+    loss = loss_rows if rows else (total * scale).to(work)
+    return (
+        loss.to(dtype),
+        dh if dh is None or dh.dtype == dtype else _cast(dh, dtype),
+        dw if dw is None or dw.dtype == w.dtype else _cast(dw, w.dtype),
+        None if db is None else db.to(b.dtype),
+    )
+
+
+def _empty(x: Tensor) -> Tensor:
+    return x.new_empty(0)
+
+
+@torch.library.custom_op("fastsoftmax::linear_cross_entropy", mutates_args=())
+def _op_linear(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    linear_bias: Tensor | None,
+    weight: Tensor | None,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    chunk_size: int | None,
+) -> Tensor:
+    """The loss alone, chunk by chunk (its backward computes the logits again)."""
+    return _linear(
+        input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+        label_smoothing, chunk_size, (False, False, False),
+    )[0]  # fmt: skip
+
+
+@_op_linear.register_fake
+def _(input, linear_weight, target, linear_bias, weight, reduction, *_):
+    return _loss_like(input, reduction)
+
+
+def _setup_linear(ctx, inputs, output):
+    input, linear_weight, target, linear_bias, weight, *opts = inputs
+    ctx.save_for_backward(input, linear_weight, target, linear_bias, weight)
+    ctx.opts = opts
+
+
+def _backward_linear(ctx, go):
+    input, linear_weight, target, linear_bias, weight = ctx.saved_tensors
+    want = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+    dh, dw, db = torch.ops.fastsoftmax.linear_cross_entropy_bwd(
+        input, linear_weight, target, linear_bias, weight, go, *ctx.opts, *want
+    )
+    return (
+        dh if want[0] else None, dw if want[1] else None, None, db if want[2] else None,
+        None, None, None, None, None,
+    )  # fmt: skip
+
+
+_op_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
+
+
+def _grads_or_empty(input, linear_weight, linear_bias, grads):
+    dh, dw, db = grads
+    return (
+        _empty(input) if dh is None else dh,
+        _empty(linear_weight) if dw is None else dw,
+        _empty(input) if db is None else db,
+    )
+
+
+def _grads_like(input, linear_weight, linear_bias, want):
+    return (
+        torch.empty_like(input) if want[0] else _empty(input),
+        torch.empty_like(linear_weight) if want[1] else _empty(linear_weight),
+        torch.empty_like(linear_bias) if want[2] and linear_bias is not None else _empty(input),
+    )
+
+
+@torch.library.custom_op("fastsoftmax::linear_cross_entropy_fwd", mutates_args=())
+def _op_linear_fwd(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    linear_bias: Tensor | None,
+    weight: Tensor | None,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    chunk_size: int | None,
+    grad_input: bool,
+    grad_weight: bool,
+    grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, dinput, dweight, dbias) in one pass over the chunks ("mean" and "sum");
+    a gradient not asked for is an empty tensor."""
+    want = grad_input, grad_weight, grad_bias
+    loss, *grads = _linear(
+        input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+        label_smoothing, chunk_size, want,
+    )  # fmt: skip
+    return loss, *_grads_or_empty(input, linear_weight, linear_bias, grads)
+
+
+@_op_linear_fwd.register_fake
+def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
+    want = rest[-3:]
+    return _loss_like(input, reduction), *_grads_like(input, linear_weight, linear_bias, want)
+
+
+def _setup_linear_fwd(ctx, inputs, output):
+    _unused_outputs(ctx, output[1:])
+    ctx.save_for_backward(*output[1:])
+    ctx.want = inputs[-3:]
+
+
+def _backward_linear_fwd(ctx, go, *_):
+    grads = [
+        _scaled(g, go, False) if w else None
+        for g, w in zip(ctx.saved_tensors, ctx.want, strict=True)
+    ]
+    return grads[0], grads[1], None, grads[2], None, None, None, None, None, None, None, None
+
+
+_op_linear_fwd.register_autograd(_backward_linear_fwd, setup_context=_setup_linear_fwd)
+
+
+@torch.library.custom_op("fastsoftmax::linear_cross_entropy_bwd", mutates_args=())
+def _op_linear_bwd(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    linear_bias: Tensor | None,
+    weight: Tensor | None,
+    grad_output: Tensor,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    chunk_size: int | None,
+    grad_input: bool,
+    grad_weight: bool,
+    grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of (loss * grad_output).sum(), the logits computed again."""
+    want = grad_input, grad_weight, grad_bias
+    _, *grads = _linear(
+        input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+        label_smoothing, chunk_size, want, grad_output.detach(),
+    )  # fmt: skip
+    return _grads_or_empty(input, linear_weight, linear_bias, grads)
+
+
+@_op_linear_bwd.register_fake
+def _(input, linear_weight, target, linear_bias, weight, grad_output, *rest):
+    return _grads_like(input, linear_weight, linear_bias, rest[-3:])
+
+
+def _chunk_rows(chunk_size, options) -> int | None:
+    if chunk_size is None and options is not None:
+        chunk_size = getattr(options, "batch_chunk_size", None)
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(
+            f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return chunk_size
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options=None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` without
+    the (N, V) logits: PyTorch 2.13's ``F.linear_cross_entropy`` on fastsoftmax.
+
+    input: (H,) or (N, H); linear_weight: (V, H); linear_bias: (V,) or None; one
+        floating dtype (float16 and bfloat16 are computed in float32), one device.
+    target: class indices () or (N,) (any integer dtype), or probabilities of shape
+        (V,) or (N, V).  weight (class weights), reduction, ignore_index (None: -100) and
+        label_smoothing: as in PyTorch.
+    chunk_size: rows of logits computed at once; None takes ``options.batch_chunk_size``
+        (a ``torch.nn.LinearCrossEntropyOptions``) when given, else the default (about
+        1/16 of the logits).  Other options are ignored: this is always the chunked path.
+
+    Differentiable with respect to input, linear_weight and linear_bias.
+    """
+    red = check.reduction_name(reduction)
+    eps = check.smoothing(label_smoothing)
+    ignore = -100 if ignore_index is None else check.ignore(ignore_index)
+    chunk = _chunk_rows(chunk_size, options)
+    _float_tensor(input, "input")
+    _float_tensor(linear_weight, "linear_weight")
+    if input.dim() not in (1, 2):
+        raise ValueError(f"input must have shape (H,) or (N, H), got {tuple(input.shape)}")
+    if linear_weight.dim() != 2:
+        raise ValueError(
+            f"linear_weight must have shape (V, H), got {tuple(linear_weight.shape)} "
+            "(K-dimensional weights are not supported)"
+        )
+    h = input.shape[-1]
+    v = linear_weight.shape[0]
+    if linear_weight.shape[1] != h:
+        raise ValueError(
+            f"linear_weight must have shape (V, H) with H = {h} (input's last dimension), "
+            f"got {tuple(linear_weight.shape)}"
+        )
+    if linear_weight.dtype != input.dtype:
+        raise TypeError(
+            f"linear_weight must have input's dtype {input.dtype}, got {linear_weight.dtype}"
+        )
+    _same_device(linear_weight, "linear_weight", input, "input")
+    if linear_bias is not None:
+        _float_tensor(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (v,):
+            raise ValueError(
+                f"linear_bias must have shape (V,) = ({v},), got {tuple(linear_bias.shape)}"
+            )
+        if linear_bias.dtype != input.dtype:
+            raise TypeError(
+                f"linear_bias must have input's dtype {input.dtype}, got {linear_bias.dtype}"
+            )
+        _same_device(linear_bias, "linear_bias", input, "input")
+    unbatched = input.dim() == 1
+    batch = () if unbatched else tuple(input.shape[:1])
+    _target(target, v, batch, (*batch, v), input)
+    _not_differentiable(target, "target")
+    weight = _class_weight(weight, v, input)
+    x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
+
+    on = torch.is_grad_enabled()
+    want = (
+        on and input.requires_grad,
+        on and linear_weight.requires_grad,
+        on and linear_bias is not None and linear_bias.requires_grad,
+    )
+    args = (x, linear_weight, t, linear_bias, weight, red, ignore, eps, chunk)
+    if any(want) and red != "none":
+        loss = torch.ops.fastsoftmax.linear_cross_entropy_fwd(*args, *want)[0]
+    else:
+        loss = torch.ops.fastsoftmax.linear_cross_entropy(*args)
+    return loss.reshape(batch) if red == "none" else loss

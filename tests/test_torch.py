@@ -1,0 +1,577 @@
+"""fastsoftmax.torch against PyTorch: losses and gradients of cross_entropy and
+linear_cross_entropy equal F.cross_entropy's (and F.linear_cross_entropy's) over the
+options and dtypes, gradcheck in float64, the custom ops' registration (opcheck), a
+torch.compile(fullgraph=True) model, the zero-copy hand-over to the kernels, threads,
+and errors that name the argument.  CUDA cases skip without a GPU."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import fastsoftmax  # noqa: E402
+import fastsoftmax.torch as ft  # noqa: E402
+from fastsoftmax import _api  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+try:
+    import cupy
+
+    HAS_CUPY = True
+except ImportError:
+    HAS_CUPY = False
+cuda = pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# (rtol, atol in units of the largest entry) against a float64 oracle
+TOL = {
+    torch.float64: (1e-12, 1e-14),
+    torch.float32: (2e-5, 2e-6),
+    torch.bfloat16: (1e-2, 1e-2),
+    torch.float16: (2e-3, 2e-3),
+}
+
+
+@pytest.fixture(params=["function", "custom_op"])
+def path(request, monkeypatch):
+    """Eager calls through the autograd.Function, or through the custom ops."""
+    monkeypatch.setattr(ft, "EAGER_FUNCTION", request.param == "function")
+    return request.param
+
+
+def close(got, want, dtype, what=""):
+    rtol, atol = TOL[dtype]
+    got, want = got.detach(), want.detach().double()
+    scale = float(want.abs().max()) if want.numel() else 1.0
+    torch.testing.assert_close(
+        got.double(), want, rtol=rtol, atol=atol * max(scale, 1e-30), msg=lambda m: f"{what}: {m}"
+    )
+
+
+def run(fn, x, upstream, **kw):
+    """(loss, x.grad) of fn(x, **kw), backpropagating `upstream` (None: .backward())."""
+    x = x.detach().clone().requires_grad_()
+    loss = fn(x, **kw)
+    if upstream is None:
+        (loss if loss.dim() == 0 else loss.sum()).backward()
+    else:
+        (loss * upstream.to(loss.dtype)).sum().backward()
+    return loss.detach(), x.grad
+
+
+def logits(n, c, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=g, dtype=torch.float64) * 3
+    x[0, 0] += 30.0  # a confident row
+    return x.to(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# parity with F.cross_entropy
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_indices_match_pytorch(path, reduction, dtype):
+    n, c = 37, 11
+    x = logits(n, c, dtype)
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, c, (n,), generator=g)
+    w = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    up = torch.rand(() if reduction != "none" else (n,), generator=g, dtype=torch.float64) + 0.5
+    for ignore, eps, weighted, upstream in itertools.product(
+        (-100, 3), (0.0, 0.2), (False, True), (None, up)
+    ):
+        kw = {"reduction": reduction, "ignore_index": ignore, "label_smoothing": eps}
+        what = f"{path} {dtype} {kw} weighted={weighted} upstream={upstream is not None}"
+        wt = w.to(dtype) if weighted else None
+        loss, grad = run(lambda x, **k: ft.cross_entropy(x, y, **k), x, upstream, weight=wt, **kw)
+        # the oracle: PyTorch in float64 on the same (rounded) inputs
+        wt = None if wt is None else wt.double()
+        ref = run(lambda x, **k: F.cross_entropy(x, y, **k), x.double(), upstream, weight=wt, **kw)
+        ref_loss, ref_grad = ref
+        assert loss.dtype == dtype and grad.dtype == dtype, what
+        assert loss.shape == ref_loss.shape and grad.shape == x.shape, what
+        close(loss, ref_loss, dtype, f"{what} loss")
+        close(grad, ref_grad, dtype, f"{what} grad")
+
+
+def test_all_ignored_mean_is_zero(path):
+    x = logits(6, 4, torch.float32).requires_grad_()
+    y = torch.full((6,), -100)
+    loss = ft.cross_entropy(x, y)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+    assert torch.isnan(F.cross_entropy(x.detach(), y))  # PyTorch's NaN: the documented difference
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_probability_targets_match_pytorch(path, dtype):
+    n, c = 29, 9
+    x = logits(n, c, dtype)
+    g = torch.Generator().manual_seed(2)
+    p = torch.softmax(torch.randn(n, c, generator=g, dtype=torch.float64), -1).to(dtype)
+    p[3] = 0
+    p[3, 2] = 1  # a one-hot row
+    w = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    for reduction, eps, weighted in itertools.product(("mean", "sum", "none"), (0.0, 0.1), (0, 1)):
+        kw = {"reduction": reduction, "label_smoothing": eps, "weight": w if weighted else None}
+        loss, grad = run(lambda x, **k: ft.cross_entropy(x, p, **k), x, None, **kw)
+        kw["weight"] = w.double() if weighted else None
+        ref_loss, ref_grad = run(
+            lambda x, **k: F.cross_entropy(x, p.double(), **k), x.double(), None, **kw
+        )
+        close(loss, ref_loss, dtype, f"{dtype} {reduction} {eps} {weighted} loss")
+        close(grad, ref_grad, dtype, f"{dtype} {reduction} {eps} {weighted} grad")
+
+
+def test_k_dimensional_and_unbatched_inputs(path):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 5, 3, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (4, 3, 2), generator=g)
+    p = torch.softmax(torch.randn(4, 5, 3, 2, generator=g, dtype=torch.float64), 1)
+    cases = [(x, y), (x, p), (x[0, :, 0, 0], y[0, 0, 0]), (x[0, :, 0, 0], p[0, :, 0, 0])]
+    for (xi, ti), reduction in itertools.product(cases, ("mean", "sum", "none")):
+        batch = xi.shape[:1] + xi.shape[2:] if xi.dim() > 1 else ()
+        up = torch.rand(batch, generator=g, dtype=torch.float64) if reduction == "none" else None
+        a = run(lambda x, ti=ti, **k: ft.cross_entropy(x, ti, **k), xi, up, reduction=reduction)
+        b = run(lambda x, ti=ti, **k: F.cross_entropy(x, ti, **k), xi, up, reduction=reduction)
+        for got, want in zip(a, b, strict=True):
+            assert got.shape == want.shape
+            close(got, want, torch.float64, f"{tuple(xi.shape)} {ti.dtype} {reduction}")
+
+
+def test_non_contiguous_input_gives_the_contiguous_result(path):
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(40, 24, generator=g)
+    y = torch.randint(0, 12, (40,), generator=g)
+    for strided in (base[:, ::2], base[:, :12], base.t()[:12].t()):
+        assert not strided.is_contiguous()
+        a = run(lambda x: ft.cross_entropy(x, y, label_smoothing=0.1), strided, None)
+        b = run(lambda x: ft.cross_entropy(x, y, label_smoothing=0.1), strided.contiguous(), None)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_module_is_a_drop_in_cross_entropy_loss(path):
+    w = torch.rand(7) + 0.5
+    ours = ft.CrossEntropyLoss(weight=w, label_smoothing=0.05, ignore_index=2)
+    theirs = torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.05, ignore_index=2)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x, y = logits(16, 7, torch.float32), torch.randint(0, 7, (16,))
+    close(
+        run(lambda x: ours(x, y), x, None)[1],
+        run(lambda x: theirs(x, y), x, None)[1],
+        torch.float32,
+    )
+    legacy = ft.cross_entropy(x, y, size_average=False)  # the deprecated arguments map as in torch
+    close(legacy, F.cross_entropy(x, y, reduction="sum"), torch.float32)
+    assert ft.cross_entropy(x, y, None, None, -100, False).shape == (16,)
+
+
+# --------------------------------------------------------------------------------------
+# gradcheck, opcheck, torch.compile
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck(path, reduction):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 4, 2, -100, 1, 4])
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    p = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), -1)
+    opts = {"reduction": reduction, "label_smoothing": 0.1, "weight": w}
+    assert torch.autograd.gradcheck(lambda x: ft.cross_entropy(x, y, **opts), (x,))
+    assert torch.autograd.gradcheck(lambda x: ft.cross_entropy(x, p, **opts), (x,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck_linear(reduction):
+    g = torch.Generator().manual_seed(6)
+    kw = {"generator": g, "dtype": torch.float64, "requires_grad": True}
+    h, lw, b = torch.randn(7, 4, **kw), torch.randn(6, 4, **kw), torch.randn(6, **kw)
+    y = torch.tensor([0, 5, 2, -100, 1, 3, 3])
+    opts = {"reduction": reduction, "label_smoothing": 0.1, "chunk_size": 3}
+    fn = lambda h, lw, b: ft.linear_cross_entropy(h, lw, y, linear_bias=b, **opts)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, lw, b))
+
+
+def test_custom_ops_pass_opcheck():
+    from torch.library import opcheck
+
+    ops = torch.ops.fastsoftmax
+    g = torch.Generator().manual_seed(7)
+    kw = {"generator": g, "dtype": torch.float64}
+    x = torch.randn(5, 7, **kw, requires_grad=True)
+    y = torch.tensor([0, 6, 2, -100, 1])
+    w = torch.rand(7, **kw) + 0.5
+    for red in ("mean", "none"):
+        opcheck(ops.cross_entropy.default, (x, y, w, red, -100, 0.1))
+        opcheck(ops.cross_entropy_fwd.default, (x, y, None, red, -100, 0.0))
+    h = torch.randn(6, 4, **kw, requires_grad=True)
+    lw = torch.randn(5, 4, **kw, requires_grad=True)
+    b = torch.randn(5, **kw, requires_grad=True)
+    t = torch.tensor([0, 4, 1, -100, 2, 2])
+    opcheck(ops.linear_cross_entropy.default, (h, lw, t, b, None, "none", -100, 0.0, 2))
+    fwd_args = (h, lw, t, b, None, "sum", -100, 0.1, 2, True, True, True)
+    opcheck(ops.linear_cross_entropy_fwd.default, fwd_args)
+    go = torch.rand(6, **kw)
+    bwd_args = (h.detach(), lw.detach(), t, b.detach(), None, go, "none", -100, 0.0, 2)
+    opcheck(ops.linear_cross_entropy_bwd.default, (*bwd_args, True, True, True))
+
+
+def _model_step(model, loss_fn, x, y):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model, x, y)
+    loss.backward()
+    return loss.detach(), [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",
+        pytest.param(
+            "inductor",
+            marks=pytest.mark.skipif(
+                os.environ.get("FASTSOFTMAX_TEST_INDUCTOR") != "1",
+                reason="inductor compiles C++ (~30 s): FASTSOFTMAX_TEST_INDUCTOR=1 runs it",
+            ),
+        ),
+    ],
+)
+def test_torch_compile_fullgraph_model(backend):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    x, y = torch.randn(64, 20), torch.randint(0, 10, (64,))
+    y[:3] = -100
+
+    def ours(m, x, y):
+        return ft.cross_entropy(m(x), y, label_smoothing=0.1)
+
+    def theirs(m, x, y):
+        return F.cross_entropy(m(x), y, label_smoothing=0.1)
+
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(ours, fullgraph=True, backend=counter)
+    for _ in range(2):  # the second call reuses the graph
+        got = _model_step(model, compiled, x, y)
+    want = _model_step(model, theirs, x, y)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(got[0], want[0])
+    for a, b in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    # the linear op: one graph, mean (gradients from the forward) and none (recomputed)
+    h = torch.randn(30, 8, requires_grad=True)
+    lw = torch.randn(13, 8, requires_grad=True)
+    t = torch.randint(0, 13, (30,))
+    for red in ("mean", "none"):
+        fn = torch.compile(
+            lambda h, lw, red=red: ft.linear_cross_entropy(h, lw, t, reduction=red, chunk_size=7),
+            fullgraph=True,
+            backend="aot_eager",
+        )
+        got = torch.autograd.grad(fn(h, lw).sum(), (h, lw))
+        want = torch.autograd.grad(
+            F.cross_entropy(F.linear(h, lw), t, reduction=red).sum(), (h, lw)
+        )
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# linear_cross_entropy
+# --------------------------------------------------------------------------------------
+def _linear_inputs(n=23, h=6, v=17, dtype=torch.float64, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    hid = torch.randn(n, h, generator=g, dtype=torch.float64).to(dtype)
+    lw = (torch.randn(v, h, generator=g, dtype=torch.float64) / h**0.5).to(dtype)
+    b = torch.randn(v, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, v, (n,), generator=g)
+    y[[2, 9]] = -100
+    cw = (torch.rand(v, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    return hid, lw, b, y, cw
+
+
+def _grads(fn, h, lw, b, upstream):
+    h, lw = h.detach().clone().requires_grad_(), lw.detach().clone().requires_grad_()
+    b = None if b is None else b.detach().clone().requires_grad_()
+    loss = fn(h, lw, b)
+    (loss * upstream.to(loss.dtype)).sum().backward()
+    return [loss.detach(), h.grad, lw.grad] + ([] if b is None else [b.grad])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_matches_linear_then_cross_entropy(reduction):
+    h, lw, b, y, cw = _linear_inputs()
+    g = torch.Generator().manual_seed(9)
+    up = torch.rand((23,) if reduction == "none" else (), generator=g, dtype=torch.float64) + 0.5
+    for bias, weighted, eps, chunk in itertools.product(
+        (None, b), (None, cw), (0.0, 0.1), (1, 5, None)
+    ):
+        opts = {"reduction": reduction, "label_smoothing": eps, "weight": weighted}
+
+        def ours(h, lw, b, chunk=chunk, opts=opts):
+            return ft.linear_cross_entropy(h, lw, y, linear_bias=b, chunk_size=chunk, **opts)
+
+        def theirs(h, lw, b, opts=opts):
+            return F.cross_entropy(F.linear(h, lw, b), y, **opts)
+
+        got, want = _grads(ours, h, lw, bias, up), _grads(theirs, h, lw, bias, up)
+        what = f"{reduction} bias={bias is not None} weight={weighted is not None} {eps} {chunk}"
+        for name, a, c in zip(("loss", "dinput", "dweight", "dbias"), got, want, strict=False):
+            close(a, c, torch.float64, f"{what} {name}")
+
+
+def test_linear_probability_targets_and_dtypes():
+    for dtype in (torch.float32, torch.bfloat16):
+        h, lw, b, _, _ = _linear_inputs(dtype=dtype, seed=10)
+        g = torch.Generator().manual_seed(11)
+        p = torch.softmax(torch.randn(23, 17, generator=g, dtype=torch.float64), -1).to(dtype)
+        one = torch.ones(())
+
+        def ours(h, lw, b, p=p):
+            return ft.linear_cross_entropy(h, lw, p, linear_bias=b, chunk_size=4)
+
+        def theirs(h, lw, b, p=p):
+            return F.cross_entropy(F.linear(h, lw, b), p.double())
+
+        got = _grads(ours, h, lw, b, one)
+        want = _grads(theirs, h.double(), lw.double(), b.double(), one)
+        for a, c in zip(got, want, strict=True):
+            assert a.dtype == dtype
+            close(a, c, dtype, f"{dtype}")
+    # unbatched input
+    h, lw, b, y, _ = _linear_inputs()
+    one = torch.ones(())
+    got = _grads(
+        lambda h, lw, b: ft.linear_cross_entropy(h[0], lw, y[0], linear_bias=b), h, lw, b, one
+    )
+    want = _grads(lambda h, lw, b: F.cross_entropy(F.linear(h[0], lw, b), y[0]), h, lw, b, one)
+    for a, c in zip(got, want, strict=True):
+        close(a, c, torch.float64)
+
+
+@pytest.mark.skipif(
+    not hasattr(F, "linear_cross_entropy"), reason="this PyTorch has no F.linear_cross_entropy"
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_matches_pytorch_linear_cross_entropy(reduction):
+    h, lw, b, y, cw = _linear_inputs(n=64, h=16, v=40, dtype=torch.float32)
+    up = torch.rand(64) if reduction == "none" else torch.tensor(1.5)
+    opts = {"reduction": reduction, "weight": cw}  # PyTorch's chunked path: no smoothing
+    got = _grads(
+        lambda h, lw, b: ft.linear_cross_entropy(h, lw, y, linear_bias=b, **opts), h, lw, b, up
+    )
+    chunked = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=16)
+    for options in (None, chunked):
+
+        def theirs(h, lw, b, o=options):
+            return F.linear_cross_entropy(h, lw, y, linear_bias=b, options=o, **opts)
+
+        want = _grads(theirs, h, lw, b, up)
+        for a, c in zip(got, want, strict=True):
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+    # options.batch_chunk_size is read as the chunk size
+    assert torch.equal(
+        ft.linear_cross_entropy(h, lw, y, options=chunked),
+        ft.linear_cross_entropy(h, lw, y, chunk_size=16),
+    )
+
+
+def test_linear_default_chunk_is_a_sixteenth_of_the_logits():
+    assert ft.default_chunk_size(4096, 32000, 4) == 256  # 6.25% of N x V
+    assert ft.default_chunk_size(8192, 128256, 4) == 512
+    assert ft.default_chunk_size(100, 32000, 4) == 64
+    assert ft.default_chunk_size(10, 5, 4) == 10
+    assert ft.default_chunk_size(10**6, 32000, 4) * 32000 * 4 <= ft.CHUNK_MAX_BYTES
+
+
+def test_linear_holds_one_chunk_of_logits_at_a_time(monkeypatch):
+    rows = []
+    real = ft._kernel
+
+    def spy(z, *args):
+        rows.append(z.shape[0])
+        return real(z, *args)
+
+    monkeypatch.setattr(ft, "_kernel", spy)
+    h, lw, _, y, _ = _linear_inputs(n=300, h=8, v=50, dtype=torch.float32)
+    lw.requires_grad_()
+    ft.linear_cross_entropy(h, lw, y).backward()
+    assert rows == [64] * 4 + [44]  # the default: max(64, 300 // 16) rows
+    rows.clear()
+    ft.linear_cross_entropy(h, lw, y, chunk_size=128).backward()
+    assert rows == [128, 128, 44]
+    # the gradient the forward computed becomes weight.grad as it is (no copy)
+    made = []
+    real_linear = ft._linear
+
+    def keep(*args, **kw):
+        out = real_linear(*args, **kw)
+        made.append(out[2].data_ptr())
+        return out
+
+    monkeypatch.setattr(ft, "_linear", keep)
+    lw.grad = None
+    ft.linear_cross_entropy(h, lw, y).backward()
+    assert made == [lw.grad.data_ptr()]
+
+
+def test_linear_frozen_weight_gets_no_gradient():
+    h, lw, b, y, _ = _linear_inputs()
+    h.requires_grad_()
+    ft.linear_cross_entropy(h, lw, y, linear_bias=b).backward()
+    assert lw.grad is None and b.grad is None and h.grad.shape == h.shape
+    with torch.no_grad():
+        loss = ft.linear_cross_entropy(h, lw, y)
+    close(loss, F.cross_entropy(F.linear(h, lw), y), torch.float64)
+
+
+# --------------------------------------------------------------------------------------
+# zero copy, threads, errors, import without torch
+# --------------------------------------------------------------------------------------
+def test_cpu_tensors_reach_the_kernel_without_a_copy(monkeypatch):
+    seen = []
+    real = _api.cross_entropy_with_grad
+
+    def spy(logits, target, **kw):
+        seen.append((logits, target, kw.get("out")))
+        return real(logits, target, **kw)
+
+    monkeypatch.setattr(_api, "cross_entropy_with_grad", spy)
+    x = logits(64, 10, torch.float32).requires_grad_()
+    y = torch.randint(0, 10, (64,))
+    ft.cross_entropy(x, y).backward()
+    ((z, t, out),) = seen
+    assert z.ctypes.data == x.data_ptr() and t.ctypes.data == y.data_ptr()
+    # the gradient the kernel wrote is x.grad itself: no copy on the way back either
+    assert out.ctypes.data == x.grad.data_ptr()
+
+
+def test_kernels_use_at_most_pytorchs_threads(monkeypatch):
+    seen = []
+    real = _api.cross_entropy_with_grad
+
+    def spy(*args, **kw):
+        seen.append(fastsoftmax.get_num_threads())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_api, "cross_entropy_with_grad", spy)
+    x = logits(200, 100, torch.float32).requires_grad_()  # > 16384 logits: may go parallel
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ft.cross_entropy(x, torch.zeros(200, dtype=torch.long)).backward()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+
+
+def test_errors_name_the_argument():
+    x = logits(5, 4, torch.float32)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    cases = [
+        (lambda: ft.cross_entropy(x.long(), y), TypeError, "input must be a floating"),
+        (lambda: ft.cross_entropy(x[0, 0], y), ValueError, "input must have shape"),
+        (lambda: ft.cross_entropy(x, y[:4]), ValueError, "target of class indices must have"),
+        (lambda: ft.cross_entropy(x, x[:, :3]), ValueError, "target of class probabilities"),
+        (lambda: ft.cross_entropy(x, y.bool()), TypeError, "target must be"),
+        (lambda: ft.cross_entropy(x, y.to("meta")), ValueError, "target is on meta"),
+        (lambda: ft.cross_entropy(x, y, weight=torch.ones(3)), ValueError, "weight must have"),
+        (lambda: ft.cross_entropy(x, y, reduction="avg"), ValueError, "reduction"),
+        (lambda: ft.cross_entropy(x, y, label_smoothing=1.5), ValueError, "label_smoothing"),
+        (lambda: ft.cross_entropy(x, y + 3), ValueError, r"target\[1\] = 4 is out of range"),
+        (
+            lambda: ft.cross_entropy(x, torch.rand(5, 4, requires_grad=True)),
+            NotImplementedError,
+            "target.detach",
+        ),
+        (lambda: ft.linear_cross_entropy(x, x[:, :3], y), ValueError, "linear_weight must have"),
+        (lambda: ft.linear_cross_entropy(x, x.double(), y), TypeError, "linear_weight must have"),
+        (lambda: ft.linear_cross_entropy(x, x, y, linear_bias=x[0, :2]), ValueError, "linear_bias"),
+        (lambda: ft.linear_cross_entropy(x, x, y, chunk_size=0), ValueError, "chunk_size"),
+        (lambda: ft.linear_cross_entropy(x[None], x, y), ValueError, "input must have shape"),
+        (lambda: ft.linear_cross_entropy(x, x, y + 2), ValueError, r"target\[3\] = 5 is out of"),
+    ]
+    for call, kind, match in cases:
+        with pytest.raises(kind, match=match):
+            call()
+
+
+def test_import_fastsoftmax_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np, fastsoftmax\n"
+        "z, y = np.zeros((2, 3)), np.zeros(2, int)\n"
+        "assert fastsoftmax.cross_entropy(z, y, backend='numpy') > 0\n"
+        "try:\n    import fastsoftmax.torch\nexcept ImportError:\n    print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "ok", res.stderr
+
+
+# --------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# --------------------------------------------------------------------------------------
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_matches_pytorch_on_a_side_stream(dtype):
+    x = logits(300, 1000, dtype).cuda()
+    y = torch.randint(0, 1000, (300,), device="cuda")
+    y[:5] = -100
+    w = torch.rand(1000, device="cuda").to(dtype) + 0.5
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for red in ("mean", "none"):
+            kw = {"reduction": red, "label_smoothing": 0.1, "weight": w}
+            up = torch.rand(300, device="cuda", dtype=torch.float64) if red == "none" else None
+            a = run(lambda x, **k: ft.cross_entropy(x, y, **k), x, up, **kw)
+            kw["weight"] = w.double()
+            b = run(lambda x, **k: F.cross_entropy(x, y, **k), x.double(), up, **kw)
+            close(a[0], b[0], dtype, f"{dtype} {red} loss")
+            close(a[1], b[1], dtype, f"{dtype} {red} grad")
+    torch.cuda.synchronize()
+
+
+@cuda
+def test_cuda_tensors_reach_the_kernel_through_dlpack(monkeypatch):
+    seen = []
+    real = _api.cross_entropy_with_grad
+
+    def spy(logits, target, **kw):
+        seen.append((logits.data.ptr, kw["out"].data.ptr, cupy.cuda.get_current_stream().ptr))
+        return real(logits, target, **kw)
+
+    monkeypatch.setattr(_api, "cross_entropy_with_grad", spy)
+    x = logits(64, 100, torch.float32).cuda().requires_grad_()
+    y = torch.randint(0, 100, (64,), device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        ft.cross_entropy(x, y).backward()
+    torch.cuda.synchronize()
+    ((zp, gp, sp),) = seen
+    assert zp == x.data_ptr() and sp == stream.cuda_stream
+    assert gp == x.grad.data_ptr()
+
+
+@cuda
+def test_cuda_linear_matches_pytorch():
+    h, lw, b, y, cw = (t.cuda() for t in _linear_inputs(n=200, h=32, v=500, dtype=torch.float32))
+    up = torch.tensor(1.0, device="cuda")
+    opts = {"weight": cw, "chunk_size": 64}
+    got = _grads(
+        lambda h, lw, b: ft.linear_cross_entropy(h, lw, y, linear_bias=b, **opts), h, lw, b, up
+    )
+    want = _grads(lambda h, lw, b: F.cross_entropy(F.linear(h, lw, b), y, weight=cw), h, lw, b, up)
+    for a, c in zip(got, want, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)

@@ -6,8 +6,9 @@
 #   2. installs what is missing: the package with its test and bench extras (CuPy is
 #      taken from the image when present, else the [cuda] extra);
 #   3. runs the GPU tests, stopping at the first failure and naming it: the CUDA
-#      backend's own tests, the GPU rows of the implementations table, and the CuPy
-#      cases of the linear cross-entropy and Dask tests;
+#      backend's own tests, the GPU rows of the implementations table, the CuPy
+#      cases of the linear cross-entropy and Dask tests, and fastsoftmax.torch on CUDA
+#      tensors (DLPack hand-over, a side stream);
 #   4. runs the GPU benchmark subset: the fused cross-entropy and softmax at the Core
 #      shapes, our CUDA kernels ("cupy") against PyTorch on CUDA, with the device's
 #      copy bandwidth measured in the same run;
@@ -43,7 +44,7 @@ EOF
 echo "== GPU tests (first failure stops the run and is named)"
 timeout 240 $PY -m pytest -x -q -p no:cacheprovider -rf \
   tests/test_cuda.py tests/test_gpu_peers.py \
-  "tests/test_linear.py" "tests/test_dask.py" -k "cupy or cuda or gpu" \
+  "tests/test_linear.py" "tests/test_dask.py" "tests/test_torch.py" -k "cupy or cuda or gpu" \
   --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.txt"
 tests_rc=${PIPESTATUS[0]}
 if [ "$tests_rc" -ne 0 ]; then

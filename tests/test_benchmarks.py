@@ -206,6 +206,7 @@ def test_tiny_run_is_read_by_pytest_benchmark_compare(tiny_run, tmp_path):
 # ---------------------------------------------------------------- run(): what is timed
 
 
+@pytest.mark.full  # ~20 s: real pytest-benchmark runs of the trainer
 def test_run_trainer_cases(fake_copy, pauses, tmp_path):
     numba = pytest.importorskip("numba")
     before = numba.get_num_threads()

@@ -14,6 +14,7 @@ from conftest import MNIST_DIR
 from fastsoftmax.cli import build_parser, main
 
 
+@pytest.mark.full  # ~15 s: every implementation timed on the MNIST test set
 def test_compare_on_real_mnist(mnist_test, capsys):
     assert main(["compare", "--data-dir", str(MNIST_DIR), "--no-download", "--repeat", "2"]) == 0
     out = capsys.readouterr().out

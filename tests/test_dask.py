@@ -62,6 +62,7 @@ def numpy_objective(Xf, y, classes, W, b, wd):
     return value, G.T @ Xf + wd * W, G.sum(axis=0)
 
 
+@pytest.mark.full  # ~35 s of L-BFGS iterations through the cluster
 def test_lbfgs_matches_the_single_machine_full_batch_solution(client, data):
     X, y = data
     Xf = X / 255.0  # float64: the chunks then compute in float64

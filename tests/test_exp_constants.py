@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 mpmath = pytest.importorskip("mpmath")
+pytestmark = pytest.mark.full  # ~15 s of mpmath
 
 from fastsoftmax._numba import _math  # noqa: E402
 

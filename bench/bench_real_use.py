@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import record
+from conftest import interleaved_rounds, record, timing
 
 import fastsoftmax as fs
 from fastsoftmax import benchmarks
@@ -67,10 +67,6 @@ IDLE_S = 0.05
 CLI_EPOCHS = 3
 
 
-def _timing(request) -> bool:
-    return not request.config.getoption("benchmark_disable", False)
-
-
 def _needs(impl):
     if impl == "torch":
         pytest.importorskip("torch")
@@ -82,7 +78,7 @@ def _needs(impl):
 def mnist_shaped_f32(request):
     """(X float32 (n, 784) in [0, 1], y int64): 60000 rows (8192 under
     --benchmark-disable)."""
-    n = benchmarks.TRAIN_N if _timing(request) else 8192
+    n = benchmarks.TRAIN_N if timing(request) else 8192
     _, x, y = benchmarks.mnist_shaped(n, D, C)
     return x, y
 
@@ -136,7 +132,7 @@ def test_numpy_training_loop(benchmark, batch, impl, mnist_shaped_f32, request):
     _needs(impl)
     x, y = mnist_shaped_f32
     step = make_step(impl, x, y, batch)
-    steps = STEPS if _timing(request) else 2
+    steps = STEPS if timing(request) else 2
 
     def steps_round():
         for _ in range(steps):
@@ -159,26 +155,12 @@ def test_numpy_training_loop_interleaved(benchmark, batch, mnist_shaped_f32, req
     x, y = mnist_shaped_f32
     impls = [i for i in LOOP_IMPLS if i != "torch" or _has("torch")]
     steps = {impl: make_step(impl, x, y, batch) for impl in impls}
-    min_rounds, max_rounds, budget = MIN_ROUNDS, MAX_ROUNDS, BUDGET_S
-    k, pause = K_INTERLEAVED, PAUSE_S
-    if not _timing(request):
-        min_rounds, max_rounds, k, pause = 1, 1, 1, 0.0
+    on = timing(request)
+    k, pause = (K_INTERLEAVED, PAUSE_S) if on else (1, 0.0)
+    rounds = (MIN_ROUNDS, MAX_ROUNDS) if on else (1, 1)
 
     def interleaved() -> dict[str, list[float]]:
-        per_step: dict[str, list[float]] = {impl: [] for impl in impls}
-        start = time.perf_counter()
-        r = 0
-        while r < max_rounds and (r < min_rounds or time.perf_counter() - start < budget):
-            for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
-                time.sleep(pause)  # the previous loop's thread pools go idle
-                run = steps[impl]
-                run()  # one warm step
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    run()
-                per_step[impl].append((time.perf_counter() - t0) / k)
-            r += 1
-        return per_step
+        return interleaved_rounds(steps, k=k, pause_s=pause, rounds=rounds, budget_s=BUDGET_S)
 
     benchmark.group = f"real use: NumPy training loop, batch {batch}, interleaved rounds"
     per_step = benchmark.pedantic(interleaved, rounds=1, iterations=1)
@@ -288,7 +270,7 @@ def mnist_train():
 def _cli_settings(request) -> tuple[int, int]:
     """(epochs, training rows): CLI_EPOCHS on all rows, or 1 epoch on 2000 rows under
     --benchmark-disable."""
-    return (CLI_EPOCHS, 0) if _timing(request) else (1, 2000)
+    return (CLI_EPOCHS, 0) if timing(request) else (1, 2000)
 
 
 @pytest.mark.parametrize("how", ["fit", "cli"])
@@ -389,7 +371,7 @@ def _run_child(cache: Path) -> dict:
 
 @pytest.mark.parametrize("cache", ["empty-cache", "warm-cache"])
 def test_cold_start(benchmark, cache, request, tmp_path_factory):
-    if not _timing(request):
+    if not timing(request):
         pytest.skip("cold start compiles every kernel in a child process (~20 s): timed runs only")
     _needs("numba")
     benchmark.group = "real use: cold start in a fresh process"

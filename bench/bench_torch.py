@@ -29,10 +29,9 @@ Under --benchmark-disable (CI) each case runs once, the LM head at 512 x 256 x 3
 from __future__ import annotations
 
 import statistics
-import time
 
 import pytest
-from conftest import record
+from conftest import interleaved_rounds, record, timing
 
 from fastsoftmax import benchmarks
 
@@ -52,10 +51,6 @@ LM_CHUNK = 256
 LM_IMPLS = ("fused", "unfused", "fastsoftmax-logits", "torch-chunked")
 LOSSES = {"fastsoftmax": ft.cross_entropy, "torch": F.cross_entropy}
 _losses: dict[tuple, dict[str, float]] = {}
-
-
-def _timing(request) -> bool:
-    return not request.config.getoption("benchmark_disable", False)
 
 
 # ------------------------------------------------------------------ loss + backward
@@ -87,7 +82,7 @@ def test_loss_backward(benchmark, shape, impl, copy_bandwidth):
 # ------------------------------------------------------------------ MNIST training step
 @pytest.fixture(scope="module")
 def mnist_shaped(request):
-    n = benchmarks.TRAIN_N if _timing(request) else 8192
+    n = benchmarks.TRAIN_N if timing(request) else 8192
     _, x, y = benchmarks.mnist_shaped(n, D, C)
     return torch.from_numpy(x), torch.from_numpy(y)
 
@@ -118,7 +113,7 @@ def make_step(impl: str, x, y, batch: int):
 def test_mnist_training_step(benchmark, batch, impl, mnist_shaped, request):
     x, y = mnist_shaped
     step = make_step(impl, x, y, batch)
-    steps = STEPS if _timing(request) else 2
+    steps = STEPS if timing(request) else 2
 
     def steps_round():
         for _ in range(steps):
@@ -139,26 +134,12 @@ def test_mnist_training_step_interleaved(benchmark, batch, mnist_shaped, request
     x, y = mnist_shaped
     impls = list(LOSSES)
     steps = {impl: make_step(impl, x, y, batch) for impl in impls}
-    min_rounds, max_rounds, budget = MIN_ROUNDS, MAX_ROUNDS, BUDGET_S
-    k, pause = K_INTERLEAVED, PAUSE_S
-    if not _timing(request):
-        min_rounds, max_rounds, k, pause = 1, 1, 1, 0.0
+    on = timing(request)
+    k, pause = (K_INTERLEAVED, PAUSE_S) if on else (1, 0.0)
+    rounds = (MIN_ROUNDS, MAX_ROUNDS) if on else (1, 1)
 
     def interleaved() -> dict[str, list[float]]:
-        per_step: dict[str, list[float]] = {impl: [] for impl in impls}
-        start = time.perf_counter()
-        r = 0
-        while r < max_rounds and (r < min_rounds or time.perf_counter() - start < budget):
-            for impl in impls[r % 2 :] + impls[: r % 2]:
-                time.sleep(pause)  # the other loop's thread pools go idle
-                run = steps[impl]
-                run()
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    run()
-                per_step[impl].append((time.perf_counter() - t0) / k)
-            r += 1
-        return per_step
+        return interleaved_rounds(steps, k=k, pause_s=pause, rounds=rounds, budget_s=BUDGET_S)
 
     benchmark.group = f"torch: nn.Linear({D}, {C}) step, batch {batch}, interleaved rounds"
     per_step = benchmark.pedantic(interleaved, rounds=1, iterations=1)
@@ -178,7 +159,7 @@ def test_mnist_training_step_interleaved(benchmark, batch, mnist_shaped, request
 # ------------------------------------------------------------------ LM head
 @pytest.fixture(scope="module")
 def lm_inputs(request):
-    n, h, v = LM_SHAPE if _timing(request) else LM_SMALL
+    n, h, v = LM_SHAPE if timing(request) else LM_SMALL
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, h, generator=g).requires_grad_()
     weight = (torch.randn(v, h, generator=g) / h**0.5).requires_grad_()

@@ -7,7 +7,9 @@ Run: pytest bench/ [--benchmark-json=out.json]   (CI: --benchmark-disable)
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 
@@ -145,3 +147,39 @@ def pytest_terminal_summary(terminalreporter):
             if "peak_extra_bytes" in e:
                 parts.append(f"peak extra {e['peak_extra_bytes'] / 2**20:8.0f} MiB")
             tr.write_line("  ".join(parts))
+
+
+def timing(request) -> bool:
+    """False under --benchmark-disable (CI's untimed run): cases then run once, small."""
+    return not request.config.getoption("benchmark_disable", False)
+
+
+def interleaved_rounds(
+    steps: dict[str, Callable[[], object]],
+    *,
+    k: int,
+    pause_s: float,
+    rounds: tuple[int, int],
+    budget_s: float,
+) -> dict[str, list[float]]:
+    """{name: seconds per call, one per round} of the callables in `steps`, run in turn:
+    each round runs every one k times after a pause (the previous one's thread pools go
+    idle) and a warm call, the order rotated by one per round.  At least rounds[0]
+    rounds, at most rounds[1], no new one once budget_s seconds have passed; ratios
+    are then taken per round, so the VM's drift cancels out."""
+    names = list(steps)
+    per_call: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    r = 0
+    while r < rounds[1] and (r < rounds[0] or time.perf_counter() - start < budget_s):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(pause_s)
+            run = steps[name]
+            run()  # one warm call
+            t0 = time.perf_counter()
+            for _ in range(k):
+                run()
+            per_call[name].append((time.perf_counter() - t0) / k)
+        r += 1
+    return per_call

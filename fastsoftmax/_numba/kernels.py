@@ -135,8 +135,8 @@ def _ordered_sum(partial):
 def scratch_for(n, dtype):
     """Per-thread scratch of the tiled path for n classes: (buffer in `dtype`, float64
     buffer), whose parts _tile_views and _f64_row name (the one place that knows the
-    layout): (4 R + n) + n R numbers in `dtype`, 7 rows of R in float64 (R = TILE_ROWS)."""
-    return np.empty((n + 4) * TILE_ROWS + n, dtype), np.empty(7 * TILE_ROWS)
+    layout): (4 R + n) + n R numbers in `dtype`, 8 rows of R in float64 (R = TILE_ROWS)."""
+    return np.empty((n + 4) * TILE_ROWS + n, dtype), np.empty(8 * TILE_ROWS)
 
 
 @njit(**_F, inline="always")
@@ -156,7 +156,7 @@ def _tile_views(buf, n):
 
 @njit(**_F, inline="always")
 def _f64_row(f64, k):
-    """Row k of the float64 scratch: R per-row numbers (0: sums, 1: their logs, 2-6:
+    """Row k of the float64 scratch: R per-row numbers (0: sums, 1: their logs, 2-7:
     the kernel's own)."""
     return f64[k * TILE_ROWS : (k + 1) * TILE_ROWS]
 
@@ -491,7 +491,14 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
 
 @njit(**_F)
 def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64):
-    """Small-C path over rows [r0, r1), TILE_ROWS rows at a time, transposed."""
+    """Small-C path over rows [r0, r1), TILE_ROWS rows at a time, transposed.
+
+    The per-row work is written so that LLVM vectorises it: target lookups (gathers)
+    sit in one short scalar loop of their own, rows are indexed through slices and
+    flat views with unsigned indices (no negative-index wraparound), and the loop
+    that forms each row's loss and gradient factors reads only per-row buffers and
+    selects rather than branches.  22% less time at 60000 x 10 float32 than a loop that
+    did it all per row (bench: same bits)."""
     n = z.shape[1]
     R = TILE_ROWS
     eps_c = eps / n
@@ -502,38 +509,52 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
     coef = _f64_row(f64, 3)  # (1 - eps) w_y; 0 for ignored rows
     valid = _f64_row(f64, 4)  # 1.0 unless the row is ignored
     smooth = _f64_row(f64, 5)
-    g_y = _f64_row(f64, 6)  # the gradient at the target
+    g_y = _f64_row(f64, 6)  # exp(z[y] - max), then the gradient at the target
+    w_y = _f64_row(f64, 7)  # w[y] (1 without weights)
+    # Read by the vectorised loop even without smoothing (whose term it then discards):
+    # uninitialised memory there could hold subnormals, ~100x slower arithmetic.
+    for r in range(R):
+        smooth[r] = 0.0
     for c in range(n):
         gb[c] = like(z, scale * eps_c * (1.0 if w is None else float(w[c])))
+    zf = z.reshape(z.size)
     for a in range(r0, r1, R):
         nr = min(R, r1 - a)
+        yt = y[a : a + nr]
         _tile_transfer(z, a, nr, zt, INTO_TILE)
         _tile_max(zt, nr, n, m)
         if eps_c != 0.0:
             _tile_smooth_sum(zt, nr, n, m, w, smooth)
         for r in range(nr):
-            yi = y[a + r]
+            yi = yt[r]
             ok = yi != ignore
-            yc = yi if ok else 0
+            wy = 1.0 if w is None else float(w[yi if ok else 0])
             valid[r] = 1.0 if ok else 0.0
-            ty[r] = float(zt[np.uintp(yc * R + r)]) - float(m[r])
-            coef[r] = (1.0 - eps) * (1.0 if w is None else float(w[yc])) if ok else 0.0
+            w_y[r] = wy
+            coef[r] = (1.0 - eps) * wy if ok else 0.0
         _tile_expsum(zt, nr, n, m, s, logs, acc, ones)
+        # the target's logit (from z: zt now holds the exps) and its exp
+        for r in range(nr):
+            yi = yt[r]
+            yc = yi if yi != ignore else 0
+            ty[r] = float(zf[np.uintp((a + r) * n + yc)]) - float(m[r])
+            g_y[r] = float(zt[np.uintp(yc * R + r)])
         # per-row loss and gradient factors, vectorised across rows
+        lt = loss[a : a + nr]
         for r in range(nr):
             cy = coef[r]
-            row = cy * (logs[r] - ty[r]) if cy != 0.0 else 0.0
-            row += eps_c * (wsum * logs[r] + smooth[r]) if eps_c != 0.0 else 0.0
+            lg = logs[r]
+            v = cy * (lg - ty[r])
+            row = v if cy != 0.0 else 0.0
+            v = eps_c * (wsum * lg + smooth[r])
+            row += v if eps_c != 0.0 else 0.0
             ok = valid[r] != 0.0
-            loss[a + r] = row if ok else 0.0
-            ga[r] = like(z, scale * (cy + eps_c * wsum) / s[r]) if ok else zero
-            yi = y[a + r]
-            yc = yi if ok else 0
-            w_y = 1.0 if w is None else float(w[yc])
+            lt[r] = row if ok else 0.0
+            gar = like(z, scale * (cy + eps_c * wsum) / s[r])
+            ga[r] = gar if ok else zero
             k, d = float(ones[r]), float(acc[r])
-            g_y[r] = _true_class_grad(
-                float(zt[np.uintp(yc * R + r)]), k, d, cy, eps_c, wsum, w_y, scale
-            )
+            e_y = like(z, g_y[r])
+            g_y[r] = _true_class_grad(e_y, k, d, cy, eps_c, wsum, w_y[r], scale)
         if g is None:
             continue
         # g = (a p - b) scale, formed in the transposed buffer and transposed back
@@ -543,13 +564,15 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
             for r in range(nr):
                 zc[r] = zc[r] * ga[r] - gbc
         _tile_transfer(g, a, nr, zt, OUT_OF_TILE)
+        gf = g.reshape(g.size)
         for r in range(nr):
-            i = a + r
-            if valid[r] != 0.0:
-                g[i, y[i]] = like(z, g_y[r])
+            yi = yt[r]
+            row0 = (a + r) * n
+            if yi != ignore:
+                gf[np.uintp(row0 + yi)] = like(z, g_y[r])
             else:
                 for c in range(n):
-                    g[i, c] = zero
+                    gf[np.uintp(row0 + c)] = zero
 
 
 @njit(**_F, inline="always")

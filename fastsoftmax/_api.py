@@ -7,7 +7,7 @@ backends cannot disagree on what "mean" means.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -62,13 +62,54 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
+class XentProblem(NamedTuple):
+    """A cross-entropy problem resolved into what every backend's kernel takes.
+
+    kind: "index" (target holds class indices, int64) or "prob" (target holds (N, C)
+    probabilities in the work dtype); weight: (C,) class weights in the work dtype or
+    None, wsum their sum (C without weights); denom: the mean's denominator; scale: the
+    factor every gradient is multiplied by (1/denom for "mean", 0 when denom is 0)."""
+
+    backend: Any
+    work: np.dtype
+    reduction: str
+    kind: str
+    target: np.ndarray
+    weight: np.ndarray | None
+    wsum: float
+    ignore: int
+    eps: float
+    denom: float
+    scale: float
+
+    @classmethod
+    def plain(
+        cls, backend: Any, work: np.dtype, target: np.ndarray, num_classes: int
+    ) -> XentProblem:
+        """Class indices (int64) with no options: no weights, nothing ignored, no
+        smoothing, the sum of the row losses (gradient scale 1)."""
+        c, n = float(num_classes), float(target.shape[0])
+        return cls(backend, work, "sum", "index", target, None, c, -1, 0.0, n, 1.0)
+
+    def run(self, z: np.ndarray, loss_rows: np.ndarray, g, rows: slice | None = None) -> float:
+        """The backend's fused kernel on logits z (N, C) in the work dtype, for the
+        problem's rows `rows` (None: all): per-row losses (float64) into loss_rows and
+        the scaled gradient into g (None: the loss alone; z itself: in place).  Returns
+        the float64 sum of the row losses."""
+        y = self.target if rows is None else self.target[rows]
+        be = self.backend
+        if self.kind == "index":
+            w, ws, ig, eps, sc = self.weight, self.wsum, self.ignore, self.eps, self.scale
+            return be.xent_index(z, y, w, ws, ig, eps, sc, loss_rows, g)
+        return be.xent_prob(z, y, self.weight, self.eps, self.scale, loss_rows, g)
+
+
 def resolve_options(
     arr, n, c, target, reduction, label_smoothing, ignore_index, weight, backend,
     weight_name="weight",
-):  # fmt: skip
+) -> XentProblem:  # fmt: skip
     """The cross-entropy options of an (N, C) problem on `arr`, checked and resolved into
-    what the kernels take: (backend, work dtype, reduction, eps, ignore_index, target
-    kind, target, class weights, their sum, the mean's denominator, the gradient scale).
+    what the kernels take (see XentProblem).
 
     The denominator is the sum of the target weights of the non-ignored rows for class
     indices (checking them), N for probabilities; the scale is 1/denominator for "mean"
@@ -90,7 +131,7 @@ def resolve_options(
     else:
         denom = float(n)
     scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
-    return be, work, red, eps, ignore, kind, y, w, wsum, denom, scale
+    return XentProblem(be, work, red, kind, y, w, wsum, ignore, eps, denom, scale)
 
 
 def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):
@@ -252,9 +293,10 @@ def _cross_entropy(
 ):
     z = check.logits_2d(logits)
     n, c = z.shape
-    be, work, red, eps, ignore, kind, y, w, wsum, denom, scale = resolve_options(
+    prob = resolve_options(
         z, n, c, target, reduction, label_smoothing, ignore_index, weight, backend
     )
+    work = prob.work
 
     if (z.dtype is work or z.dtype == work) and z.flags.c_contiguous:
         zw = z
@@ -270,18 +312,14 @@ def _cross_entropy(
             g = zw  # the kernels read each row fully before overwriting it
         elif out is not None:
             check.out_array(out, z.shape, z.dtype)
-            sources = (zw,) if kind == "index" else (zw, y)
+            sources = (zw,) if prob.kind == "index" else (zw, prob.target)
             g = _writable_rows(out, 1, work, *sources)  # out may be logits itself
         if g is None:
             g = np.empty((n, c), work)
 
     loss_rows = np.empty(n)
-    if kind == "index":
-        total = be.xent_index(zw, y, w, wsum, ignore, eps, scale, loss_rows, g)
-    else:
-        total = be.xent_prob(zw, y, w, eps, scale, loss_rows, g)
-
-    loss = reduced_loss(red, loss_rows, total, denom, z.dtype)
+    total = prob.run(zw, loss_rows, g)
+    loss = reduced_loss(prob.reduction, loss_rows, total, prob.denom, z.dtype)
     if not want_grad:
         return loss
 

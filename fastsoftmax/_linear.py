@@ -32,7 +32,7 @@ import operator
 import numpy as np
 
 from . import _validate as check
-from ._api import Reduction, reduced_loss, resolve_options
+from ._api import Reduction, XentProblem, reduced_loss, resolve_options
 from ._backends import is_cupy_array
 
 # The default chunk holds at most this many bytes of logits: at N=8192, V=128256 float32
@@ -58,24 +58,18 @@ def default_chunk_size(n: int, v: int, bytes_per_logit: int) -> int:
 
 
 def fused_chunks(
-    be,
+    problem: XentProblem,
     hidden: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
-    kind: str,
-    y: np.ndarray,
-    w: np.ndarray | None,
-    wsum: float,
-    ignore: int,
-    eps: float,
-    scale: float,
     chunk: int,
     loss_rows: np.ndarray,
-    dhidden: np.ndarray | None,
-    dweight: np.ndarray | None,
-    dbias: np.ndarray | None,
+    *,
+    dhidden: np.ndarray | None = None,
+    dweight: np.ndarray | None = None,
+    dbias: np.ndarray | None = None,
 ) -> float:
-    """The chunk loop (arguments validated, options resolved, all arrays in one float
+    """The chunk loop (arguments validated, `problem` resolved, all arrays in one float
     dtype): writes per-row losses into loss_rows and, where given, the gradients into
     dhidden (N, H), dweight (V, H) and dbias (V,) (their old contents are overwritten).
     Returns the sum of the row losses (float64)."""
@@ -97,11 +91,7 @@ def fused_chunks(
         np.matmul(hr, weight.T, out=z)
         if bias is not None:
             z += bias
-        g = z if want_grad else None
-        if kind == "index":
-            total += be.xent_index(z, y[r0:r1], w, wsum, ignore, eps, scale, loss_rows[r0:r1], g)
-        else:
-            total += be.xent_prob(z, y[r0:r1], w, eps, scale, loss_rows[r0:r1], g)
+        total += problem.run(z, loss_rows[r0:r1], z if want_grad else None, slice(r0, r1))
         if not want_grad:
             continue
         if dhidden is not None:
@@ -175,11 +165,12 @@ def _linear_cross_entropy(
         if b_arr.dtype != h_arr.dtype:
             raise TypeError(f"bias must have hidden's dtype {h_arr.dtype}, got {b_arr.dtype}")
     # the mean's denominator covers every row: each chunk's gradient is final
-    be, work, red, eps, ignore, kind, y, cw, wsum, denom, scale = resolve_options(
+    problem = resolve_options(
         h_arr, n, v, target, reduction, label_smoothing, ignore_index, class_weight, backend,
         weight_name="class_weight",
     )  # fmt: skip
-    chunk = _chunk_size(chunk_size, n, v, bytes_per_logit(be, work))
+    work = problem.work
+    chunk = _chunk_size(chunk_size, n, v, bytes_per_logit(problem.backend, work))
 
     # float16 runs in float32 (dweight then accumulates in float32, never in half)
     hw = h_arr.astype(work, copy=False)
@@ -193,7 +184,7 @@ def _linear_cross_entropy(
         db = None if bw is None else np.empty(v, work)
     if n:
         total = fused_chunks(
-            be, hw, ww, bw, kind, y, cw, wsum, ignore, eps, scale, chunk, loss_rows, dh, dw, db
+            problem, hw, ww, bw, chunk, loss_rows, dhidden=dh, dweight=dw, dbias=db
         )
     else:
         total = 0.0
@@ -201,7 +192,7 @@ def _linear_cross_entropy(
             db.fill(0)
 
     dtype = h_arr.dtype
-    loss = reduced_loss(red, loss_rows, total, denom, dtype)
+    loss = reduced_loss(problem.reduction, loss_rows, total, problem.denom, dtype)
     if not want_grad:
         return loss
     cast = (lambda a: a) if work == dtype else (lambda a: a.astype(dtype))

@@ -37,7 +37,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised without the extra
     raise ImportError("fastsoftmax.dask needs dask: pip install 'fastsoftmax[dask]'") from err
 
-from ._api import cross_entropy_with_grad, softmax
+from ._api import XentProblem, cross_entropy_with_grad, softmax
 from ._backends import is_cupy_array, load
 from ._threads import blas_limit, thread_limit
 from .estimator import encode_labels
@@ -112,10 +112,9 @@ def _chunk_loss_grad(X, y_idx, W, b, backend):
     h = _hidden(X)
     total = 0.0
     if n:
-        total = fused_chunks(
-            be, h, Wc, bc, "index", y_idx, None, float(c), -1, 0.0, 1.0,
-            default_chunk_size(n, c, bytes_per_logit(be, h.dtype)), np.empty(n), None, dW, db,
-        )  # fmt: skip
+        problem = XentProblem.plain(be, h.dtype, y_idx, c)
+        chunk = default_chunk_size(n, c, bytes_per_logit(be, h.dtype))
+        total = fused_chunks(problem, h, Wc, bc, chunk, np.empty(n), dweight=dW, dbias=db)
     else:
         dW.fill(0)
         db.fill(0)

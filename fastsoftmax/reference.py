@@ -202,7 +202,10 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, s
         z = xb @ W.T + b
         loss = np.empty(nb)
         # z becomes (softmax(z) - onehot(y)) / nb, the mean's gradient (reference kernel)
-        xent_index(z, y[idx], None, float(C), -1, 0.0, 1.0 / nb, loss, z)
+        xent_index(
+            z, y[idx], w=None, wsum=float(C), ignore_index=-1, eps=0.0, scale=1.0 / nb,
+            loss=loss, g=z,
+        )  # fmt: skip
         if sw is not None:
             loss *= sw[idx]
             z *= sw[idx].astype(W.dtype)[:, None]

@@ -41,6 +41,7 @@ from ._api import XentProblem, cross_entropy_with_grad, softmax
 from ._backends import is_cupy_array, load
 from ._threads import blas_limit, thread_limit
 from .estimator import encode_labels
+from .reference import StepData, StepParams, StepPlan
 from .train.loop import resolve_step_backend, x_scale_for
 
 SOLVERS = ("lbfgs", "gd", "sgd")
@@ -162,8 +163,9 @@ def chunk_sgd_pass(state, X, y_idx, seed, batch, lr, mu, wd, shuffle, backend):
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     losses = np.zeros(steps)
     if n:
+        data = StepData(Xh, yh, x_scale_for(Xh))
         step_function(backend)(
-            Xh, yh, order, 0, steps, batch, W, b, vW, vb, lr, mu, wd, x_scale_for(Xh), losses
+            data, StepParams(W, b, vW, vb), StepPlan(order, batch, lr, mu, wd), 0, steps, losses
         )
     sizes = np.full(steps, batch, dtype=np.float64)
     if steps:

@@ -17,6 +17,8 @@ arrays C-contiguous, 2-D ``(N, C)``):
 * ``target_stats(y, w, C, ignore_index) -> (first bad row or -1, denominator)``.
 * ``softmax(x, out)``, ``log_softmax(x, out)``, ``logsumexp(x, out)``,
   ``softmax_backward(p, grad, out)``, ``log_softmax_backward(logp, grad, out)``.
+* ``sgd_steps(data, params, plan, s0, s1, losses)``: the softmax-regression training
+  step (see the end of this module; StepData, StepParams and StepPlan name its inputs).
 
 Definitions (PyTorch's ``F.cross_entropy``): with the smoothed, weighted target matrix
 ``Q[n, c] = w_c * ((1 - eps) * onehot(y_n)[c] + eps / C)`` for class indices (or
@@ -35,6 +37,7 @@ A zero entry of ``Q`` contributes nothing even where ``log_softmax = -inf``
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -185,11 +188,49 @@ def log_softmax_backward(logp, gout, out):
 # --------------------------------------------------------------------------------------
 
 
-def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, sw=None, avg=None):
-    """Steps s0..s1-1 of the epoch whose row order is `order`; W, b, vW, vb (and avg's
-    Wa, ba) are updated in place and losses[s] gets step s's objective.  The arguments
-    are those of fastsoftmax._numba.sgd_steps (lr: a number or one per step; sw: None
-    or per-row weights; avg: None or (Wa, ba, coef per step))."""
+class StepData(NamedTuple):
+    """What a run of SGD steps reads: the rows X (n, d) float32/float64/uint8 (C-
+    contiguous), their class indices y (n,) int64, the x scale a (the model sees a X),
+    and per-row weights sw ((n,) float64: row i's loss and gradient times sw[i]) or None."""
+
+    X: np.ndarray
+    y: np.ndarray
+    a: float
+    sw: np.ndarray | None = None
+
+
+class StepParams(NamedTuple):
+    """What it updates in place: W (C, d) and b (C,) in float32 or float64, their
+    momentum buffers vW, vb, and avg: None or (Wa, ba, coef) for averaged SGD, coef a
+    float64 array with one number per step of the epoch (Wa += coef[s] (W - Wa) after
+    step s where coef[s] != 0; ba likewise)."""
+
+    W: np.ndarray
+    b: np.ndarray
+    vW: np.ndarray
+    vb: np.ndarray
+    avg: tuple | None = None
+
+
+class StepPlan(NamedTuple):
+    """Which steps and how: step s of the epoch takes the rows order[s * batch :
+    (s + 1) * batch]; lr: the learning rate, or a float64 array with one per step of the
+    epoch (lr[s]); mu: momentum; wd: weight decay (L2, wd/2 ||W||^2 in the objective)."""
+
+    order: np.ndarray
+    batch: int
+    lr: float | np.ndarray
+    mu: float = 0.0
+    wd: float = 0.0
+
+
+def sgd_steps(data: StepData, params: StepParams, plan: StepPlan, s0: int, s1: int, losses):
+    """Steps s0..s1-1 of the epoch; `params` are updated in place and losses[s] gets
+    step s's objective (mean cross-entropy + wd/2 ||W||^2, before its update).  The
+    arguments are those of every backend's sgd_steps."""
+    X, y, a, sw = data
+    W, b, vW, vb, avg = params
+    order, batch, lr, mu, wd = plan
     n = order.shape[0]
     C = W.shape[0]
     dt = W.dtype.type

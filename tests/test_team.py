@@ -28,6 +28,7 @@ from fastsoftmax._numba._team import (  # noqa: E402
     team_barrier,
     team_join,
 )
+from fastsoftmax.reference import StepData, StepParams, StepPlan  # noqa: E402
 
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
@@ -128,8 +129,8 @@ def _run(X, y, order, C, d, nthreads, steps=9, per_call=4, nparts=None):
     losses = np.zeros(steps)
     for s in range(0, steps, per_call):
         status = _numba_step.sgd_steps(
-            X, y, order, s, min(s + per_call, steps), 128, W, b, vW, vb, 0.1, 0.9, 1e-3,
-            1.0, losses, nthreads if nparts is None else nparts, nthreads,
+            StepData(X, y, 1.0), StepParams(W, b, vW, vb), StepPlan(order, 128, 0.1, 0.9, 1e-3),
+            s, min(s + per_call, steps), losses, nthreads if nparts is None else nparts, nthreads,
         )  # fmt: skip
         assert status == 0
     return W, b, vW, vb, losses

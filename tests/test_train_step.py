@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import FULL, MNIST_DIR
 
+from fastsoftmax.reference import StepData, StepParams, StepPlan
 from fastsoftmax.train import TrainState, train_epochs
 from fastsoftmax.train.loop import x_scale_for
 
@@ -51,14 +52,13 @@ def run_steps(
     here as many parts as threads, so each count splits the batches its own way).
     kw: sw= row weights, avg= (Wa, ba, coef)."""
     fn = _kernel(backend)
+    data = StepData(X, y, a, kw.get("sw"))
+    params = StepParams(W, b, vW, vb, kw.get("avg"))
+    plan = StepPlan(order, batch, lr, mu, wd)
     if backend == "numba":
-        status = fn(
-            X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nthreads, nthreads,
-            **kw,
-        )  # fmt: skip
-        assert status == 0
+        assert fn(data, params, plan, s0, s1, losses, nthreads, nthreads) == 0
     else:
-        fn(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, **kw)
+        fn(data, params, plan, s0, s1, losses)
 
 
 def oracle_objective(Xb, yb, W, b):

@@ -131,7 +131,7 @@ def log_softmax_backward(logp, gout, out):
 
 # ---------------------------------------------------------------------- training step
 # (fastsoftmax/_numba/step.py, imported on first use: the ops never need it)
-def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, sw=None, avg=None):
+def sgd_steps(data, params, plan, s0: int, s1: int, losses) -> None:
     """The fused softmax-regression SGD step (fastsoftmax.reference.sgd_steps is its
     NumPy reference), on this process's team of threads; RuntimeError when a thread of
     the team did not reach a barrier in time (the step is then abandoned, the
@@ -139,10 +139,7 @@ def sgd_steps(X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, s
     from . import step
     from ._team import DEFAULT_TIMEOUT_S
 
-    status = step.sgd_steps(
-        X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, pool_size(),
-        get_num_threads(), sw=sw, avg=avg,
-    )  # fmt: skip
+    status = step.sgd_steps(data, params, plan, s0, s1, losses, pool_size(), get_num_threads())
     if status:
         raise RuntimeError(
             "a thread of the training step did not reach its barrier within "

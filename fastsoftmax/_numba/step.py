@@ -301,16 +301,21 @@ def _prefetch_next(X, order, pf, i1, n0, n1):
 
 
 @njit(**_F, inline="always")
-def _part(
-    X, y, order, i0, i1, n0, n1, W, b, a, inv_b, gW, gb, xb, rows, z, yb, lrow, buf, f64,
-    row_path, sw,
-):  # fmt: skip
+def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
     """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
-    (added into gW, gb).  Returns the sum of the part's row losses (float64).
-    order[n0:n1] is the thread's part of the next step (its first rows are prefetched).
-    sw: None, or (n,) float64 row weights that scale each row's loss and gradient.
+    (added into grads = (gW, gb)).  Returns the sum of the part's row losses (float64).
+
+    data: (X, y, order, a); span: (i0, i1, n0, n1), order[n0:n1] being the thread's
+    part of the next step (its first rows are prefetched); scr: the thread's scratch
+    (xb, rows, z, yb, lrow, buf, f64) of _thread_scratch.  sw: None, or (n,) float64
+    row weights that scale each row's loss and gradient (an argument of its own: a test
+    on None is settled at compile time only for arguments).
 
     Rows go BLOCK at a time: the second read of a block (for dW) hits L2."""
+    X, y, order, a = data
+    i0, i1, n0, n1 = span
+    gW, gb = grads
+    xb, rows, z, yb, lrow, buf, f64 = scr
     C = W.shape[0]
     total = 0.0
     pf = i0 + BLOCK  # the next row to prefetch (the first block came with the last step)
@@ -351,15 +356,19 @@ def _part(
 
 
 @njit(**_F)
-def _update_classes(W, b, vW, vb, gW, gb, nth, lr, mu, wd, c0, c1, sqc, avg, s):
-    """Classes c0..c1-1: add the thread partials in thread order, then the (momentum)
-    SGD update; sqc[c] = ||W[c]||^2 afterwards (for the next step's decay term); then,
-    where avg = (Wa, ba, coef) is given and coef[s] != 0, Wa += coef[s] (W - Wa) and
-    ba likewise (the running mean of the iterates: coef[s] = 1 / its count)."""
+def _update_classes(model, partials, nth, rates, c0, c1, avg, s):
+    """Classes c0..c1-1 of model = (W, b, vW, vb): add the first nth thread partials
+    (gW, gb of partials = (gW, gb, part_loss, sqc)) in thread order, then the (momentum)
+    SGD update with rates = (lr, mu, wd); sqc[c] = ||W[c]||^2 afterwards (for the next
+    step's decay term); then, where avg = (Wa, ba, coef) is given and coef[s] != 0,
+    Wa += coef[s] (W - Wa) and ba likewise (the running mean of the iterates: coef[s] =
+    1 / its count)."""
+    W, b, vW, vb = model
+    gW, gb, _, sqc = partials
     d = W.shape[1]
-    lr = like(W, lr)
-    mu = like(W, mu)
-    wd = like(W, wd)
+    lr = like(W, rates[0])
+    mu = like(W, rates[1])
+    wd = like(W, rates[2])
     for c in range(c0, c1):
         g = gW[0, c]
         for t in range(1, nth):
@@ -438,19 +447,23 @@ def _thread_partials(P, C, d, dtype):
 
 
 @njit(**_KW)
-def team_steps(
-    ctl, size, X, y, order, s0, s1, batch, W, b, vW, vb, lrs, mu, wd, a, losses, row_path, NP,
-    partials, scratch, sw, avg,
-):  # fmt: skip
+def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row_path, sw, avg):
     """One of the `size` threads of a call of sgd_steps: joins the team (see _team) and,
-    as member r of m, does its share of steps s0..s1-1.  partials: (gW, gb, part_loss,
-    sqc) shared by the team; scratch: _thread_scratch's arrays (one row per member)."""
+    as member r of m, does its share of the steps.  data: (X, y, order, a); steps: (s0,
+    s1, batch, lrs, mu, wd); model: (W, b, vW, vb), updated in place; partials: (gW, gb,
+    part_loss, sqc) shared by the team; scratch: _thread_scratch's arrays (one row per
+    member); NP: the most parts a step is cut into.  row_path, sw, avg: as in _part and
+    _update_classes (arguments of their own: their None-ness is settled at compile
+    time)."""
     r, m = team_join(ctl, size)
     if r < 0:
         return
+    s0, s1, batch, lrs, mu, wd = steps
+    W, b = model[0], model[1]
     gW, gb, part_loss, sqc = partials
     xbs, zs, ybs, rowss, lrows, bufs, f64s = scratch
-    n = order.shape[0]
+    scr = (xbs[r], rowss[r], zs[r], ybs[r], lrows[r], bufs[r], f64s[r])
+    n = data[2].shape[0]
     C = W.shape[0]
     if r == 0 and wd != 0.0:  # ||W||^2 per class: only member 0 reads it before a barrier
         for c in range(C):
@@ -470,11 +483,9 @@ def team_steps(
         for t in range(r, nth, m):
             gW[t] = 0
             gb[t] = 0
-            part_loss[t] = _part(
-                X, y, order, r0 + t * nb // nth, r0 + (t + 1) * nb // nth, nxt0, nxt1,
-                W, b, a, inv_b, gW[t][:C], gb[t][:C], xbs[r], rowss[r], zs[r],
-                ybs[r], lrows[r], bufs[r], f64s[r], row_path, sw,
-            )  # fmt: skip
+            span = (r0 + t * nb // nth, r0 + (t + 1) * nb // nth, nxt0, nxt1)
+            grads = (gW[t][:C], gb[t][:C])
+            part_loss[t] = _part(data, span, W, b, inv_b, grads, scr, row_path, sw)
         sq = 0.0
         if r == 0 and wd != 0.0:  # ||W||^2 before this step's update
             for c in range(C):
@@ -488,10 +499,9 @@ def team_steps(
             losses[s] = total * inv_b + 0.5 * wd * sq
         nu = min(m, C)
         if r < nu:
-            _update_classes(
-                W, b, vW, vb, gW, gb, nth, lrs[s], mu, wd, r * C // nu, (r + 1) * C // nu,
-                sqc, avg, s,
-            )  # fmt: skip
+            rates = (lrs[s], mu, wd)
+            c0, c1 = r * C // nu, (r + 1) * C // nu
+            _update_classes(model, partials, nth, rates, c0, c1, avg, s)
         if not team_barrier(ctl, m):  # W, b (and sqc) are the next step's
             return
 
@@ -510,20 +520,10 @@ def _pool() -> ThreadPoolExecutor:
     return _workers[0]
 
 
-def sgd_steps(
-    X, y, order, s0, s1, batch, W, b, vW, vb, lr, mu, wd, a, losses, nparts, nthreads,
-    sw=None, avg=None,
-) -> int:  # fmt: skip
-    """Steps s0..s1-1 of an epoch whose row order is `order`; W (C, d), b (C,) and the
-    momentum buffers vW, vb are updated in place; losses[s] gets step s's objective
-    (mean cross-entropy + wd/2 ||W||^2, before its update).
-
-    X: (n, d) float32/float64/uint8; y: (n,) int64 class indices; a: the x scale.
-    lr: the learning rate, or a float64 array of one per step of the epoch (lr[s]).
-    sw: None or (n,) float64 row weights (sample_weight times class weight): row i's
-    loss and gradient are multiplied by sw[i] (the step's objective stays a sum over
-    the batch divided by its size).  avg: None or (Wa, ba, coef), coef a float64 array
-    per step of the epoch: after step s, Wa += coef[s] (W - Wa) where coef[s] != 0.
+def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
+    """Steps s0..s1-1 of an epoch (data, params, plan: fastsoftmax.reference's
+    StepData, StepParams, StepPlan); params are updated in place; losses[s] gets step
+    s's objective (mean cross-entropy + wd/2 ||W||^2, before its update).
 
     All the steps run in one call of team_steps per thread: this thread's and
     min(nthreads, nparts) - 1 others (Python threads; the kernel releases the GIL).
@@ -539,6 +539,9 @@ def sgd_steps(
 
     Returns 0, or 1 when a member did not reach a barrier within its bound (see
     _team.team_barrier): the team then stops, W and b half-updated."""
+    X, y, a, sw = data
+    W, b, vW, vb, avg = params
+    order, batch, lr, mu, wd = plan
     C, d = W.shape
     NP = max(1, nparts)
     P = max(1, min(nthreads, NP))
@@ -548,8 +551,8 @@ def sgd_steps(
     if lrs.ndim == 0:
         lrs = np.full(max(s1, 1), float(lr))
     args = (
-        ctl, P, X, y, order, s0, s1, batch, W, b, vW, vb, lrs, mu, wd, a, losses,
-        row_path_for(C), NP, partials, _thread_scratch(P, W), sw, avg,
+        ctl, P, NP, (X, y, order, a), (s0, s1, batch, lrs, mu, wd), (W, b, vW, vb), losses,
+        partials, _thread_scratch(P, W), row_path_for(C), sw, avg,
     )  # fmt: skip
     others = [_pool().submit(team_steps, *args) for _ in range(P - 1)]
     team_steps(*args)
@@ -577,12 +580,11 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads):
     gW, gb = _thread_partials(nth, C, d, W.dtype)
     part_loss = np.zeros(nth)
     xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(nth, W)
+    data = (X, y, order, a)
     for t in prange(nth):
-        part_loss[t] = _part(
-            X, y, order, t * n // nth, (t + 1) * n // nth, n, n, W, b, a, scale,
-            gW[t][:C], gb[t][:C], xbs[t], rowss[t], zs[t], ybs[t], lrows[t], bufs[t],
-            f64s[t], row_path, None,
-        )  # fmt: skip
+        span = (t * n // nth, (t + 1) * n // nth, n, n)
+        scr = (xbs[t], rowss[t], zs[t], ybs[t], lrows[t], bufs[t], f64s[t])
+        part_loss[t] = _part(data, span, W, b, scale, (gW[t][:C], gb[t][:C]), scr, row_path, None)
     total = 0.0
     for t in range(nth):
         total += part_loss[t]

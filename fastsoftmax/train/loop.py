@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._backends import AUTO, CPU_BACKENDS, default_cpu_backend, load
+from ..reference import StepData, StepParams, StepPlan
 
 LR_SCHEDULES = ("constant", "invscaling", "linear", "cosine")
 # Rows per call into the step kernel: between calls the loop reports progress and
@@ -100,10 +101,10 @@ def warm_up(
     y = np.zeros(len(X), np.int64)
     sw = np.ones(len(X)) if weighted else None
     avg = (W.copy(), b.copy(), np.zeros(1)) if averaged else None
+    params = StepParams(W, b, W.copy(), b.copy(), avg)
     step_function(backend)(
-        X, y, order, 0, 0, 1, W, b, W.copy(), b.copy(), 0.0, 0.0, 0.0, 1.0, np.zeros(1),
-        sw=sw, avg=avg,
-    )  # fmt: skip
+        StepData(X, y, 1.0, sw), params, StepPlan(order, 1, 0.0), 0, 0, np.zeros(1)
+    )
 
 
 def learning_rates(
@@ -188,6 +189,7 @@ def train_epochs(
     if average_start is not None and state.Wa is None:
         state.Wa, state.ba = np.zeros_like(state.W), np.zeros_like(state.b)
     sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
+    data = StepData(X, y, a, sw)
     while state.epoch < until_epoch:
         if state.order is None:
             state.order = state.rng.permutation(n) if shuffle else np.arange(n)
@@ -202,12 +204,11 @@ def train_epochs(
         )  # fmt: skip
         coef = average_coefficients(clock, average_start)
         avg = None if coef is None else (state.Wa, state.ba, coef)
+        params = StepParams(state.W, state.b, state.vW, state.vb, avg)
+        plan = StepPlan(state.order, batch_size, lrs, momentum, weight_decay)
         while state.step < steps:
             s1 = min(state.step + per_call, steps)
-            step(
-                X, y, state.order, state.step, s1, batch_size, state.W, state.b, state.vW,
-                state.vb, lrs, momentum, weight_decay, a, state.step_losses, sw=sw, avg=avg,
-            )  # fmt: skip
+            step(data, params, plan, state.step, s1, state.step_losses)
             state.t += s1 - state.step
             state.step = s1
             if on_progress is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastsoftmax import benchmarks
+from fastsoftmax import benchmarks, machine
 from fastsoftmax.benchmarks import OpCase
 from fastsoftmax.cli import main
 
@@ -54,7 +54,7 @@ def fake_copy(monkeypatch):
         asked.append(threads)
         return 1e10
 
-    monkeypatch.setattr(benchmarks, "copy_bandwidth", fake)
+    monkeypatch.setattr(machine, "copy_bandwidth", fake)
     return asked
 
 
@@ -134,7 +134,7 @@ def test_tiny_run_json_is_pytest_benchmarks_own(tiny_run):
     assert m["python_version"] == platform.python_version() and "cpu" in m  # its own
     assert m["threads"] >= 1 and m["cores"] >= 1 and m["cpu_model"]  # ours
     assert m["numpy"] == np.__version__ and m["mode"] == "quick"
-    assert m["numba_target"] == benchmarks.numba_target()
+    assert m["numba_target"] == machine.numba_target()
     by_impl = {b["params"]["impl"]: b for b in doc["benchmarks"]}
     assert sorted(by_impl) == ["numba", "numpy"]
     case = OpCase("softmax", 512, 10, "float32")
@@ -282,7 +282,7 @@ def test_run_times_a_gpu_row_on_device_arrays_against_the_device_copy(
 
     fake = fake_row("fake-gpu", run_on_device, "gpu", to_device)
     monkeypatch.setattr(implementations, "IMPLEMENTATIONS", (fake,))
-    monkeypatch.setattr(benchmarks, "device_copy_bandwidth", lambda: 2e12)
+    monkeypatch.setattr(machine, "device_copy_bandwidth", lambda: 2e12)
     monkeypatch.setattr(benchmarks, "synchronizer", lambda name: lambda: log.append(f"sync {name}"))
     doc = benchmarks.run(
         ops=["softmax", "cross_entropy"], shapes=[(64, 10)], train=False, json_path=tmp_path / "g"
@@ -543,88 +543,6 @@ def test_importing_the_cli_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]"
-
-
-# ---------------------------------------------------------------- numba_target
-
-
-def test_numba_target_describes_this_process():
-    info = benchmarks.numba_target()
-    assert info["cpu_model"] == benchmarks.cpu_model()
-    pytest.importorskip("numba")
-    from numba.core import config
-
-    assert info["numba_cpu_name"]
-    assert isinstance(info["numba_cpu_features"], str)
-    if config.CPU_FEATURES is None:  # the host's features, as Numba computes them
-        from numba.core.codegen import get_host_cpu_features
-
-        assert info["numba_cpu_features"] == get_host_cpu_features()
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        assert info["simd"] in ("avx512", "avx2", "sse")
-        assert "probe" in info["simd_from"]
-        # on the host's own features the probe agrees with reading the feature string
-        if info["numba_cpu_features_from"].startswith("host") and config.ENABLE_AVX:
-            assert info["simd"] == benchmarks._simd_of_feature_string(info["numba_cpu_features"])
-
-
-def test_simd_of_feature_string():
-    f = benchmarks._simd_of_feature_string
-    assert f("+sse2,+avx,+avx2,+avx512f,+fma") == "avx512"
-    assert f("+avx2,-avx512f") == "avx2"
-    assert f("+avx512f,-avx512f,+avx2") == "avx2"  # the last mention wins
-    assert f("+sse4.2,-avx2") == "sse"
-    assert f("") == "sse"
-
-
-def _numba_target_in_child(env: dict) -> dict:
-    """numba_target() in a child process whose NUMBA_CPU_* variables are `env`'s."""
-    code = "import json; from fastsoftmax import benchmarks as b; "
-    code += "print(json.dumps(b.numba_target()))"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-        env={**child_env, **env},
-    )  # fmt: skip
-    return json.loads(done.stdout)
-
-
-@pytest.mark.parametrize(
-    ("env", "simd"),
-    [
-        # NUMBA_CPU_NAME alone keeps the host's features (+avx512f where the host has it),
-        # so the name does not lower the ISA; an empty NUMBA_CPU_FEATURES means the named
-        # CPU's own features
-        ({"NUMBA_CPU_NAME": "znver3", "NUMBA_CPU_FEATURES": ""}, "avx2"),
-        ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}, "avx2"),
-        ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""}, "avx512"),
-        ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": "-avx512f"}, "avx2"),
-        ({"NUMBA_CPU_NAME": "generic"}, "sse"),
-    ],
-)
-def test_numba_target_follows_numbas_environment(env, simd):
-    """The record follows what Numba compiles for (checked against LLVM, in a child
-    process: Numba reads these variables at import)."""
-    pytest.importorskip("numba")
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the simd names are x86's")
-    info = _numba_target_in_child(env)
-    assert info["numba_cpu_name"] == env["NUMBA_CPU_NAME"]
-    assert info["numba_cpu_name_from"] == "NUMBA_CPU_NAME"
-    assert info["numba_cpu_features"] == env.get("NUMBA_CPU_FEATURES", "")
-    assert info["simd"] == simd
-
-
-def test_numba_target_with_only_a_cpu_name_keeps_the_host_features():
-    pytest.importorskip("numba")
-    from numba.core.codegen import get_host_cpu_features
-
-    info = _numba_target_in_child({"NUMBA_CPU_NAME": "znver3"})
-    assert info["numba_cpu_features"] == get_host_cpu_features()
-    assert info["numba_cpu_features_from"].startswith("host")
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        # what the host's features give: avx512 on an AVX-512 host, though znver3 has none
-        assert info["simd"] == benchmarks._simd_of_feature_string(get_host_cpu_features())
 
 
 # ---------------------------------------------------------------- plot

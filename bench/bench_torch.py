@@ -33,7 +33,7 @@ import statistics
 import pytest
 from conftest import interleaved_rounds, record, timing
 
-from fastsoftmax import benchmarks, machine
+from fastsoftmax import bench_cases, machine
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
@@ -82,8 +82,8 @@ def test_loss_backward(benchmark, shape, impl, copy_bandwidth):
 # ------------------------------------------------------------------ MNIST training step
 @pytest.fixture(scope="module")
 def mnist_shaped(request):
-    n = benchmarks.TRAIN_N if timing(request) else 8192
-    _, x, y = benchmarks.mnist_shaped(n, D, C)
+    n = bench_cases.TRAIN_N if timing(request) else 8192
+    _, x, y = bench_cases.mnist_shaped(n, D, C)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 

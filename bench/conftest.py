@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastsoftmax import benchmarks, machine
+from fastsoftmax import bench_cases, benchmarks, machine
 
 THREADS = int(os.environ.get("FASTSOFTMAX_BENCH_THREADS", "2"))
 _results: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -96,7 +96,7 @@ def record(
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
         return
-    entry = benchmarks.rates(stats.stats.median, bytes_moved, rows, copy_bw)
+    entry = bench_cases.rates(stats.stats.median, bytes_moved, rows, copy_bw)
     entry.update(extra or {})
     benchmark.extra_info.update(machine.numba_target())
     benchmark.extra_info.update(entry)

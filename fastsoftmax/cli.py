@@ -669,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=20, help="timed runs per cell (best is kept)")
     p.set_defaults(func=compare)
 
-    from .benchmarks import BENCH_OPS
+    from .bench_cases import BENCH_OPS
     from .implementations import IMPLEMENTATIONS
 
     p = sub.add_parser(

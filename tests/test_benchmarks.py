@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastsoftmax import benchmarks, machine
-from fastsoftmax.benchmarks import OpCase
+from fastsoftmax import bench_cases, benchmarks, machine
+from fastsoftmax.bench_cases import OpCase
 from fastsoftmax.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_tiny_run_json_is_pytest_benchmarks_own(tiny_run):
             e["GB/s"] / e["copy_GB/s"], rel=1e-12
         )
         assert e["samples_per_s"] == pytest.approx(512 / med, rel=1e-12)
-        assert e["device"] == "cpu" and e["bytes_model"] == benchmarks.BYTES_MODEL["softmax"]
+        assert e["device"] == "cpu" and e["bytes_model"] == bench_cases.BYTES_MODEL["softmax"]
         ref = by_impl["numpy"]["stats"]["median"]
         assert e["speedup"] == pytest.approx(ref / med, rel=1e-12) and e["reference"] == "numpy"
     assert by_impl["numpy"]["extra_info"]["speedup"] == 1.0
@@ -218,14 +218,14 @@ def test_run_trainer_cases(fake_copy, pauses, tmp_path):
     assert doc["machine_info"]["threads"] == 1
     by_name = {b["params"]["impl"]: b for b in doc["benchmarks"]}
     assert sorted(by_name) == ["numba", "numba-uint8", "numpy"] and len(pauses) == 3
-    flop = benchmarks.train_flop(2000, benchmarks.TRAIN_D, benchmarks.TRAIN_C)
+    flop = bench_cases.train_flop(2000, bench_cases.TRAIN_D, bench_cases.TRAIN_C)
     ref = by_name["numpy"]["stats"]["median"]
     for name, b in by_name.items():
         assert b["group"].startswith("train fit 1 epoch") and "2000 of 60000" in b["group"]
         assert b["params"]["xtype"] == ("uint8" if name == "numba-uint8" else "float32")
         e, med = b["extra_info"], b["stats"]["median"]
         itemsize = 1 if name == "numba-uint8" else 4
-        assert e["bytes_moved"] == 2000 * benchmarks.TRAIN_D * itemsize
+        assert e["bytes_moved"] == 2000 * bench_cases.TRAIN_D * itemsize
         assert e["GFLOP/s"] == pytest.approx(flop / med / 1e9, rel=1e-12)
         assert e["samples_per_s"] == pytest.approx(2000 / med, rel=1e-12)
         assert e["fraction_of_copy_bandwidth"] == pytest.approx(
@@ -445,10 +445,10 @@ def test_cli_compare_bad_file_exits_2_naming_it(tmp_path, capsys, content, messa
 
 
 def test_rates():
-    r = benchmarks.rates(0.5, bytes_moved=2e9, rows=1000, copy_bw=8e9)
+    r = bench_cases.rates(0.5, bytes_moved=2e9, rows=1000, copy_bw=8e9)
     assert r == {"seconds": 0.5, "samples_per_s": 2000.0, "bytes_moved": 2e9, "GB/s": 4.0,
                  "copy_GB/s": 8.0, "fraction_of_copy_bandwidth": 0.5}  # fmt: skip
-    assert benchmarks.rates(0.5) == {"seconds": 0.5}
+    assert bench_cases.rates(0.5) == {"seconds": 0.5}
 
 
 def test_format_table_rows():

@@ -471,13 +471,13 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from . import benchmarks
+    from . import bench_report, benchmarks
 
     if args.compare:
         a_path, b_path = args.compare
-        a_doc, b_doc = benchmarks.load_json(a_path), benchmarks.load_json(b_path)
+        a_doc, b_doc = bench_report.load_json(a_path), bench_report.load_json(b_path)
         print(f"A = {a_path}\nB = {b_path}")
-        left_out = benchmarks.compare(a_doc, b_doc)
+        left_out = bench_report.compare(a_doc, b_doc)
         if left_out:
             print(f"{left_out} benchmark(s) in only one of the files left out")
         return 0
@@ -495,12 +495,12 @@ def bench(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # a case failed: pytest's report is above
         print(f"fastsoftmax: error: {err}", file=sys.stderr)
         return 1
-    print(benchmarks.format_table(doc))
+    print(bench_report.format_table(doc))
     print(f"JSON (pytest-benchmark {doc.get('version')}): {args.json}")
     if not args.no_plot:
         png = Path(args.plot) if args.plot else Path(args.json).with_suffix(".png")
         try:
-            print(f"plot: {benchmarks.plot(doc, png)}")
+            print(f"plot: {bench_report.plot(doc, png)}")
         except ImportError as err:
             print(f"note: no plot written ({err})", file=sys.stderr)
     print(f"took {time.perf_counter() - started:.1f} s")

@@ -1,7 +1,8 @@
-"""fastsoftmax.benchmarks and ``fastsoftmax bench``: a pytest-benchmark run of the
-cases (its JSON, read back by pytest-benchmark's compare command), the pause between
-cases shared with bench/, the napkin figures, the table, the comparison of two runs and
-the plot."""
+"""``fastsoftmax bench``: a pytest-benchmark run of the cases (fastsoftmax.benchmarks,
+fastsoftmax.bench_cases; its JSON, read back by pytest-benchmark's compare command), the
+pause between cases shared with bench/, the napkin figures, and what
+fastsoftmax.bench_report reads back: the table, the comparison of two runs and the
+plot."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastsoftmax import bench_cases, benchmarks, machine
+from fastsoftmax import bench_cases, bench_report, benchmarks, machine
 from fastsoftmax.bench_cases import OpCase
 from fastsoftmax.cli import main
 
@@ -315,7 +316,7 @@ def test_a_failing_case_fails_the_command_and_keeps_the_others(
     err = capsys.readouterr().err
     assert "the kernel broke" in err and "1 failed, 1 passed" in err
     assert "fastsoftmax: error: the pytest-benchmark run failed" in err and str(path) in err
-    assert [b["params"]["impl"] for b in benchmarks.load_json(path)["benchmarks"]] == ["fine"]
+    assert [b["params"]["impl"] for b in bench_report.load_json(path)["benchmarks"]] == ["fine"]
 
 
 def test_run_rejects_unknown_names_and_empty_runs(fake_copy, tmp_path):
@@ -481,7 +482,7 @@ def test_format_table_rows():
         mode="quick",
         **{"copy_GB/s": 40.0},
     )
-    text = benchmarks.format_table(doc)
+    text = bench_report.format_table(doc)
     assert "Test CPU, 2 cores, 2 threads; copy bandwidth 40.0 GB/s" in text
     numba = next(line for line in text.splitlines() if line.strip().startswith("numba"))
     assert numba.split() == ["numba", "1.000", "5.12e+05", "0.04", "25.0", "-", "4.0x"]
@@ -579,7 +580,7 @@ def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    path = benchmarks.plot(plot_doc(), tmp_path / "deep" / "bench.png")
+    path = bench_report.plot(plot_doc(), tmp_path / "deep" / "bench.png")
     assert path == tmp_path / "deep" / "bench.png"
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     image = matplotlib.image.imread(path)[..., :3]
@@ -591,5 +592,5 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     for mod in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, mod, None)
     with pytest.raises(ImportError, match=r"pip install 'fastsoftmax\[plot\]'"):
-        benchmarks.plot(plot_doc(), tmp_path / "x.png")
+        bench_report.plot(plot_doc(), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

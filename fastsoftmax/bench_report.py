@@ -1,7 +1,8 @@
 """Reading the JSON of a pytest-benchmark run (``fastsoftmax bench``'s or the bench/
 suites'): `load_json` checks it, `format_table` prints the napkin figures and speedups
-per group, `plot` draws them (needs matplotlib), and `compare` shows the change between
-two runs with pytest-benchmark's own table (``pytest-benchmark compare --between``).
+per group, `plot` draws them (needs matplotlib), and `diff_runs` shows the change
+between two runs with pytest-benchmark's own table (``pytest-benchmark compare
+--between``; ``fastsoftmax bench --diff``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import functools
 import json
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 _STATS = ("min", "max", "mean", "median", "stddev", "iqr")
@@ -41,7 +43,7 @@ def load_json(path: str | os.PathLike[str]) -> dict:
     return doc
 
 
-def compare(a_doc: dict, b_doc: dict, columns=("min", "median")) -> int:
+def diff_runs(a_doc: dict, b_doc: dict, columns: Sequence[str] = ("min", "median")) -> int:
     """Print pytest-benchmark's table of the change from run A to run B (``pytest-benchmark
     compare --between``): per group, the benchmarks of both (matched by fullname).
     Return how many benchmarks were in only one of them (left out)."""

@@ -1,8 +1,8 @@
 """``fastsoftmax bench``: a pytest-benchmark run of the cases (fastsoftmax.benchmarks,
 fastsoftmax.bench_cases; its JSON, read back by pytest-benchmark's compare command), the
 pause between cases shared with bench/, the napkin figures, and what
-fastsoftmax.bench_report reads back: the table, the comparison of two runs and the
-plot."""
+fastsoftmax.bench_report reads back: the table, the change between two runs
+(``--diff``, formerly ``--compare``) and the plot."""
 
 from __future__ import annotations
 
@@ -339,7 +339,7 @@ def test_run_without_pytest_benchmark_names_the_extra(monkeypatch, capsys):
     assert "fastsoftmax[bench]" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- documents, compare
+# ---------------------------------------------------------------- documents, --diff
 
 
 def entry(group, name, median, **extra):
@@ -384,7 +384,7 @@ def test_drop_raw_data_keeps_the_statistics():
     assert doc["benchmarks"][0]["stats"] == {k: v for k, v in stats.items() if k != "data"}
 
 
-def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
+def test_cli_diff_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
     a = write(tmp_path, "a.json", doc_of(
         entry("g1", "numpy", 4.0e-3), entry("g1", "numba", 2.0e-3),
         entry("g2", "numba", 5.0e-3), entry("only-a", "numba", 1.0),
@@ -393,7 +393,7 @@ def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
         entry("g1", "numba", 3.0e-3), entry("g1", "numpy", 2.0e-3),
         entry("g2", "numba", 5.0e-3), entry("only-b", "x", 1.0),
     ))  # fmt: skip
-    assert main(["bench", "--compare", str(a), str(b)]) == 0
+    assert main(["bench", "--diff", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert f"A = {a}" in out and f"B = {b}" in out
     assert "benchmark 'g1': 2 tests, 2 sources" in out and "A Median" in out
@@ -413,12 +413,12 @@ def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
     assert rows["g2", "bench_x[numba]"][2::3] == ["+0.0%", "+0.0%"]
 
 
-def test_cli_compare_reads_the_bench_suites_json(tmp_path, capsys):
+def test_cli_diff_reads_the_bench_suites_json(tmp_path, capsys):
     own = REPO / "bench" / "results" / "train_cpu.json"
     if not own.exists():
         pytest.skip(f"{own} is not there")
     copy = shutil.copy(own, tmp_path / "again.json")
-    assert main(["bench", "--compare", str(own), str(copy)]) == 0
+    assert main(["bench", "--diff", str(own), str(copy)]) == 0
     out = capsys.readouterr().out
     n = len(json.loads(own.read_text())["benchmarks"])
     assert out.count("+0.0%") == 2 * n > 0  # min and median of every benchmark
@@ -433,13 +433,35 @@ def test_cli_compare_reads_the_bench_suites_json(tmp_path, capsys):
         (None, "No such file"),
     ],
 )
-def test_cli_compare_bad_file_exits_2_naming_it(tmp_path, capsys, content, message):
+def test_cli_diff_bad_file_exits_2_naming_it(tmp_path, capsys, content, message):
     good, bad = write(tmp_path, "good.json", doc_of(entry("g", "n", 1.0))), tmp_path / "bad.json"
     if content is not None:
         bad.write_text(content)
-    assert main(["bench", "--compare", str(good), str(bad)]) == 2
+    assert main(["bench", "--diff", str(good), str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and message in err and str(good) not in err
+
+
+def test_cli_compare_is_the_deprecated_name_of_diff(tmp_path, capsys):
+    a = write(tmp_path, "a.json", doc_of(entry("g", "numba", 2.0e-3)))
+    b = write(tmp_path, "b.json", doc_of(entry("g", "numba", 3.0e-3)))
+    assert main(["bench", "--diff", str(a), str(b)]) == 0
+    diff = capsys.readouterr()
+    assert main(["bench", "--compare", str(a), str(b)]) == 0
+    old = capsys.readouterr()
+    assert old.out == diff.out and "+50.0%" in old.out
+    assert diff.err == ""
+    assert old.err == "fastsoftmax: bench --compare is deprecated; use bench --diff\n"
+    assert main(["bench", "--diff", str(a), str(b), "--compare", str(a), str(b)]) == 2
+    assert "give --diff alone" in capsys.readouterr().err
+
+
+def test_cli_bench_help_names_diff_not_compare(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--diff A.json B.json" in text and "--compare" not in text
 
 
 # ---------------------------------------------------------------- table, CLI options

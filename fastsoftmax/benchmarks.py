@@ -17,7 +17,9 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +48,9 @@ from .bench_cases import (
 )
 from .bench_report import load_json
 
+if TYPE_CHECKING:
+    import pytest
+
 # ---------------------------------------------------------------- pytest-benchmark runs
 # Seconds to wait before each timed case, in the bench/ suites (bench/conftest.py) and
 # in `fastsoftmax bench` alike.  Thread pools spin for a while after their last task
@@ -57,7 +62,7 @@ QUIESCE_S = 0.3
 _PLUGIN = "fastsoftmax-bench"
 
 
-def quiesce(config) -> None:
+def quiesce(config: pytest.Config) -> None:
     """Let the previous case's thread pools go idle (not under --benchmark-disable):
     called before every case of a pytest-benchmark run."""
     if not config.getoption("benchmark_disable", False):
@@ -193,8 +198,17 @@ def _threads(n: int, torch_too: bool):
             restore()
 
 
-def run(*, full=False, threads=2, impls=None, ops=None, train=True, shapes=None,
-        train_rows=None, json_path="fastsoftmax-bench.json") -> dict:  # fmt: skip
+def run(
+    *,
+    full: bool = False,
+    threads: int = 2,
+    impls: Sequence[str] | None = None,
+    ops: Sequence[str] | None = None,
+    train: bool = True,
+    shapes: Sequence[tuple[int, int]] | None = None,
+    train_rows: int | None = None,
+    json_path: str | os.PathLike[str] = "fastsoftmax-bench.json",
+) -> dict:
     """Time every available implementation on every case with pytest-benchmark (pytest
     runs `bench_op` and `bench_train`); return the JSON it writes to `json_path`.
 

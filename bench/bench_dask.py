@@ -27,19 +27,19 @@ distributed = pytest.importorskip("distributed")
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 
-from fastsoftmax import benchmarks  # noqa: E402
+from fastsoftmax import bench_cases  # noqa: E402
 from fastsoftmax import dask as fsd  # noqa: E402
 
 FULL = os.environ.get("FASTSOFTMAX_BENCH_FULL") == "1"
 ROWS = [60000] + ([600000] if FULL else [])
 CHUNK_ROWS = 15000
-D, C = benchmarks.TRAIN_D, benchmarks.TRAIN_C
+D, C = bench_cases.TRAIN_D, bench_cases.TRAIN_C
 ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def data():
-    _, x, y = benchmarks.mnist_shaped(max(ROWS), D, C)
+    _, x, y = bench_cases.mnist_shaped(max(ROWS), D, C)
     return x, y
 
 

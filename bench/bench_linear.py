@@ -38,7 +38,7 @@ import pytest
 from conftest import record
 
 import fastsoftmax as fs
-from fastsoftmax import benchmarks
+from fastsoftmax import machine
 
 FULL = os.environ.get("FASTSOFTMAX_BENCH_FULL") == "1"
 SMALL, LARGE = (2048, 512, 128256), (8192, 4096, 128256)
@@ -123,7 +123,7 @@ def test_linear_xent_fused(benchmark, shape, impl, inputs, copy_bandwidth):
     def measured():
         result.clear()  # the previous round's outputs are freed before the next round
         getattr(fn, "free", lambda: None)()
-        with benchmarks.peak_memory() as mem:
+        with machine.peak_memory() as mem:
             result.append(fn())
         peaks.append(mem["rss"] if mem["rss"] is not None else mem["traced"])
 

@@ -2,7 +2,7 @@
 (60000,10), (512,10), (8192,1000), (4096,32000), (1024,128256), float32 and float64, on
 every implementation of ``fastsoftmax.implementations`` that can run here.
 
-The cases and their bytes-moved models live in ``fastsoftmax/benchmarks.py`` (shared
+The cases and their bytes-moved models live in ``fastsoftmax/bench_cases.py`` (shared
 with ``fastsoftmax bench``).  Napkin math for the fused op: read the logits once, write
 dlogits once, so at 4096 x 32000 float32 2 x 524 MB = 1.05 GB, 22 ms at ~47 GB/s.
 "numba-out" preallocates dlogits (out=): a fresh 0.5 GB array costs page faults on
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from conftest import record
 
-from fastsoftmax import benchmarks
+from fastsoftmax import bench_cases
 from fastsoftmax.implementations import IMPLEMENTATIONS
 
-CASES = benchmarks.op_cases(full=True)
+CASES = bench_cases.op_cases(full=True)
 
 
 def _impl_params():
@@ -46,7 +46,7 @@ def test_op(benchmark, case, impl, preallocated, copy_bandwidth, gpu_copy_bandwi
         pytest.skip(f"{impl.name} does not implement {case.op}")
     args = impl.to_device(*case.inputs())
     kwargs = {"out": np.empty_like(args[0])} if preallocated else {}
-    sync = benchmarks.synchronizer(impl.name)
+    sync = bench_cases.synchronizer(impl.name)
 
     def call():
         out = impl.on_device(case.op, *args, **kwargs)

@@ -51,11 +51,11 @@ import pytest
 from conftest import interleaved_rounds, record, timing
 
 import fastsoftmax as fs
-from fastsoftmax import benchmarks
+from fastsoftmax import bench_cases
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
-D, C = benchmarks.TRAIN_D, benchmarks.TRAIN_C
+D, C = bench_cases.TRAIN_D, bench_cases.TRAIN_C
 LR = 0.1
 STEPS = 10  # steps per timed round of the training loop
 LOOP_IMPLS = ("numba", "numpy", "torch")
@@ -78,8 +78,8 @@ def _needs(impl):
 def mnist_shaped_f32(request):
     """(X float32 (n, 784) in [0, 1], y int64): 60000 rows (8192 under
     --benchmark-disable)."""
-    n = benchmarks.TRAIN_N if timing(request) else 8192
-    _, x, y = benchmarks.mnist_shaped(n, D, C)
+    n = bench_cases.TRAIN_N if timing(request) else 8192
+    _, x, y = bench_cases.mnist_shaped(n, D, C)
     return x, y
 
 
@@ -215,7 +215,7 @@ def _one_thread():
 def test_call_after_idle(benchmark, shape, mode, request):
     _needs("numba")
     n, c = shape
-    case = benchmarks.OpCase("cross_entropy_with_grad", n, c, "float32")
+    case = bench_cases.OpCase("cross_entropy_with_grad", n, c, "float32")
     z, y = case.inputs()
 
     def call():

@@ -33,7 +33,7 @@ import statistics
 import pytest
 from conftest import interleaved_rounds, record, timing
 
-from fastsoftmax import benchmarks
+from fastsoftmax import bench_cases, machine
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
@@ -82,8 +82,8 @@ def test_loss_backward(benchmark, shape, impl, copy_bandwidth):
 # ------------------------------------------------------------------ MNIST training step
 @pytest.fixture(scope="module")
 def mnist_shaped(request):
-    n = benchmarks.TRAIN_N if timing(request) else 8192
-    _, x, y = benchmarks.mnist_shaped(n, D, C)
+    n = bench_cases.TRAIN_N if timing(request) else 8192
+    _, x, y = bench_cases.mnist_shaped(n, D, C)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -194,7 +194,7 @@ def test_lm_head_step(benchmark, impl, lm_inputs):
 
     def step():
         clear()  # the previous round's gradients go before this one is measured
-        with benchmarks.peak_memory() as mem:
+        with machine.peak_memory() as mem:
             loss = loss_fn(hidden, weight, target)
             loss.backward()
         peaks.append(mem["rss"] if mem["rss"] is not None else 0)

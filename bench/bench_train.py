@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from conftest import record
 
-from fastsoftmax import SoftmaxRegression, benchmarks
+from fastsoftmax import SoftmaxRegression, bench_cases
 from fastsoftmax.train import TrainState, train_epochs
 
-N, D, C = benchmarks.TRAIN_N, benchmarks.TRAIN_D, benchmarks.TRAIN_C
-BATCH = benchmarks.TRAIN_BATCH
+N, D, C = bench_cases.TRAIN_N, bench_cases.TRAIN_D, bench_cases.TRAIN_C
+BATCH = bench_cases.TRAIN_BATCH
 EPOCHS = 3
 BACKENDS = [
     pytest.param("numpy", "float32", id="numpy"),
@@ -34,7 +34,7 @@ BACKENDS = [
 
 @pytest.fixture(scope="module")
 def mnist_shaped():
-    return benchmarks.mnist_shaped(N, D, C)
+    return bench_cases.mnist_shaped(N, D, C)
 
 
 def _extra(benchmark, flop):
@@ -91,7 +91,7 @@ def test_sgd_step(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     benchmark.pedantic(step, rounds=200, warmup_rounds=3)
     nbytes = BATCH * D * data.itemsize
     record(benchmark.group, name, benchmark, nbytes, copy_bandwidth, rows=BATCH)
-    _extra(benchmark, benchmarks.train_flop(BATCH, D, C))
+    _extra(benchmark, bench_cases.train_flop(BATCH, D, C))
 
 
 @pytest.mark.parametrize(("impl", "xtype"), BACKENDS)
@@ -103,7 +103,7 @@ def test_mnist_epoch(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     if impl == "torch":
 
         def epoch():
-            benchmarks.torch_sgd_epochs(x, y, 1, BATCH, 0.1)
+            bench_cases.torch_sgd_epochs(x, y, 1, BATCH, 0.1)
 
     else:
 
@@ -117,7 +117,7 @@ def test_mnist_epoch(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     rounds = 3 if impl in ("numpy", "torch") else 7
     benchmark.pedantic(epoch, rounds=rounds, warmup_rounds=1)
     record(benchmark.group, name, benchmark, data.nbytes, copy_bandwidth, rows=N)
-    _extra(benchmark, benchmarks.train_flop(N, D, C))
+    _extra(benchmark, bench_cases.train_flop(N, D, C))
 
 
 @pytest.mark.parametrize(("impl", "xtype"), BACKENDS)
@@ -127,7 +127,7 @@ def test_fit(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     _, y, data, name = _inputs(mnist_shaped, impl, xtype)
     benchmark.group = f"train: fit {N}x{D}, batch {BATCH}, {EPOCHS} epochs"
     if impl == "torch":
-        run = (benchmarks.torch_sgd_epochs, (data, y, EPOCHS, BATCH, 0.1))
+        run = (bench_cases.torch_sgd_epochs, (data, y, EPOCHS, BATCH, 0.1))
     else:
 
         def fit(backend, x, y):
@@ -139,7 +139,7 @@ def test_fit(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     rounds = 3 if impl in ("numpy", "torch") else 5
     result = benchmark.pedantic(run[0], args=run[1], rounds=rounds, warmup_rounds=1)
     record(benchmark.group, name, benchmark, EPOCHS * data.nbytes, copy_bandwidth, rows=EPOCHS * N)
-    _extra(benchmark, benchmarks.train_flop(N, D, C, EPOCHS))
+    _extra(benchmark, bench_cases.train_flop(N, D, C, EPOCHS))
     if impl != "torch":  # the benchmark also checks that it learned something
         assert result.score(data[:5000], y[:5000]) > 0.5
 

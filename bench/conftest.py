@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastsoftmax import benchmarks
+from fastsoftmax import bench_cases, benchmarks, machine
 
 THREADS = int(os.environ.get("FASTSOFTMAX_BENCH_THREADS", "2"))
 _results: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -50,9 +50,9 @@ def _quiesce(request):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """The CPU Numba compiles for (name, features, simd; see benchmarks.numba_target)
+    """The CPU Numba compiles for (name, features, simd; see machine.numba_target)
     in the JSON's machine_info, next to pytest-benchmark's own CPU fields."""
-    machine_info["numba_target"] = benchmarks.numba_target()
+    machine_info["numba_target"] = machine.numba_target()
 
 
 def pytest_benchmark_update_json(config, output_json):
@@ -69,7 +69,7 @@ def copy_bandwidth(request) -> float | None:
     under --benchmark-disable)."""
     if request.config.getoption("benchmark_disable", False):
         return None
-    return benchmarks.copy_bandwidth(THREADS)
+    return machine.copy_bandwidth(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,7 @@ def gpu_copy_bandwidth(request) -> float | None:
     """Device-to-device copy bandwidth, or None without a GPU."""
     if request.config.getoption("benchmark_disable", False):
         return None
-    return benchmarks.device_copy_bandwidth()
+    return machine.device_copy_bandwidth()
 
 
 def record(
@@ -90,15 +90,15 @@ def record(
     extra: dict | None = None,
 ):
     """Attach the napkin-math figures (and `extra`) to the result and keep them for the
-    summary.  Every result also records the CPU facts (``benchmarks.numba_target``: the
+    summary.  Every result also records the CPU facts (``machine.numba_target``: the
     CPU model, the CPU name and features Numba compiles for, and its simd level), so a
     result read alone says what it ran on."""
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
         return
-    entry = benchmarks.rates(stats.stats.median, bytes_moved, rows, copy_bw)
+    entry = bench_cases.rates(stats.stats.median, bytes_moved, rows, copy_bw)
     entry.update(extra or {})
-    benchmark.extra_info.update(benchmarks.numba_target())
+    benchmark.extra_info.update(machine.numba_target())
     benchmark.extra_info.update(entry)
     _results[group][name] = entry
 
@@ -118,7 +118,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("fastsoftmax: ratios from this run (median times)")
-    target = benchmarks.numba_target()
+    target = machine.numba_target()
     tr.write_line(
         f"machine: {target['cpu_model']}, {os.cpu_count()} cores, {THREADS} threads; "
         f"Numba compiles for {target['numba_cpu_name']} ({target['simd']})"

@@ -1,404 +1,55 @@
-"""Benchmark cases and their napkin math: one source of truth for the pytest-benchmark
-files in ``bench/`` and for ``fastsoftmax bench``.
+"""``fastsoftmax bench``: a pytest-benchmark run of the cases of
+``fastsoftmax.bench_cases``, and what the bench/ suites share with it.
 
-A case is an op (or a training run) at a shape and dtype, run by one implementation of
-``fastsoftmax.implementations``.  Its ``bytes_moved`` is a stated pass-count model:
-
-* softmax, log_softmax: read the input once, write the output once (2 passes of N x C);
-* cross_entropy (forward): read the logits once (1 pass) and the N targets;
-* cross_entropy_with_grad (fused): read the logits once, write dlogits once (2 passes)
-  and read the targets;
-* training: read X once per epoch (n x d x itemsize); FLOPs = 2 matmuls of 2 n d C.
-
-Speed is judged against the machine's copy bandwidth measured in the same run
-(``copy_bandwidth``): read + write bytes per second of a parallel copy.
-
-``fastsoftmax bench`` (`run`) is a pytest-benchmark run of `bench_op` and `bench_train`
-below: pytest-benchmark times the cases, computes the statistics and writes the JSON;
-this module adds the napkin figures (`rates`), the speedups, the table, the comparison
-of two runs and the plot.
+`run` has pytest run `bench_op` and `bench_train` below as its test functions, with
+this module's plugin (`_Suite`) as their parameters: pytest-benchmark times the cases,
+computes the statistics and writes the JSON; the plugin adds the machine's facts
+(``fastsoftmax.machine``), the napkin figures (``bench_cases.rates``) and the speedups
+to it.  `quiesce` (the pause before each case) and `drop_raw_data` (JSON without
+per-round times) serve the bench/ suites too.  The table, the plot and the change
+between two runs read the JSON back: ``fastsoftmax.bench_report``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
-import textwrap
 import time
-import tracemalloc
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .implementations import OPS
+from . import machine
+from .bench_cases import (
+    BENCH_OPS,
+    BYTES_MODEL,
+    DTYPES,
+    QUICK_SHAPES,
+    QUICK_TRAIN_N,
+    SHAPES,
+    SLOW_ELEMENTS,
+    TRAIN_BATCH,
+    TRAIN_C,
+    TRAIN_CASES,
+    TRAIN_D,
+    TRAIN_MODELS,
+    TRAIN_N,
+    OpCase,
+    mnist_shaped,
+    rates,
+    synchronizer,
+    torch_sgd_epochs,
+    train_bytes,
+    train_flop,
+)
+from .bench_report import load_json
 
-# The ops the benchmarks time: those of the implementations table but logsumexp (a
-# softmax without its second pass, which the table's parity tests cover).
-BENCH_OPS = tuple(op for op in OPS if op != "logsumexp")
-# (N, C): MNIST's batch and epoch, a 1000-class head, two LM vocabularies
-SHAPES = ((60000, 10), (512, 10), (8192, 1000), (4096, 32000), (1024, 128256))
-QUICK_SHAPES = ((512, 10), (60000, 10), (8192, 1000))
-DTYPES = ("float32", "float64")
-PASSES = {"softmax": 2, "log_softmax": 2, "cross_entropy": 1, "cross_entropy_with_grad": 2}
-
-# The trainer's cases: MNIST-shaped rows (the real training set is downloaded by users;
-# the benchmark's numbers do not depend on pixel values)
-TRAIN_N, TRAIN_D, TRAIN_C = 60000, 784, 10
-TRAIN_BATCH = 128
-
-
-@dataclass(frozen=True)
-class OpCase:
-    """One op at one shape and dtype."""
-
-    op: str
-    n: int
-    c: int
-    dtype: str
-
-    @property
-    def group(self) -> str:
-        """pytest-benchmark group: cases in one group are compared with each other."""
-        return f"{self.op} {self.dtype} {self.n}x{self.c}"
-
-    @property
-    def bytes_moved(self) -> int:
-        item = np.dtype(self.dtype).itemsize
-        targets = 8 * self.n if self.op.startswith("cross_entropy") else 0
-        return PASSES[self.op] * self.n * self.c * item + targets
-
-    def inputs(self, seed: int = 0) -> tuple:
-        """(logits,) or (logits, target): standard normal logits x 3, uniform targets."""
-        rng = np.random.default_rng(seed)
-        z = (rng.standard_normal((self.n, self.c), dtype=np.float32) * 3).astype(self.dtype)
-        if self.op.startswith("cross_entropy"):
-            return z, rng.integers(0, self.c, self.n)
-        return (z,)
-
-
-def op_cases(full: bool = True, ops=BENCH_OPS, dtypes=DTYPES) -> list[OpCase]:
-    """Every op x shape x dtype (full) or the quick subset (small shapes, float32)."""
-    shapes = SHAPES if full else QUICK_SHAPES
-    dts = dtypes if full else ("float32",)
-    return [OpCase(op, n, c, dt) for op in ops for (n, c) in shapes for dt in dts]
-
-
-def train_bytes(x: np.ndarray, epochs: int = 1) -> int:
-    """Bytes of X read by `epochs` epochs of the fused step (X read once per epoch)."""
-    return epochs * x.nbytes
-
-
-def train_flop(n: int, d: int, c: int, epochs: int = 1) -> int:
-    """Floating-point operations of `epochs` epochs: logits and dW, 2 n d C each."""
-    return epochs * 2 * 2 * n * d * c
-
-
-def mnist_shaped(n: int = TRAIN_N, d: int = TRAIN_D, c: int = TRAIN_C, seed: int = 0):
-    """(pixels uint8 (n, d), x float32 = pixels / 255, y int64 (n,)): labels from a fixed
-    random linear teacher, so the problem is learnable like MNIST."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (n, d), dtype=np.uint8)
-    x = pixels.astype(np.float32) / 255
-    teacher = rng.standard_normal((d, c)).astype(np.float32)
-    noise = rng.standard_normal((n, c)).astype(np.float32)
-    y = np.argmax(x @ teacher + noise, axis=1).astype(np.int64)
-    return pixels, x, y
-
-
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-@contextlib.contextmanager
-def peak_memory():
-    """Peak memory of the enclosed code above what was in use when it started.
-
-    Yields a dict filled on exit: ``traced`` (bytes, tracemalloc: NumPy's allocations,
-    not BLAS's, Numba's or PyTorch's own) and ``rss`` (bytes, the resident-set
-    high-water mark, which sees every allocation; Linux only, reset through
-    /proc/self/clear_refs; None elsewhere).
-    """
-    result: dict[str, int | None] = {"traced": None, "rss": None}
-    rss0 = _proc_status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        rss0 = None
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    traced0 = tracemalloc.get_traced_memory()[0]
-    try:
-        yield result
-    finally:
-        result["traced"] = tracemalloc.get_traced_memory()[1] - traced0
-        if not was_tracing:
-            tracemalloc.stop()
-        hwm = _proc_status_kib("VmHWM")
-        if rss0 is not None and hwm is not None:
-            result["rss"] = (hwm - rss0) * 1024
-
-
-def copy_bandwidth(threads: int | None = None, nbytes: int = 1 << 29, repeat: int = 7) -> float:
-    """Bytes per second (read + write) of a parallel copy of `nbytes` on the CPU: the
-    physical limit a memory-bound kernel is judged against (Numba; NumPy's copy, one
-    thread, where Numba is missing)."""
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    try:
-        import numba
-
-        if threads:
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-        @numba.njit(parallel=True, cache=False)
-        def copy(a, b):
-            for i in numba.prange(a.shape[0]):
-                b[i] = a[i]
-
-    except ImportError:
-
-        def copy(a, b):
-            np.copyto(b, a)
-
-    copy(src, dst)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        copy(src, dst)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best
-
-
-def gpu_copy_bandwidth(nbytes: int = 1 << 30, repeat: int = 10) -> float | None:
-    """Device-to-device copy bandwidth (read + write) with CuPy, or None without a GPU."""
-    try:
-        import cupy as cp
-
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            return None
-    except Exception:  # no CuPy, no driver, no device
-        return None
-    src = cp.ones(nbytes // 4, cp.float32)
-    dst = cp.empty_like(src)
-    dst[...] = src
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    best = float("inf")
-    for _ in range(repeat):
-        start.record()
-        dst[...] = src
-        stop.record()
-        stop.synchronize()
-        best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    return 2 * src.nbytes / best
-
-
-def synchronizer(impl_name: str) -> Callable[[], None] | None:
-    """What must run before the clock stops for an implementation whose work is queued on
-    a GPU (otherwise only the launches are timed); None on the CPU."""
-    if impl_name.endswith("cuda"):
-        import torch
-
-        return torch.cuda.synchronize
-    if impl_name.startswith("cupy"):
-        import cupy as cp
-
-        return lambda: cp.cuda.get_current_stream().synchronize()
-    return None
-
-
-def torch_sgd_epochs(x, y, epochs: int, batch: int, lr: float = 0.1, seed: int = 0):
-    """The usual PyTorch CPU loop, the trainer's peer: nn.Linear + F.cross_entropy +
-    torch.optim.SGD over shuffled minibatches.  x: (n, d) float32; y: (n,) int64."""
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for s in range(0, len(xt), batch):
-            idx = perm[s : s + batch]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model
-
-
-def device_copy_bandwidth() -> float | None:
-    """`gpu_copy_bandwidth` (CuPy), else the same device-to-device copy with PyTorch's
-    CUDA events, else None."""
-    bw = gpu_copy_bandwidth()
-    if bw is not None:
-        return bw
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        src = torch.ones((1 << 30) // 4, dtype=torch.float32, device="cuda")
-        dst = torch.empty_like(src)
-        dst.copy_(src)
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        best = float("inf")
-        for _ in range(10):
-            start.record()
-            dst.copy_(src)
-            stop.record()
-            stop.synchronize()
-            best = min(best, start.elapsed_time(stop) / 1e3)
-        return 2 * src.numel() * src.element_size() / best
-    except Exception:  # no PyTorch, no CUDA build, no device
-        return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# An x86 function on 16 x int32 vectors (512 bits), allowed 512-bit registers: LLVM
-# compiles it to zmm instructions when the target has AVX-512F, to two ymm halves with
-# AVX2 (256-bit integer vectors), to xmm quarters below.  Opaque pointers (LLVM >= 15),
-# then typed ones for older llvmlite.
-_SIMD_PROBE_IR = """
-define void @probe({ptr} %p) "min-legal-vector-width"="512" {{
-  %v = load <16 x i32>, {ptr} %p, align 64
-  %w = add <16 x i32> %v, %v
-  store <16 x i32> %w, {ptr} %p, align 64
-  ret void
-}}
-"""
-
-
-def _simd_of_feature_string(features: str) -> str:
-    """The simd name ("avx512", "avx2" or "sse") an LLVM feature string spells out
-    ("+avx2,-avx512f,...": the last mention of a feature wins)."""
-    on: dict[str, bool] = {}
-    for item in features.split(","):
-        item = item.strip()
-        if item[:1] in "+-" and len(item) > 1:
-            on[item[1:]] = item[0] == "+"
-    return "avx512" if on.get("avx512f") else "avx2" if on.get("avx2") else "sse"
-
-
-def _simd_of_llvm_target(ll, cpu: str, features: str) -> str:
-    """What LLVM makes of (cpu, features) as Numba passes them, asked by compiling the
-    probe: the CPU model's own features count as much as the feature string (an empty
-    string means exactly those), and LLVM resolves the two as it will for the kernels."""
-    ll.initialize_native_target()
-    ll.initialize_native_asmprinter()
-    triple = ll.get_process_triple()
-    target = ll.Target.from_triple(triple)
-    last_error: Exception | None = None
-    for ptr in ("ptr", "<16 x i32>*"):
-        try:
-            mod = ll.parse_assembly(_SIMD_PROBE_IR.format(ptr=ptr))
-        except RuntimeError as err:  # this LLVM does not parse that pointer syntax
-            last_error = err
-            continue
-        mod.triple = triple
-        tm = target.create_target_machine(cpu=cpu, features=features, opt=0)
-        asm = tm.emit_assembly(mod)
-        return "avx512" if "zmm" in asm else "avx2" if "ymm" in asm else "sse"
-    raise RuntimeError(f"the SIMD probe did not parse: {last_error}")
-
-
-@functools.cache
-def numba_target() -> dict:
-    """The CPU facts a CPU result depends on (computed once): ``cpu_model``; the CPU
-    Numba compiles for (``numba_cpu_name``: ``NUMBA_CPU_NAME`` or llvmlite's host CPU)
-    and the LLVM feature string it passes with it (``numba_cpu_features``, as
-    numba.core.codegen computes it: ``NUMBA_CPU_FEATURES`` when set, ``""`` under
-    ``NUMBA_CPU_NAME=generic``, else the host's features, AVX off under
-    ``NUMBA_ENABLE_AVX=0``); and ``simd``, "avx512" / "avx2" / "sse", asked of LLVM by
-    compiling a 512-bit vector add for that (cpu, features) (None off x86).  So
-    ``NUMBA_CPU_NAME=znver3`` alone keeps the host's ``+avx512f`` (zmm code); with
-    ``NUMBA_CPU_FEATURES=`` (empty: the model's own features) it gives AVX2.  ``*_from``
-    says where each value came from; without Numba the numba_* values and simd are None.
-    """
-    keys = ("numba_cpu_name", "numba_cpu_features", "simd")
-    info = {"cpu_model": cpu_model(), **dict.fromkeys(k + s for k in keys for s in ("", "_from"))}
-    try:
-        import llvmlite.binding as ll
-        from numba.core import config
-        from numba.core.codegen import get_host_cpu_features
-    except ImportError:
-        return info
-    if config.CPU_NAME is None:
-        name, name_from = ll.get_host_cpu_name(), "host (llvmlite.binding.get_host_cpu_name)"
-    else:
-        name, name_from = config.CPU_NAME, "NUMBA_CPU_NAME"
-    if config.CPU_FEATURES is not None:
-        features = config.CPU_FEATURES
-        if "NUMBA_CPU_FEATURES" in os.environ:
-            features_from = "NUMBA_CPU_FEATURES"
-        else:
-            features_from = "none with NUMBA_CPU_NAME=generic"
-        if not features:
-            features_from += " (empty: the CPU model's own features)"
-    else:
-        features = get_host_cpu_features()
-        features_from = "host (llvmlite.binding.get_host_cpu_features)"
-        if not config.ENABLE_AVX:
-            features_from += ", AVX off (NUMBA_ENABLE_AVX=0)"
-    info.update(numba_cpu_name=name, numba_cpu_name_from=name_from)
-    info.update(numba_cpu_features=features, numba_cpu_features_from=features_from)
-    if not ll.get_process_triple().startswith(("x86_64", "i386", "i686")):
-        info["simd_from"] = "not x86"
-        return info
-    try:
-        info["simd"] = _simd_of_llvm_target(ll, name, features)
-        info["simd_from"] = "LLVM codegen probe of Numba's (cpu, features)"
-    except Exception as err:  # an llvmlite without the calls the probe needs
-        info["simd"] = _simd_of_feature_string(features)
-        info["simd_from"] = f"feature string (the LLVM probe failed: {err})"
-    return info
-
-
-def _gpu_name(impls) -> str | None:
-    """The GPU's name, asked of the library of an available GPU row (None without one)."""
-    for impl in impls:
-        if impl.device != "gpu":
-            continue
-        try:
-            if impl.name.startswith("cupy"):
-                import cupy as cp
-
-                name = cp.cuda.runtime.getDeviceProperties(0)["name"]
-                return name.decode() if isinstance(name, bytes) else str(name)
-            import torch
-
-            return torch.cuda.get_device_name(0)
-        except Exception:  # a GPU row we cannot name: leave it out
-            continue
-    return None
-
+if TYPE_CHECKING:
+    import pytest
 
 # ---------------------------------------------------------------- pytest-benchmark runs
 # Seconds to wait before each timed case, in the bench/ suites (bench/conftest.py) and
@@ -408,46 +59,14 @@ def _gpu_name(impls) -> str | None:
 # next case: the numba epoch measured 34.6 ms right after the numpy backend's epochs
 # against 22.3 ms alone (bench_train.py, same machine).
 QUIESCE_S = 0.3
-QUICK_TRAIN_N = 20000
-# Above this N x C the reference is left out (quick) or timed 3 rounds (--full), and so
-# are the PyTorch and JAX peers: seconds per call
-SLOW_ELEMENTS = 10**7
-BYTES_MODEL = {
-    "softmax": "read N x C once, write N x C once (2 passes)",
-    "log_softmax": "read N x C once, write N x C once (2 passes)",
-    "cross_entropy": "read N x C once (1 pass) + N int64 targets",
-    "cross_entropy_with_grad": "read N x C once, write dlogits once (2 passes) + N int64 targets",
-}
-TRAIN_MODELS = {
-    "bytes_model": "X read once per epoch (n x d x itemsize)",
-    "flop_model": "2 matmuls per epoch, 2 n d C each",
-}
-# (result name, backend, X dtype) of the trainer's cases
-TRAIN_CASES = (("numpy", "numpy", "float32"), ("numba", "numba", "float32"),
-               ("numba-uint8", "numba", "uint8"), ("torch", "torch", "float32"))  # fmt: skip
 _PLUGIN = "fastsoftmax-bench"
 
 
-def quiesce(config) -> None:
+def quiesce(config: pytest.Config) -> None:
     """Let the previous case's thread pools go idle (not under --benchmark-disable):
     called before every case of a pytest-benchmark run."""
     if not config.getoption("benchmark_disable", False):
         time.sleep(QUIESCE_S)
-
-
-def rates(seconds: float, bytes_moved=None, rows=None, copy_bw=None) -> dict:
-    """The napkin figures of a median time: samples/s (of `rows`), GB/s (of a
-    `bytes_moved` model) and that as a fraction of the copy bandwidth `copy_bw` (B/s)."""
-    out = {"seconds": seconds}
-    if rows:
-        out["samples_per_s"] = rows / seconds
-    if bytes_moved:
-        out["bytes_moved"] = bytes_moved
-        out["GB/s"] = bytes_moved / seconds / 1e9
-        if copy_bw:
-            out["copy_GB/s"] = copy_bw / 1e9
-            out["fraction_of_copy_bandwidth"] = bytes_moved / seconds / copy_bw
-    return out
 
 
 def drop_raw_data(doc: dict) -> dict:
@@ -519,9 +138,9 @@ class _Suite:
 
     __name__ = _PLUGIN  # the name pytest registers it under
 
-    def __init__(self, op_params, train_params, impls, reference, copy_bw, gpu_bw, machine):
+    def __init__(self, op_params, train_params, impls, reference, copy_bw, gpu_bw, machine_info):
         self.params = {"bench_op": op_params, "bench_train": train_params}
-        self.impls, self.reference, self.machine = impls, reference, machine
+        self.impls, self.reference, self.machine_info = impls, reference, machine_info
         self.copy_bw, self.gpu_bw, self._mnist = copy_bw, gpu_bw, {}
 
     def mnist(self, n, d, c):
@@ -538,11 +157,15 @@ class _Suite:
         quiesce(item.config)
 
     def pytest_benchmark_update_machine_info(self, config, machine_info):
-        machine_info.update(self.machine)
+        machine_info.update(self.machine_info)
 
     def pytest_benchmark_update_json(self, config, benchmarks, output_json):
         results = output_json["benchmarks"]
-        ref = {b["group"]: b["stats"]["median"] for b in results if _label(b) == self.reference}
+        ref = {
+            b["group"]: b["stats"]["median"]
+            for b in results
+            if b["params"]["impl"] == self.reference
+        }
         for b in results:  # speedup = the reference's median / this median
             if b["group"] in ref:
                 b["extra_info"]["speedup"] = ref[b["group"]] / b["stats"]["median"]
@@ -575,8 +198,17 @@ def _threads(n: int, torch_too: bool):
             restore()
 
 
-def run(*, full=False, threads=2, impls=None, ops=None, train=True, shapes=None,
-        train_rows=None, json_path="fastsoftmax-bench.json") -> dict:  # fmt: skip
+def run(
+    *,
+    full: bool = False,
+    threads: int = 2,
+    impls: Sequence[str] | None = None,
+    ops: Sequence[str] | None = None,
+    train: bool = True,
+    shapes: Sequence[tuple[int, int]] | None = None,
+    train_rows: int | None = None,
+    json_path: str | os.PathLike[str] = "fastsoftmax-bench.json",
+) -> dict:
     """Time every available implementation on every case with pytest-benchmark (pytest
     runs `bench_op` and `bench_train`); return the JSON it writes to `json_path`.
 
@@ -647,19 +279,20 @@ def run(*, full=False, threads=2, impls=None, ops=None, train=True, shapes=None,
     ]
     uses_torch = any(i.name.startswith("torch") for i in runnable) or "torch" in sys.modules
     with _threads(threads, uses_torch) as used_threads:
-        copy_bw = copy_bandwidth(threads)
+        copy_bw = machine.copy_bandwidth(threads)
         print(f"copy bandwidth ({threads} threads): {copy_bw / 1e9:.1f} GB/s", file=sys.stderr)
-        gpu_bw = device_copy_bandwidth() if any(i.device == "gpu" for i in runnable) else None
-        machine = {
-            "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads": used_threads,
-            "copy_GB/s": copy_bw / 1e9, "gpu": _gpu_name(runnable),
+        on_gpu = any(i.device == "gpu" for i in runnable)
+        gpu_bw = machine.device_copy_bandwidth() if on_gpu else None
+        facts = {
+            "cpu_model": machine.cpu_model(), "cores": os.cpu_count(), "threads": used_threads,
+            "copy_GB/s": copy_bw / 1e9, "gpu": machine.gpu_name(runnable),
             "gpu_copy_GB/s": None if gpu_bw is None else gpu_bw / 1e9,
             "mode": "full" if full else "quick", "fastsoftmax": __version__,
             "numpy": np.__version__, "numba": _version("numba"), "torch": _version("torch"),
-            "numba_target": numba_target(),
+            "numba_target": machine.numba_target(),
         }  # fmt: skip
         reference = next((i.name for i in IMPLEMENTATIONS if i.kind == "reference"), "numpy")
-        suite = _Suite(op_params, train_params, known, reference, copy_bw, gpu_bw, machine)
+        suite = _Suite(op_params, train_params, known, reference, copy_bw, gpu_bw, facts)
         with contextlib.redirect_stdout(sys.stderr):
             status = pytest.main(args, plugins=[suite])
     if status != 0 or not path.exists():
@@ -675,208 +308,3 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
-
-
-# ------------------------------------------------------------ reading pytest-benchmark JSON
-_STATS = ("min", "max", "mean", "median", "stddev", "iqr")
-
-
-def load_json(path) -> dict:
-    """A pytest-benchmark JSON document (of `run` or of the bench/ suites); ValueError
-    naming the file when it is not one."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")  # OSError (with the name) when unreadable
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    for b in doc["benchmarks"]:
-        stats = b.get("stats") if isinstance(b, dict) else None
-        if not (
-            isinstance(stats, dict)
-            and all(isinstance(stats.get(k), int | float) for k in _STATS)
-            and "name" in b
-            and "fullname" in b
-        ):
-            raise ValueError(
-                f"{path}: a benchmark without a name, fullname or stats "
-                f"({', '.join(_STATS)}): {b!r:.200}"
-            )
-    return doc
-
-
-def compare(a_doc: dict, b_doc: dict, columns=("min", "median")) -> int:
-    """Print pytest-benchmark's table of the change from run A to run B (``pytest-benchmark
-    compare --between``): per group, the benchmarks of both (matched by fullname).
-    Return how many benchmarks were in only one of them (left out)."""
-    from pytest_benchmark.cli import TerminalReporter
-    from pytest_benchmark.logger import Logger
-    from pytest_benchmark.plugin import pytest_benchmark_group_stats, pytest_benchmark_scale_unit
-    from pytest_benchmark.stats import normalize_stats
-    from pytest_benchmark.table import CompareBetweenResults
-    from pytest_benchmark.utils import NAME_FORMATTERS, report_noprogress
-
-    names = [{b["fullname"] for b in doc["benchmarks"]} for doc in (a_doc, b_doc)]
-    both = names[0] & names[1]
-    flat = [
-        {**b, **normalize_stats(dict(b["stats"])), "source": source, "path": source}
-        for source, doc in (("A", a_doc), ("B", b_doc))
-        for b in doc["benchmarks"]
-        if b["fullname"] in both
-    ]
-    if flat:
-        table = CompareBetweenResults(
-            columns=list(columns),
-            sort="min",
-            histogram=False,
-            name_format=NAME_FORMATTERS["normal"],
-            logger=Logger(Logger.NORMAL),
-            scale_unit=functools.partial(pytest_benchmark_scale_unit, config=None),
-        )
-        groups = pytest_benchmark_group_stats(config=None, benchmarks=flat, group_by="group")
-        table.display(TerminalReporter(), groups, progress_reporter=report_noprogress)
-    else:
-        print("no benchmark is in both files (matched by fullname)")
-    return len(names[0] ^ names[1])
-
-
-def _label(b: dict) -> str:
-    """A result's row name: its implementation (``params["impl"]``), else its name."""
-    impl = (b.get("params") or {}).get("impl")
-    return impl if isinstance(impl, str) else b["name"]
-
-
-def format_table(doc: dict) -> str:
-    """Per group, one line per implementation: median ms, samples/s, GB/s, % of the copy
-    bandwidth measured in the same run, speedup vs the reference."""
-    m = doc.get("machine_info", {})
-    head = []
-    if m.get("cpu_model"):
-        head.append(
-            f"{m.get('mode', '')} run on {m['cpu_model']}, {m.get('cores')} cores, "
-            f"{m.get('threads')} threads; copy bandwidth {m.get('copy_GB/s', 0):.1f} GB/s"
-            + (f"; GPU {m['gpu']}" if m.get("gpu") else "")
-            + (f" ({m['gpu_copy_GB/s']:.0f} GB/s)" if m.get("gpu_copy_GB/s") else "")
-        )
-    cols = f"{'implementation':16s}{'median ms':>12s}{'samples/s':>12s}{'GB/s':>9s}"
-    cols += f"{'% copy':>8s}{'GFLOP/s':>9s}{'speedup':>9s}"
-    head += [cols, "-" * len(cols)]
-    groups: dict[str, list[dict]] = {}
-    for b in doc["benchmarks"]:
-        groups.setdefault(str(b.get("group")), []).append(b)
-    lines = list(head)
-    for group, entries in groups.items():
-        lines.append(group)
-        for b in entries:
-            e = b.get("extra_info", {})
-            med = b["stats"]["median"]
-
-            def num(key, fmt, scale=1.0, e=e):
-                return format(e[key] * scale, fmt) if e.get(key) is not None else "-"
-
-            lines.append(
-                f"  {_label(b):14s}{med * 1e3:12.3f}{num('samples_per_s', '.3g'):>12s}"
-                f"{num('GB/s', '.2f'):>9s}{num('fraction_of_copy_bandwidth', '.1f', 100):>8s}"
-                f"{num('GFLOP/s', '.2f'):>9s}"
-                + (f"{e['speedup']:8.1f}x" if e.get("speedup") else f"{'-':>9s}")
-            )
-    lines.append("speedup = reference (numpy) median time / implementation median time")
-    lines.append(
-        "% copy = GB/s (bytes of a stated pass-count model) / copy bandwidth measured in this run"
-    )
-    return "\n".join(lines)
-
-
-def _samples_per_s(b: dict) -> float:
-    rate = b.get("extra_info", {}).get("samples_per_s")
-    if rate is None:
-        rate = b.get("params", {}).get("n", 0) / b["stats"]["median"]
-    return rate
-
-
-def plot(doc: dict, path) -> Path:
-    """A PNG: left, GB/s of the fused cross_entropy_with_grad (float32) against the
-    number of classes per implementation (the largest N per C), the copy bandwidth
-    dashed; right, MNIST training samples/s per implementation."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ImportError(
-            "the benchmark plot needs matplotlib: pip install 'fastsoftmax[plot]'"
-        ) from exc
-
-    fig = Figure(figsize=(12, 4.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-    m = doc.get("machine_info", {})
-
-    best: dict[str, dict[int, dict]] = {}
-    for b in doc["benchmarks"]:
-        p = b.get("params", {})
-        e = b.get("extra_info", {})
-        if p.get("op") != "cross_entropy_with_grad" or p.get("dtype") != "float32":
-            continue
-        if e.get("GB/s") is None:
-            continue
-        per_c = best.setdefault(_label(b), {})
-        if p["c"] not in per_c or p["n"] > per_c[p["c"]]["params"]["n"]:
-            per_c[p["c"]] = b
-    colors: dict[str, str] = {}  # one colour per implementation in both panels
-    for b in doc["benchmarks"]:
-        colors.setdefault(_label(b), f"C{len(colors) % 10}")
-    top = m.get("copy_GB/s") or 0.0
-    for name, per_c in best.items():
-        cs = sorted(per_c)
-        gbs = [per_c[c]["extra_info"]["GB/s"] for c in cs]
-        left.plot(cs, gbs, "o-", label=name, color=colors[name])
-        top = max(top, *gbs)
-    if m.get("copy_GB/s"):
-        label = f"CPU copy, {m.get('threads')} threads ({m['copy_GB/s']:.0f} GB/s)"
-        left.axhline(m["copy_GB/s"], color="k", ls="--", lw=1, label=label)
-    on_gpu = any(
-        b["extra_info"].get("device") == "gpu" for per_c in best.values() for b in per_c.values()
-    )
-    if on_gpu and m.get("gpu_copy_GB/s"):
-        label = f"GPU device-to-device copy ({m['gpu_copy_GB/s']:.0f} GB/s)"
-        left.axhline(m["gpu_copy_GB/s"], color="k", ls=":", lw=1, label=label)
-    if best:
-        left.set_xscale("log")
-        left.set_yscale("log")
-        left.set_ylim(top=4 * top)  # room for the legend above the copy line
-        left.legend(fontsize="small", loc="upper left", ncols=2)
-    else:
-        msg = "no cross_entropy_with_grad float32\nin this run"
-        left.text(0.5, 0.5, msg, ha="center", va="center", transform=left.transAxes)
-    left.set_xlabel("number of classes C (largest N run per C)")
-    left.set_ylabel("GB/s (read logits + write dlogits)")
-    left.set_title("fused cross-entropy + gradient, float32")
-    left.grid(True, which="both", alpha=0.3)
-
-    train = [b for b in doc["benchmarks"] if str(b.get("group", "")).startswith("train")]
-    if train:
-        group = train[0]["group"]
-        train = [b for b in train if b["group"] == group]
-        names = [_label(b) for b in train]
-        per_s = [_samples_per_s(b) for b in train]
-        bars = right.bar(names, per_s, color=[colors[n] for n in names])
-        right.bar_label(bars, labels=[f"{r / 1e6:.2f} M" for r in per_s], fontsize="small")
-        right.set_title(textwrap.fill(group, 45), fontsize="medium")
-    else:
-        msg = "no training run\n(--no-train)"
-        right.text(0.5, 0.5, msg, ha="center", va="center", transform=right.transAxes)
-        right.set_title("MNIST-shaped training")
-    right.set_ylabel("samples/s (one epoch of fit)")
-    right.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(
-        f"fastsoftmax bench: {m.get('cpu_model', '')}"
-        + (f", {m['threads']} threads" if m.get("threads") else "")
-        + (f"; {m['gpu']}" if m.get("gpu") else "")
-    )
-    path = Path(path)
-    if path.parent != Path():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path

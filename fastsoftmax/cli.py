@@ -5,7 +5,8 @@ kernels; progress per epoch, Ctrl-C saves a checkpoint, ``--resume`` continues i
 ``fastsoftmax evaluate MODEL`` and ``fastsoftmax predict MODEL IMAGES...`` use a saved model.
 ``fastsoftmax warmup``: compile the kernels into Numba's cache before the first run.
 ``fastsoftmax bench``: the benchmark cases (quick, or ``--full``), a table of speedups and
-fractions of the copy bandwidth, pytest-benchmark JSON and a plot; ``--compare A B``.
+fractions of the copy bandwidth, pytest-benchmark JSON and a plot; ``--diff A B``, the
+change between two such runs.
 ``fastsoftmax compare``: parity and speed of every available implementation on logits
 computed from the real MNIST test set.
 """
@@ -471,13 +472,18 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from . import benchmarks
+    from . import bench_report, benchmarks
 
-    if args.compare:
-        a_path, b_path = args.compare
-        a_doc, b_doc = benchmarks.load_json(a_path), benchmarks.load_json(b_path)
+    if args.compare:  # the old name of --diff, kept working
+        if args.diff:
+            raise ValueError("--compare is the old name of --diff: give --diff alone")
+        print("fastsoftmax: bench --compare is deprecated; use bench --diff", file=sys.stderr)
+        args.diff = args.compare
+    if args.diff:
+        a_path, b_path = args.diff
+        a_doc, b_doc = bench_report.load_json(a_path), bench_report.load_json(b_path)
         print(f"A = {a_path}\nB = {b_path}")
-        left_out = benchmarks.compare(a_doc, b_doc)
+        left_out = bench_report.diff_runs(a_doc, b_doc)
         if left_out:
             print(f"{left_out} benchmark(s) in only one of the files left out")
         return 0
@@ -495,12 +501,12 @@ def bench(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # a case failed: pytest's report is above
         print(f"fastsoftmax: error: {err}", file=sys.stderr)
         return 1
-    print(benchmarks.format_table(doc))
+    print(bench_report.format_table(doc))
     print(f"JSON (pytest-benchmark {doc.get('version')}): {args.json}")
     if not args.no_plot:
         png = Path(args.plot) if args.plot else Path(args.json).with_suffix(".png")
         try:
-            print(f"plot: {benchmarks.plot(doc, png)}")
+            print(f"plot: {bench_report.plot(doc, png)}")
         except ImportError as err:
             print(f"note: no plot written ({err})", file=sys.stderr)
     print(f"took {time.perf_counter() - started:.1f} s")
@@ -669,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=20, help="timed runs per cell (best is kept)")
     p.set_defaults(func=compare)
 
-    from .benchmarks import BENCH_OPS
+    from .bench_cases import BENCH_OPS
     from .implementations import IMPLEMENTATIONS
 
     p = sub.add_parser(
@@ -679,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
         "subset unless --full) and the trainer on MNIST-shaped data.  Prints median times, "
         "speedup = reference (numpy) time / implementation time and the fraction of the copy "
         "bandwidth measured in the same run; writes pytest-benchmark JSON and a PNG plot.  "
-        "--compare A.json B.json shows the change between two runs.",
+        "--diff A.json B.json shows the change between two runs.",
     )
     p.add_argument("--full", action="store_true", help="every shape and dtype (minutes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
@@ -715,12 +721,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-train", action="store_true", help="skip the trainer's cases")
     p.add_argument(
-        "--compare",
+        "--diff",
         nargs=2,
         default=None,
         metavar=("A.json", "B.json"),
-        help="show the change from run A to run B, then exit",
+        help="show the change from run A to run B (pytest-benchmark JSON of this command or "
+        "of the bench/ suites), then exit",
     )
+    # the old name of --diff (`fastsoftmax compare` is the parity and speed command)
+    p.add_argument("--compare", nargs=2, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=bench)
     return parser
 

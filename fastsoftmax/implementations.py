@@ -7,7 +7,7 @@ missing reports why and is skipped.  Adding a backend is adding a row.
 
 GPU rows (``device == "gpu"``) also run on device arrays: a benchmark moves the inputs
 once with ``impl.to_device`` and times ``impl.on_device(op, *args)`` (then synchronises,
-see ``fastsoftmax.benchmarks.synchronizer``), so transfers are not timed; calling the row
+see ``fastsoftmax.bench_cases.synchronizer``), so transfers are not timed; calling the row
 itself moves NumPy inputs there and the results back.  The JAX row works the same way on
 the CPU (its arrays are JAX buffers, filled by a copy from NumPy); its ``on_device`` waits
 for the result, so it needs no synchroniser.

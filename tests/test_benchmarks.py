@@ -1,7 +1,8 @@
-"""fastsoftmax.benchmarks and ``fastsoftmax bench``: a pytest-benchmark run of the
-cases (its JSON, read back by pytest-benchmark's compare command), the pause between
-cases shared with bench/, the napkin figures, the table, the comparison of two runs and
-the plot."""
+"""``fastsoftmax bench``: a pytest-benchmark run of the cases (fastsoftmax.benchmarks,
+fastsoftmax.bench_cases; its JSON, read back by pytest-benchmark's compare command), the
+pause between cases shared with bench/, the napkin figures, and what
+fastsoftmax.bench_report reads back: the table, the change between two runs
+(``--diff``, formerly ``--compare``) and the plot."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastsoftmax import benchmarks
-from fastsoftmax.benchmarks import OpCase
+from fastsoftmax import bench_cases, bench_report, benchmarks, machine
+from fastsoftmax.bench_cases import OpCase
 from fastsoftmax.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def fake_copy(monkeypatch):
         asked.append(threads)
         return 1e10
 
-    monkeypatch.setattr(benchmarks, "copy_bandwidth", fake)
+    monkeypatch.setattr(machine, "copy_bandwidth", fake)
     return asked
 
 
@@ -134,7 +135,7 @@ def test_tiny_run_json_is_pytest_benchmarks_own(tiny_run):
     assert m["python_version"] == platform.python_version() and "cpu" in m  # its own
     assert m["threads"] >= 1 and m["cores"] >= 1 and m["cpu_model"]  # ours
     assert m["numpy"] == np.__version__ and m["mode"] == "quick"
-    assert m["numba_target"] == benchmarks.numba_target()
+    assert m["numba_target"] == machine.numba_target()
     by_impl = {b["params"]["impl"]: b for b in doc["benchmarks"]}
     assert sorted(by_impl) == ["numba", "numpy"]
     case = OpCase("softmax", 512, 10, "float32")
@@ -156,7 +157,7 @@ def test_tiny_run_json_is_pytest_benchmarks_own(tiny_run):
             e["GB/s"] / e["copy_GB/s"], rel=1e-12
         )
         assert e["samples_per_s"] == pytest.approx(512 / med, rel=1e-12)
-        assert e["device"] == "cpu" and e["bytes_model"] == benchmarks.BYTES_MODEL["softmax"]
+        assert e["device"] == "cpu" and e["bytes_model"] == bench_cases.BYTES_MODEL["softmax"]
         ref = by_impl["numpy"]["stats"]["median"]
         assert e["speedup"] == pytest.approx(ref / med, rel=1e-12) and e["reference"] == "numpy"
     assert by_impl["numpy"]["extra_info"]["speedup"] == 1.0
@@ -218,14 +219,14 @@ def test_run_trainer_cases(fake_copy, pauses, tmp_path):
     assert doc["machine_info"]["threads"] == 1
     by_name = {b["params"]["impl"]: b for b in doc["benchmarks"]}
     assert sorted(by_name) == ["numba", "numba-uint8", "numpy"] and len(pauses) == 3
-    flop = benchmarks.train_flop(2000, benchmarks.TRAIN_D, benchmarks.TRAIN_C)
+    flop = bench_cases.train_flop(2000, bench_cases.TRAIN_D, bench_cases.TRAIN_C)
     ref = by_name["numpy"]["stats"]["median"]
     for name, b in by_name.items():
         assert b["group"].startswith("train fit 1 epoch") and "2000 of 60000" in b["group"]
         assert b["params"]["xtype"] == ("uint8" if name == "numba-uint8" else "float32")
         e, med = b["extra_info"], b["stats"]["median"]
         itemsize = 1 if name == "numba-uint8" else 4
-        assert e["bytes_moved"] == 2000 * benchmarks.TRAIN_D * itemsize
+        assert e["bytes_moved"] == 2000 * bench_cases.TRAIN_D * itemsize
         assert e["GFLOP/s"] == pytest.approx(flop / med / 1e9, rel=1e-12)
         assert e["samples_per_s"] == pytest.approx(2000 / med, rel=1e-12)
         assert e["fraction_of_copy_bandwidth"] == pytest.approx(
@@ -282,7 +283,7 @@ def test_run_times_a_gpu_row_on_device_arrays_against_the_device_copy(
 
     fake = fake_row("fake-gpu", run_on_device, "gpu", to_device)
     monkeypatch.setattr(implementations, "IMPLEMENTATIONS", (fake,))
-    monkeypatch.setattr(benchmarks, "device_copy_bandwidth", lambda: 2e12)
+    monkeypatch.setattr(machine, "device_copy_bandwidth", lambda: 2e12)
     monkeypatch.setattr(benchmarks, "synchronizer", lambda name: lambda: log.append(f"sync {name}"))
     doc = benchmarks.run(
         ops=["softmax", "cross_entropy"], shapes=[(64, 10)], train=False, json_path=tmp_path / "g"
@@ -315,7 +316,7 @@ def test_a_failing_case_fails_the_command_and_keeps_the_others(
     err = capsys.readouterr().err
     assert "the kernel broke" in err and "1 failed, 1 passed" in err
     assert "fastsoftmax: error: the pytest-benchmark run failed" in err and str(path) in err
-    assert [b["params"]["impl"] for b in benchmarks.load_json(path)["benchmarks"]] == ["fine"]
+    assert [b["params"]["impl"] for b in bench_report.load_json(path)["benchmarks"]] == ["fine"]
 
 
 def test_run_rejects_unknown_names_and_empty_runs(fake_copy, tmp_path):
@@ -338,7 +339,7 @@ def test_run_without_pytest_benchmark_names_the_extra(monkeypatch, capsys):
     assert "fastsoftmax[bench]" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- documents, compare
+# ---------------------------------------------------------------- documents, --diff
 
 
 def entry(group, name, median, **extra):
@@ -383,7 +384,7 @@ def test_drop_raw_data_keeps_the_statistics():
     assert doc["benchmarks"][0]["stats"] == {k: v for k, v in stats.items() if k != "data"}
 
 
-def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
+def test_cli_diff_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
     a = write(tmp_path, "a.json", doc_of(
         entry("g1", "numpy", 4.0e-3), entry("g1", "numba", 2.0e-3),
         entry("g2", "numba", 5.0e-3), entry("only-a", "numba", 1.0),
@@ -392,7 +393,7 @@ def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
         entry("g1", "numba", 3.0e-3), entry("g1", "numpy", 2.0e-3),
         entry("g2", "numba", 5.0e-3), entry("only-b", "x", 1.0),
     ))  # fmt: skip
-    assert main(["bench", "--compare", str(a), str(b)]) == 0
+    assert main(["bench", "--diff", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert f"A = {a}" in out and f"B = {b}" in out
     assert "benchmark 'g1': 2 tests, 2 sources" in out and "A Median" in out
@@ -412,12 +413,12 @@ def test_cli_compare_two_files_with_pytest_benchmarks_table(tmp_path, capsys):
     assert rows["g2", "bench_x[numba]"][2::3] == ["+0.0%", "+0.0%"]
 
 
-def test_cli_compare_reads_the_bench_suites_json(tmp_path, capsys):
+def test_cli_diff_reads_the_bench_suites_json(tmp_path, capsys):
     own = REPO / "bench" / "results" / "train_cpu.json"
     if not own.exists():
         pytest.skip(f"{own} is not there")
     copy = shutil.copy(own, tmp_path / "again.json")
-    assert main(["bench", "--compare", str(own), str(copy)]) == 0
+    assert main(["bench", "--diff", str(own), str(copy)]) == 0
     out = capsys.readouterr().out
     n = len(json.loads(own.read_text())["benchmarks"])
     assert out.count("+0.0%") == 2 * n > 0  # min and median of every benchmark
@@ -432,23 +433,45 @@ def test_cli_compare_reads_the_bench_suites_json(tmp_path, capsys):
         (None, "No such file"),
     ],
 )
-def test_cli_compare_bad_file_exits_2_naming_it(tmp_path, capsys, content, message):
+def test_cli_diff_bad_file_exits_2_naming_it(tmp_path, capsys, content, message):
     good, bad = write(tmp_path, "good.json", doc_of(entry("g", "n", 1.0))), tmp_path / "bad.json"
     if content is not None:
         bad.write_text(content)
-    assert main(["bench", "--compare", str(good), str(bad)]) == 2
+    assert main(["bench", "--diff", str(good), str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and message in err and str(good) not in err
+
+
+def test_cli_compare_is_the_deprecated_name_of_diff(tmp_path, capsys):
+    a = write(tmp_path, "a.json", doc_of(entry("g", "numba", 2.0e-3)))
+    b = write(tmp_path, "b.json", doc_of(entry("g", "numba", 3.0e-3)))
+    assert main(["bench", "--diff", str(a), str(b)]) == 0
+    diff = capsys.readouterr()
+    assert main(["bench", "--compare", str(a), str(b)]) == 0
+    old = capsys.readouterr()
+    assert old.out == diff.out and "+50.0%" in old.out
+    assert diff.err == ""
+    assert old.err == "fastsoftmax: bench --compare is deprecated; use bench --diff\n"
+    assert main(["bench", "--diff", str(a), str(b), "--compare", str(a), str(b)]) == 2
+    assert "give --diff alone" in capsys.readouterr().err
+
+
+def test_cli_bench_help_names_diff_not_compare(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--diff A.json B.json" in text and "--compare" not in text
 
 
 # ---------------------------------------------------------------- table, CLI options
 
 
 def test_rates():
-    r = benchmarks.rates(0.5, bytes_moved=2e9, rows=1000, copy_bw=8e9)
+    r = bench_cases.rates(0.5, bytes_moved=2e9, rows=1000, copy_bw=8e9)
     assert r == {"seconds": 0.5, "samples_per_s": 2000.0, "bytes_moved": 2e9, "GB/s": 4.0,
                  "copy_GB/s": 8.0, "fraction_of_copy_bandwidth": 0.5}  # fmt: skip
-    assert benchmarks.rates(0.5) == {"seconds": 0.5}
+    assert bench_cases.rates(0.5) == {"seconds": 0.5}
 
 
 def test_format_table_rows():
@@ -481,7 +504,7 @@ def test_format_table_rows():
         mode="quick",
         **{"copy_GB/s": 40.0},
     )
-    text = benchmarks.format_table(doc)
+    text = bench_report.format_table(doc)
     assert "Test CPU, 2 cores, 2 threads; copy bandwidth 40.0 GB/s" in text
     numba = next(line for line in text.splitlines() if line.strip().startswith("numba"))
     assert numba.split() == ["numba", "1.000", "5.12e+05", "0.04", "25.0", "-", "4.0x"]
@@ -545,88 +568,6 @@ def test_importing_the_cli_stays_light():
     assert done.stdout.strip() == "[]"
 
 
-# ---------------------------------------------------------------- numba_target
-
-
-def test_numba_target_describes_this_process():
-    info = benchmarks.numba_target()
-    assert info["cpu_model"] == benchmarks.cpu_model()
-    pytest.importorskip("numba")
-    from numba.core import config
-
-    assert info["numba_cpu_name"]
-    assert isinstance(info["numba_cpu_features"], str)
-    if config.CPU_FEATURES is None:  # the host's features, as Numba computes them
-        from numba.core.codegen import get_host_cpu_features
-
-        assert info["numba_cpu_features"] == get_host_cpu_features()
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        assert info["simd"] in ("avx512", "avx2", "sse")
-        assert "probe" in info["simd_from"]
-        # on the host's own features the probe agrees with reading the feature string
-        if info["numba_cpu_features_from"].startswith("host") and config.ENABLE_AVX:
-            assert info["simd"] == benchmarks._simd_of_feature_string(info["numba_cpu_features"])
-
-
-def test_simd_of_feature_string():
-    f = benchmarks._simd_of_feature_string
-    assert f("+sse2,+avx,+avx2,+avx512f,+fma") == "avx512"
-    assert f("+avx2,-avx512f") == "avx2"
-    assert f("+avx512f,-avx512f,+avx2") == "avx2"  # the last mention wins
-    assert f("+sse4.2,-avx2") == "sse"
-    assert f("") == "sse"
-
-
-def _numba_target_in_child(env: dict) -> dict:
-    """numba_target() in a child process whose NUMBA_CPU_* variables are `env`'s."""
-    code = "import json; from fastsoftmax import benchmarks as b; "
-    code += "print(json.dumps(b.numba_target()))"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-        env={**child_env, **env},
-    )  # fmt: skip
-    return json.loads(done.stdout)
-
-
-@pytest.mark.parametrize(
-    ("env", "simd"),
-    [
-        # NUMBA_CPU_NAME alone keeps the host's features (+avx512f where the host has it),
-        # so the name does not lower the ISA; an empty NUMBA_CPU_FEATURES means the named
-        # CPU's own features
-        ({"NUMBA_CPU_NAME": "znver3", "NUMBA_CPU_FEATURES": ""}, "avx2"),
-        ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}, "avx2"),
-        ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""}, "avx512"),
-        ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": "-avx512f"}, "avx2"),
-        ({"NUMBA_CPU_NAME": "generic"}, "sse"),
-    ],
-)
-def test_numba_target_follows_numbas_environment(env, simd):
-    """The record follows what Numba compiles for (checked against LLVM, in a child
-    process: Numba reads these variables at import)."""
-    pytest.importorskip("numba")
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the simd names are x86's")
-    info = _numba_target_in_child(env)
-    assert info["numba_cpu_name"] == env["NUMBA_CPU_NAME"]
-    assert info["numba_cpu_name_from"] == "NUMBA_CPU_NAME"
-    assert info["numba_cpu_features"] == env.get("NUMBA_CPU_FEATURES", "")
-    assert info["simd"] == simd
-
-
-def test_numba_target_with_only_a_cpu_name_keeps_the_host_features():
-    pytest.importorskip("numba")
-    from numba.core.codegen import get_host_cpu_features
-
-    info = _numba_target_in_child({"NUMBA_CPU_NAME": "znver3"})
-    assert info["numba_cpu_features"] == get_host_cpu_features()
-    assert info["numba_cpu_features_from"].startswith("host")
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        # what the host's features give: avx512 on an AVX-512 host, though znver3 has none
-        assert info["simd"] == benchmarks._simd_of_feature_string(get_host_cpu_features())
-
-
 # ---------------------------------------------------------------- plot
 
 
@@ -661,7 +602,7 @@ def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    path = benchmarks.plot(plot_doc(), tmp_path / "deep" / "bench.png")
+    path = bench_report.plot(plot_doc(), tmp_path / "deep" / "bench.png")
     assert path == tmp_path / "deep" / "bench.png"
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     image = matplotlib.image.imread(path)[..., :3]
@@ -673,5 +614,5 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     for mod in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, mod, None)
     with pytest.raises(ImportError, match=r"pip install 'fastsoftmax\[plot\]'"):
-        benchmarks.plot(plot_doc(), tmp_path / "x.png")
+        bench_report.plot(plot_doc(), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

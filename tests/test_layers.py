@@ -20,8 +20,8 @@ LAYERS = {
     "training": ("train",),
     "estimators": ("estimator", "dask"),
     "apps": (
-        "cli", "benchmarks", "plots", "data", "implementations", "warmup", "__init__",
-        "__main__", "torch",
+        "cli", "benchmarks", "bench_cases", "bench_report", "machine", "plots", "data",
+        "implementations", "warmup", "__init__", "__main__", "torch",
     ),
 }  # fmt: skip
 RANK = {part: rank for rank, parts in enumerate(LAYERS.values()) for part in parts}

@@ -45,7 +45,9 @@ D, C, LR = 784, 10, 0.1
 BATCHES = (64, 512)
 STEPS = 20  # steps per timed round of the training step
 MIN_ROUNDS, MAX_ROUNDS, BUDGET_S = 5, 15, 6.0  # interleaved rounds
-K_INTERLEAVED, PAUSE_S = 20, 0.1
+# 300 steps per round: the first tens of steps after the pause run several times slower
+# (this VM wakes its vCPUs slowly) and with 20 per round they dominated the figure
+K_INTERLEAVED, PAUSE_S = 300, 0.1
 LM_SHAPE, LM_SMALL = (4096, 1024, 32000), (512, 256, 32000)
 LM_CHUNK = 256
 LM_IMPLS = ("fused", "unfused", "fastsoftmax-logits", "torch-chunked")

@@ -104,6 +104,18 @@ class XentProblem(NamedTuple):
         return be.xent_prob(z, y, self.weight, self.eps, self.scale, loss_rows, g)
 
 
+def _index_denominator(be, y, w, c: int, ignore: int, target) -> float:
+    """The "mean"'s denominator of class indices y (int64), checking them: the sum of
+    the weights of the non-ignored rows' classes (their count without weights)."""
+    bad, denom = be.target_stats(y, w, c, ignore)
+    if bad >= 0:
+        value = np.asarray(target)[bad]
+        raise ValueError(
+            f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
+        )
+    return denom
+
+
 def resolve_options(
     arr, n, c, target, reduction, label_smoothing, ignore_index, weight, backend,
     weight_name="weight",
@@ -122,16 +134,28 @@ def resolve_options(
     kind, y = check.target(target, n, c, work)
     w, wsum = check.class_weight(weight, c, work, name=weight_name)
     if kind == "index":
-        bad, denom = be.target_stats(y, w, c, ignore)
-        if bad >= 0:
-            value = np.asarray(target)[bad]
-            raise ValueError(
-                f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
-            )
+        denom = _index_denominator(be, y, w, c, ignore, target)
     else:
         denom = float(n)
     scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
     return XentProblem(be, work, red, kind, y, w, wsum, ignore, eps, denom, scale)
+
+
+def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
+    """The loss of class-index targets without weights or smoothing ("mean" or "sum"),
+    with the gradient written into g, for callers that already hold the kernels' layout:
+    z a C-contiguous (N, C) float32 or float64 NumPy array, y a C-contiguous int64 (N,)
+    array, g None or a writable C-contiguous array of z's shape and dtype that overlaps
+    neither.  The targets are checked as in cross_entropy.  This is fastsoftmax.torch's
+    path for a classifier's minibatch: at 64 x 10 the public function's argument
+    handling costs more than the kernel."""
+    n, c = z.shape
+    be = resolve(z, None)
+    denom = _index_denominator(be, y, None, c, ignore_index, y)
+    scale = (1.0 / denom if denom else 0.0) if mean else 1.0
+    loss_rows = np.empty(n)
+    total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
+    return reduced_loss("mean" if mean else "sum", loss_rows, total, denom, z.dtype)
 
 
 def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):

@@ -440,18 +440,53 @@ def test_linear_frozen_weight_gets_no_gradient():
 # --------------------------------------------------------------------------------------
 # zero copy, threads, errors, import without torch
 # --------------------------------------------------------------------------------------
-def test_cpu_tensors_reach_the_kernel_without_a_copy(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("upstream", [None, 2.5])
+def test_minibatch_path_gives_the_general_paths_bits(monkeypatch, dtype, reduction, upstream):
+    """The lean eager path of a plain classifier call (_minibatch_call) against the
+    general one on the same call: the same loss and gradient, bit for bit, with ignored
+    rows, an all-ignored batch and without grad mode too."""
+    x = logits(64, 10, dtype)
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+    y[::5] = -100
+    up = None if upstream is None else torch.tensor(upstream)
+    calls = []
+    real = ft._minibatch_call
+    monkeypatch.setattr(ft, "_minibatch_call", lambda *a: calls.append(real(*a)) or calls[-1])
+    fast = run(ft.cross_entropy, x, up, target=y, reduction=reduction)
+    fast_all_ignored = ft.cross_entropy(x, torch.full_like(y, -100), reduction=reduction)
+    with torch.no_grad():
+        fast_nograd = ft.cross_entropy(x, y, reduction=reduction)
+    monkeypatch.setattr(ft, "_minibatch_call", lambda *a: None)
+    general = run(ft.cross_entropy, x, up, target=y, reduction=reduction)
+    general_all_ignored = ft.cross_entropy(x, torch.full_like(y, -100), reduction=reduction)
+    assert len(calls) == 3 and all(c is not None for c in calls), "the minibatch path was not taken"
+    torch.testing.assert_close(fast, general, rtol=0, atol=0)
+    torch.testing.assert_close(fast_nograd, general[0], rtol=0, atol=0)
+    torch.testing.assert_close(fast_all_ignored, general_all_ignored, rtol=0, atol=0)
+    assert float(fast_all_ignored) == 0.0
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])  # the minibatch path, the general one
+def test_cpu_tensors_reach_the_kernel_without_a_copy(monkeypatch, smoothing):
     seen = []
-    real = _api.cross_entropy_with_grad
+    real_general = _api.cross_entropy_with_grad
+    real_minibatch = _api.cross_entropy_index_rows
 
-    def spy(logits, target, **kw):
+    def spy_general(logits, target, **kw):
         seen.append((logits, target, kw.get("out")))
-        return real(logits, target, **kw)
+        return real_general(logits, target, **kw)
 
-    monkeypatch.setattr(_api, "cross_entropy_with_grad", spy)
+    def spy_minibatch(z, y, mean, ignore, g):
+        seen.append((z, y, g))
+        return real_minibatch(z, y, mean, ignore, g)
+
+    monkeypatch.setattr(_api, "cross_entropy_with_grad", spy_general)
+    monkeypatch.setattr(_api, "cross_entropy_index_rows", spy_minibatch)
     x = logits(64, 10, torch.float32).requires_grad_()
     y = torch.randint(0, 10, (64,))
-    ft.cross_entropy(x, y).backward()
+    ft.cross_entropy(x, y, label_smoothing=smoothing).backward()
     ((z, t, out),) = seen
     assert z.ctypes.data == x.data_ptr() and t.ctypes.data == y.data_ptr()
     # the gradient the kernel wrote is x.grad itself: no copy on the way back either

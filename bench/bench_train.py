@@ -79,14 +79,17 @@ def test_sgd_step(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
             opt.step()
 
     else:
+        from fastsoftmax.reference import StepData, StepParams, StepPlan
         from fastsoftmax.train.loop import step_function, x_scale_for
 
         st = TrainState.zeros(C, D, np.float32, np.random.default_rng(0))
         losses = np.zeros(1)
-        run, a = step_function(impl), x_scale_for(data)
+        run = step_function(impl)
+        inputs = StepData(data, y, x_scale_for(data))
+        params, plan = StepParams(st.W, st.b, st.vW, st.vb), StepPlan(order, BATCH, 0.1)
 
         def step():
-            run(data, y, order, 0, 1, BATCH, st.W, st.b, st.vW, st.vb, 0.1, 0.0, 0.0, a, losses)
+            run(inputs, params, plan, 0, 1, losses)
 
     benchmark.pedantic(step, rounds=200, warmup_rounds=3)
     nbytes = BATCH * D * data.itemsize
@@ -117,6 +120,38 @@ def test_mnist_epoch(benchmark, impl, xtype, mnist_shaped, copy_bandwidth):
     rounds = 3 if impl in ("numpy", "torch") else 7
     benchmark.pedantic(epoch, rounds=rounds, warmup_rounds=1)
     record(benchmark.group, name, benchmark, data.nbytes, copy_bandwidth, rows=N)
+    _extra(benchmark, bench_cases.train_flop(N, D, C))
+
+
+@pytest.mark.parametrize("xtype", ["uint8", "float32"])
+def test_mnist_epoch_gpu(benchmark, xtype, mnist_shaped):
+    """One epoch over 60000 MNIST-shaped rows on a CUDA device with our CuPy step
+    (_cupy/step.py), batch 64 (the trainer's default): data and parameters stay on the
+    device, the epoch ends with its one synchronisation.  Skips without a GPU."""
+    from fastsoftmax.implementations import get
+
+    reason = get("cupy").unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    import cupy as cp
+
+    from fastsoftmax._backends import load
+    from fastsoftmax.reference import StepData, StepParams, StepPlan
+    from fastsoftmax.train.loop import x_scale_for
+
+    _, y, data, name = _inputs(mnist_shaped, "cupy", xtype)
+    batch = 64
+    steps = -(-N // batch)
+    dev = StepData(cp.asarray(data), cp.asarray(y), x_scale_for(data))
+    W, b = cp.zeros((C, D), cp.float32), cp.zeros(C, cp.float32)
+    params = StepParams(W, b, cp.zeros_like(W), cp.zeros_like(b))
+    plan = StepPlan(np.random.default_rng(0).permutation(N), batch, 0.1)
+    losses = np.zeros(steps)
+    step = load("cupy").sgd_steps
+    benchmark.group = f"train: one epoch on the GPU, {N}x{D}, batch {batch}"
+    benchmark.pedantic(lambda: step(dev, params, plan, 0, steps, losses), rounds=5, warmup_rounds=1)
+    assert np.isfinite(losses).all()
+    record(benchmark.group, name, benchmark, data.nbytes, None, rows=N)
     _extra(benchmark, bench_cases.train_flop(N, D, C))
 
 

@@ -228,32 +228,48 @@ def sgd_steps(data: StepData, params: StepParams, plan: StepPlan, s0: int, s1: i
     """Steps s0..s1-1 of the epoch; `params` are updated in place and losses[s] gets
     step s's objective (mean cross-entropy + wd/2 ||W||^2, before its update).  The
     arguments are those of every backend's sgd_steps."""
+    C = params.W.shape[0]
+
+    def fused(z, yb, scale, rows):
+        # z becomes scale * (softmax(z) - onehot(y)), the mean's gradient for scale 1/B
+        xent_index(
+            z, yb, w=None, wsum=float(C), ignore_index=-1, eps=0.0, scale=scale, loss=rows, g=z
+        )
+
+    steps_with(np, fused, data, params, plan, s0, s1, losses)
+
+
+def steps_with(xp, fused, data: StepData, params: StepParams, plan: StepPlan, s0, s1, losses):
+    """sgd_steps' arithmetic on the array module xp: NumPy here, CuPy for the CUDA
+    backend (``_cupy/step.py``), whose data and params then live on the device while
+    plan's row order and rates stay on the host.  fused(z, y_B, scale, rows) is the
+    backend's cross-entropy kernel: each row's loss into rows (float64), scale times
+    its gradient over z.  losses[s0:s1] (a host array) is written once, at the end: one
+    synchronisation per call on a GPU, none per step."""
     X, y, a, sw = data
     W, b, vW, vb, avg = params
     order, batch, lr, mu, wd = plan
     n = order.shape[0]
-    C = W.shape[0]
     dt = W.dtype.type
     lrs = np.asarray(lr, np.float64)
     lrs = np.full(max(s1, 1), float(lr)) if lrs.ndim == 0 else lrs
+    first = s0 * batch
+    rows_order = xp.asarray(order[first : min(s1 * batch, n)])  # this call's rows only
+    step_losses = xp.empty(max(s1 - s0, 0))
     for s in range(s0, s1):
-        idx = order[s * batch : min((s + 1) * batch, n)]
-        nb = len(idx)
+        idx = rows_order[s * batch - first : min((s + 1) * batch, n) - first]
+        nb = idx.shape[0]
         xb = X[idx].astype(W.dtype) * dt(a)
         z = xb @ W.T + b
-        loss = np.empty(nb)
-        # z becomes (softmax(z) - onehot(y)) / nb, the mean's gradient (reference kernel)
-        xent_index(
-            z, y[idx], w=None, wsum=float(C), ignore_index=-1, eps=0.0, scale=1.0 / nb,
-            loss=loss, g=z,
-        )  # fmt: skip
+        loss = xp.empty(nb)
+        fused(z, y[idx], 1.0 / nb, loss)
         if sw is not None:
             loss *= sw[idx]
             z *= sw[idx].astype(W.dtype)[:, None]
         gW = z.T @ xb
         gb = z.sum(axis=0)
-        reg = 0.5 * wd * float(np.sum(W.astype(np.float64) ** 2)) if wd else 0.0
-        losses[s] = float(loss.sum()) / nb + reg
+        reg = 0.5 * wd * xp.sum(W.astype(xp.float64) ** 2) if wd else 0.0
+        step_losses[s - s0] = loss.sum() / nb + reg
         if wd:
             gW += dt(wd) * W
         if mu:
@@ -268,3 +284,4 @@ def sgd_steps(data: StepData, params: StepParams, plan: StepPlan, s0: int, s1: i
             Wa, ba, coef = avg
             Wa += dt(coef[s]) * (W - Wa)
             ba += dt(coef[s]) * (b - ba)
+    losses[s0:s1] = step_losses if xp is np else step_losses.get()

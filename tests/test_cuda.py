@@ -186,3 +186,50 @@ def test_cupy_extremes_and_inplace():
     assert g is zd
     _, rg3 = fs.cross_entropy_with_grad(z[:3], y[:3], backend="numpy")
     np.testing.assert_allclose(cp.asnumpy(zd), rg3, rtol=1e-6, atol=1e-7)
+
+
+@GPU
+@pytest.mark.parametrize("x_kind", ["uint8", "float32"])
+@pytest.mark.parametrize("options", ["plain", "momentum+decay", "weights+average"])
+def test_cupy_training_step_matches_the_reference(x_kind, options):
+    """The CUDA step (_cupy/step.py) against the NumPy reference step on the same rows,
+    order and rates: parameters, step losses and the running mean (float32 parameters:
+    cuBLAS and NumPy sum in different orders, so within float32 rounding)."""
+    import cupy as cp
+
+    from fastsoftmax._backends import load
+    from fastsoftmax.reference import StepData, StepParams, StepPlan, sgd_steps
+
+    rng = np.random.default_rng(3)
+    n, d, c, batch, steps = 1000, 784, 10, 64, 16
+    X = rng.integers(0, 256, (n, d)).astype(np.uint8)
+    X = X if x_kind == "uint8" else (X / 255.0).astype(np.float32)
+    a = 1.0 / 255.0 if x_kind == "uint8" else 1.0
+    y = rng.integers(0, c, n)
+    order = rng.permutation(n)
+    lr = np.linspace(0.5, 0.05, steps)
+    mu, wd = (0.9, 1e-3) if options == "momentum+decay" else (0.0, 0.0)
+    sw = rng.random(n) + 0.5 if options == "weights+average" else None
+    coef = 1.0 / np.arange(1, steps + 1) if options == "weights+average" else None
+
+    def params(xp):
+        W = xp.asarray(rng_w.standard_normal((c, d)).astype(np.float32) * 0.01)
+        b = xp.zeros(c, np.float32)
+        avg = None if coef is None else (xp.zeros_like(W), xp.zeros_like(b), coef)
+        return StepParams(W, b, xp.zeros_like(W), xp.zeros_like(b), avg)
+
+    rng_w = np.random.default_rng(4)
+    ref = params(np)
+    rng_w = np.random.default_rng(4)
+    dev = params(cp)
+    ref_losses, dev_losses = np.zeros(steps), np.zeros(steps)
+    plan = StepPlan(order, batch, lr, mu, wd)
+    sgd_steps(StepData(X, y, a, sw), ref, plan, 0, steps, ref_losses)
+    dev_data = StepData(cp.asarray(X), cp.asarray(y), a, None if sw is None else cp.asarray(sw))
+    load("cupy").sgd_steps(dev_data, dev, plan, 0, 8, dev_losses)  # two calls: the
+    load("cupy").sgd_steps(dev_data, dev, plan, 8, steps, dev_losses)  # order is sliced
+    np.testing.assert_allclose(dev_losses, ref_losses, rtol=1e-5)
+    for got, want in zip(dev[:4], ref[:4], strict=True):
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=1e-4, atol=1e-6)
+    if coef is not None:
+        np.testing.assert_allclose(cp.asnumpy(dev.avg[0]), ref.avg[0], rtol=1e-4, atol=1e-6)

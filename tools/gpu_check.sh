@@ -14,8 +14,8 @@
 #      copy bandwidth measured in the same run;
 #   5. writes pytest-benchmark JSON, the test logs and a short summary to OUTDIR.
 # Without a GPU it stops at once, non-zero, saying so.  Meant to fit in ~8 minutes on an
-# H100/H200 (each step has a time limit).  Not yet here: float16 cases and the trainer's
-# epoch on the GPU (there is no CuPy training step yet).
+# H100/H200 (each step has a time limit).  Also times the trainer's epoch with the CuPy
+# step (bench_train.py -k epoch_gpu).  Not yet here: float16 benchmark cases.
 set -uo pipefail
 
 OUT=${1:?usage: tools/gpu_check.sh OUTDIR}
@@ -57,17 +57,23 @@ timeout 240 $PY -m pytest -q -p no:cacheprovider bench/bench_ops.py \
   -k "float32 and (cross_entropy_with_grad or softmax) and (cupy or torch-cuda) and not reference" \
   --benchmark-json="$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.txt"
 bench_rc=${PIPESTATUS[0]}
+echo "== the trainer's epoch on the GPU (target: <= 10 ms)"
+timeout 120 $PY -m pytest -q -p no:cacheprovider bench/bench_train.py -k "epoch_gpu" \
+  --benchmark-json="$OUT/gpu-train.json" 2>&1 | tee "$OUT/gpu-train.txt"
+train_rc=${PIPESTATUS[0]}
 
 $PY - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
-path = out / "gpu-bench.json"
-if not path.exists():
-    print("no benchmark JSON was written")
-    raise SystemExit(0)
-doc = json.loads(path.read_text())
+benchmarks = []
+for name in ("gpu-bench.json", "gpu-train.json"):
+    path = out / name
+    if path.exists():
+        benchmarks += json.loads(path.read_text())["benchmarks"]
+    else:
+        print(f"{name}: not written")
 print(f"{'case':70s} {'median ms':>10s} {'GB/s':>8s} {'% copy':>7s}")
-for b in doc["benchmarks"]:
+for b in benchmarks:
     e = b.get("extra_info", {})
     frac = e.get("fraction_of_copy_bandwidth")
     print(
@@ -76,5 +82,5 @@ for b in doc["benchmarks"]:
     )
 EOF
 
-echo "gpu_check: tests rc=$tests_rc, benchmarks rc=$bench_rc; results in $OUT"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "gpu_check: tests rc=$tests_rc, benchmarks rc=$bench_rc, epoch rc=$train_rc; results in $OUT"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$train_rc" -eq 0 ]

@@ -237,3 +237,11 @@ def cross_entropy_with_grad(
         logits, target, reduction, ignore_index, label_smoothing, weight, backend,
         True, out, inplace,
     )  # fmt: skip
+
+
+def sgd_steps(data, params, plan, s0: int, s1: int, losses) -> None:
+    """The softmax-regression SGD step on CuPy arrays (see _cupy/step.py); the
+    reference's arguments (fastsoftmax.reference.sgd_steps)."""
+    from .step import sgd_steps as steps
+
+    steps(data, params, plan, s0, s1, losses)

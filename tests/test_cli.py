@@ -39,27 +39,15 @@ def test_compare_without_data_explains(tmp_path, capsys):
 
 
 def test_console_entry_point_runs():
-    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip("no MNIST test set")
+    """python -m fastsoftmax starts and lists its commands (the commands themselves are
+    tested in-process; `compare` on MNIST runs with --full)."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastsoftmax",
-            "compare",
-            "--data-dir",
-            str(MNIST_DIR),
-            "--no-download",
-            "--repeat",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+        [sys.executable, "-m", "fastsoftmax", "--help"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "speedup = reference (numpy) time" in done.stdout
+    for command in ("train", "compare", "bench", "warmup"):
+        assert command in done.stdout, command
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

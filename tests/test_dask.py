@@ -62,6 +62,27 @@ def numpy_objective(Xf, y, classes, W, b, wd):
     return value, G.T @ Xf + wd * W, G.sum(axis=0)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_chunk_gradient_against_the_math(data, backend, dtype):
+    """In this process, before the cluster tests: the workers then load these kernels
+    from Numba's cache instead of each compiling them (the file took ~50 s cold)."""
+    X, y = data
+    X = X[:777]  # not a multiple of the kernel's row groups
+    y = y[:777]
+    Xc = X if dtype == np.uint8 else (X / 255.0).astype(dtype)
+    classes = np.arange(10)
+    rng = np.random.default_rng(3)
+    W, b = rng.standard_normal((10, X.shape[1])) * 0.02, rng.standard_normal(10)
+    loss, gW, gb, rows = fsd.chunk_loss_grad(Xc, y, W, b, backend)
+    value, wW, wb = numpy_objective(X / 255.0, y, classes, W, b, 0.0)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    assert rows == 777
+    assert loss / rows == pytest.approx(value, rel=tol)
+    np.testing.assert_allclose(gW / rows, wW, rtol=0, atol=tol * np.abs(wW).max())
+    np.testing.assert_allclose(gb / rows, wb, rtol=0, atol=tol * np.abs(wb).max())
+
+
 @pytest.mark.full  # ~35 s of L-BFGS iterations through the cluster
 def test_lbfgs_matches_the_single_machine_full_batch_solution(client, data):
     X, y = data
@@ -257,25 +278,6 @@ def test_bad_data_is_named():
     )
     with pytest.raises(ValueError, match=r"X has 4 features, but this model was fit with 3"):
         fitted.predict(da.zeros((5, 4), chunks=5))
-
-
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
-def test_chunk_gradient_against_the_math(data, backend, dtype):
-    X, y = data
-    X = X[:777]  # not a multiple of the kernel's row groups
-    y = y[:777]
-    Xc = X if dtype == np.uint8 else (X / 255.0).astype(dtype)
-    classes = np.arange(10)
-    rng = np.random.default_rng(3)
-    W, b = rng.standard_normal((10, X.shape[1])) * 0.02, rng.standard_normal(10)
-    loss, gW, gb, rows = fsd.chunk_loss_grad(Xc, y, W, b, backend)
-    value, wW, wb = numpy_objective(X / 255.0, y, classes, W, b, 0.0)
-    tol = 1e-12 if dtype == np.float64 else 2e-6
-    assert rows == 777
-    assert loss / rows == pytest.approx(value, rel=tol)
-    np.testing.assert_allclose(gW / rows, wW, rtol=0, atol=tol * np.abs(wW).max())
-    np.testing.assert_allclose(gb / rows, wb, rtol=0, atol=tol * np.abs(wb).max())
 
 
 def _gpu_reason() -> str | None:

@@ -565,29 +565,48 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
     return 1 if ctl[ABORTED] != 0 else 0  # every member has returned: a plain read
 
 
-@njit(parallel=True, **_KW)
-def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads):
+@njit(**_KW)
+def loss_grad_part(X, y, W, b, a, scale, gW, gb, r0, r1, row_path):
+    """Rows r0..r1-1 of X (in row order): gW (C, d) and gb (C,) get scale * d(sum of
+    their row losses)/d(W, b) of the cross-entropy of a X W^T + b (their old contents
+    are overwritten); returns the sum of the row losses (float64).  The step's _part
+    without the update, on one thread (nogil: loss_grad runs the parts concurrently)."""
+    order = np.arange(r0, r1)
+    m = r1 - r0
+    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(1, W)
+    scr = (xbs[0], rowss[0], zs[0], ybs[0], lrows[0], bufs[0], f64s[0])
+    gW[...] = 0
+    gb[...] = 0
+    return _part((X, y, order, a), (0, m, m, m), W, b, scale, (gW, gb), scr, row_path, None)
+
+
+def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads) -> float:
     """The step's work on every row of X, without the update, for full-batch solvers:
     gW_out (C, d) = scale * d(sum of row losses)/dW of the cross-entropy of
     a X W^T + b, gb_out (C,) likewise for b; returns the sum of the row losses
     (float64).  X: (n, d) float32/float64/uint8, in row order; y: (n,) int64.
-    Each thread takes a contiguous part of the rows; partials add in thread order."""
+
+    The rows are cut into contiguous parts (their number depends on n and nthreads);
+    this thread computes the first and the step's pool the others (Python threads
+    running the nogil loss_grad_part: a prange would compile the step's body twice,
+    ~10 s more on a cold cache per input dtype); the parts' results are added in part
+    order."""
     n = X.shape[0]
     C, d = W.shape
-    P = max(1, nthreads)
-    nth = _parts(n, P)
-    order = np.arange(n)
+    nth = max(1, min(max(1, nthreads), n // MIN_ROWS_PER_THREAD))  # _parts, in Python
     gW, gb = _thread_partials(nth, C, d, W.dtype)
-    part_loss = np.zeros(nth)
-    xbs, zs, ybs, rowss, lrows, bufs, f64s = _thread_scratch(nth, W)
-    data = (X, y, order, a)
-    for t in prange(nth):
-        span = (t * n // nth, (t + 1) * n // nth, n, n)
-        scr = (xbs[t], rowss[t], zs[t], ybs[t], lrows[t], bufs[t], f64s[t])
-        part_loss[t] = _part(data, span, W, b, scale, (gW[t][:C], gb[t][:C]), scr, row_path, None)
+    bounds = [(t * n // nth, (t + 1) * n // nth) for t in range(nth)]
+    args = [(X, y, W, b, a, scale, gW[t][:C], gb[t][:C], r0, r1, row_path)
+            for t, (r0, r1) in enumerate(bounds)]  # fmt: skip
+    others = [_pool().submit(loss_grad_part, *part) for part in args[1:]]
+    part_loss = [loss_grad_part(*args[0])]
+    for f, part in zip(others, args[1:], strict=True):
+        # a part whose thread has not started it (the pool busy with another caller's
+        # work) is taken back and computed here: no wait on a queue, only on a running part
+        part_loss.append(loss_grad_part(*part) if f.cancel() else f.result())
     total = 0.0
-    for t in range(nth):
-        total += part_loss[t]
+    for value in part_loss:
+        total += value
     gW_out[...] = gW[0][:C]
     gb_out[...] = gb[0][:C]
     for t in range(1, nth):

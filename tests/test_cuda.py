@@ -32,6 +32,7 @@ GPU = pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))
 
 
 # ------------------------------------------------------------- no GPU needed
+@pytest.mark.full  # builds a wheel with pip (~3-5 s)
 def test_every_kernel_file_is_in_the_wheel(tmp_path):
     assert KERNEL_FILES, "kernels/ holds no .cu file"
     done = subprocess.run(
@@ -53,6 +54,7 @@ def test_loader_reads_the_shipped_sources():
         assert text == (ROOT / "kernels" / name).read_text(encoding="utf-8")
 
 
+@pytest.mark.full  # nvcc compiles both files to PTX (~5 s)
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_every_entry_point_the_loader_looks_up_is_exported(tmp_path):
     """Compile each file to PTX (as CI does for sm_80 and sm_90) and find every

@@ -156,6 +156,15 @@ IDLE_RANGES = (3e-5, 3e-4, 3e-3, 3e-2, math.inf)
 DEFAULT_WAKE_S = (3e-6, 4e-5, 1.5e-4, 4e-4, 8e-4)
 # Weight of a new observation in the running estimates (exponential moving averages).
 EMA = 0.25
+# An observation counts for at most this many times the estimate it updates: one call
+# that the VM stalled (2.4 ms for a 0.6 ms parallel call, seen at 60000 x 10) must not
+# set the wake-up cost of its range for good.
+OUTLIER = 4.0
+# What a serial decision forgets of a learned cost above its default: only parallel
+# calls measure the parallel costs, so without forgetting a family once judged serial
+# would stay serial (measured: a loop of 60000 x 10 calls stuck at the serial 1.2 ms
+# instead of 0.6); ~1/FORGET decisions later the parallel path is tried again.
+FORGET = 0.02
 
 
 class ThreadPolicy:
@@ -175,11 +184,17 @@ class ThreadPolicy:
     serial; a call after other work (a user's matmul) sees the pool as idle as it is.
     Pure Python, ~1 us a call: the backend consults it only above a size at which a
     call is serial regardless.
+
+    Robust to a stalled call: an observation counts for at most OUTLIER times the
+    estimate it updates, and a serial decision forgets a little of the learned costs
+    that stand above their defaults (FORGET), so that a family judged serial after a
+    bad patch is tried on the pool again rather than never.
     """
 
     def __init__(self, serial_rates: dict[object, float], pool: int, clock=time.perf_counter):
         self.serial = dict(serial_rates)
         self.parallel = {key: rate / max(1, pool) for key, rate in serial_rates.items()}
+        self._parallel0 = dict(self.parallel)
         self.wake = list(DEFAULT_WAKE_S)
         self.last_parallel_end = -math.inf
         self.last_call_end = -math.inf
@@ -202,10 +217,20 @@ class ThreadPolicy:
         return pool, min(pool, self._range(now - self.last_call_end))
 
     def parallel_pays(self, family: object, size: int, k: int) -> bool:
-        """Whether `size` elements of `family` run faster on the pool, idle range k."""
+        """Whether `size` elements of `family` run faster on the pool, idle range k.
+        A "no" forgets a little (FORGET) of the learned parallel and wake-up costs that
+        stand above their defaults, so that the pool is tried again in time."""
         if self.force is not None:
             return self.force
-        return (self.serial[family] - self.parallel[family]) * size > self.wake[k]
+        if (self.serial[family] - self.parallel[family]) * size > self.wake[k]:
+            return True
+        with self._lock:
+            if self.wake[k] > DEFAULT_WAKE_S[k]:
+                self.wake[k] += FORGET * (DEFAULT_WAKE_S[k] - self.wake[k])
+            base = self._parallel0[family]
+            if self.parallel[family] > base:
+                self.parallel[family] += FORGET * (base - self.parallel[family])
+        return False
 
     def observe(self, family: object, size: int, parallel: bool, k: int, seconds: float) -> None:
         """A call of `size` elements took `seconds`, on the pool (`parallel`) or not, the
@@ -218,7 +243,9 @@ class ThreadPolicy:
             self.last_parallel_end = now
             if k == 0:
                 sample = max(0.0, seconds - self.wake[0]) / size
+                sample = min(sample, OUTLIER * self.parallel[family])
                 self.parallel[family] += EMA * (sample - self.parallel[family])
             else:
                 excess = max(0.0, seconds - self.parallel[family] * size)
+                excess = min(excess, OUTLIER * self.wake[k])
                 self.wake[k] += EMA * (excess - self.wake[k])

@@ -15,7 +15,7 @@ import pytest
 
 import fastsoftmax as fs
 from fastsoftmax import _threads
-from fastsoftmax._threads import DEFAULT_WAKE_S, IDLE_RANGES, ThreadPolicy
+from fastsoftmax._threads import DEFAULT_WAKE_S, EMA, FORGET, IDLE_RANGES, OUTLIER, ThreadPolicy
 
 
 class FakeClock:
@@ -139,6 +139,44 @@ def test_policy_learns_the_wake_up_cost_and_the_rates():
     for _ in range(60):
         policy.observe("f", 1000, True, 0, seconds=DEFAULT_WAKE_S[0] + 0.4e-6)
     assert policy.parallel["f"] == pytest.approx(0.4e-9, rel=1e-2)
+
+
+def test_one_stalled_call_does_not_set_the_wake_up_cost():
+    """A parallel call the VM stalled (100x the expected wake-up) moves the estimate by
+    at most EMA (OUTLIER - 1) of it, not to the stall."""
+    clock = FakeClock()
+    policy = ThreadPolicy({"f": 4e-9}, pool=2, clock=clock)
+    k = 1
+    before = policy.wake[k]
+    size = 600_000
+    policy.observe("f", size, True, k, seconds=policy.parallel["f"] * size + 100 * before)
+    assert policy.wake[k] == pytest.approx(before * (1 + EMA * (OUTLIER - 1)))
+    before = policy.parallel["f"]
+    policy.observe("f", size, True, 0, seconds=DEFAULT_WAKE_S[0] + 100 * before * size)
+    assert policy.parallel["f"] == pytest.approx(before * (1 + EMA * (OUTLIER - 1)))
+
+
+def test_a_family_judged_serial_is_tried_on_the_pool_again():
+    """After slow parallel calls (a bad patch) the family goes serial; serial decisions
+    forget the learned costs toward the defaults, so the pool is tried again within
+    a bounded number of calls, and judged serial again if it is still slow."""
+    clock = FakeClock()
+    policy = ThreadPolicy({"f": 4e-9}, pool=2, clock=clock)
+    size, k = 600_000, 1  # 1.2 ms saved by default against a 40 us wake-up
+    assert policy.parallel_pays("f", size, k)
+    for _ in range(20):  # parallel calls 10 ms over their work
+        policy.observe("f", size, True, k, seconds=policy.parallel["f"] * size + 1e-2)
+    assert not policy.parallel_pays("f", size, k)
+    tries = next(i for i in range(1, 1000) if policy.parallel_pays("f", size, k))
+    assert tries < 1 / FORGET * 5  # a few hundred calls at most
+    for _ in range(20):  # still slow: serial again
+        policy.observe("f", size, True, k, seconds=policy.parallel["f"] * size + 1e-2)
+    assert not policy.parallel_pays("f", size, k)
+    # a family whose learned costs are at their defaults forgets nothing
+    fresh = ThreadPolicy({"g": 4e-9}, pool=2, clock=clock)
+    wake, par = list(fresh.wake), dict(fresh.parallel)
+    assert not fresh.parallel_pays("g", 10, 4)
+    assert fresh.wake == wake and fresh.parallel == par
 
 
 def test_forced_policy():

@@ -137,7 +137,7 @@ def resolve_options(
         denom = _index_denominator(be, y, w, c, ignore, target)
     else:
         denom = float(n)
-    scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
+    scale = check.reduction_scale(red, denom)
     return XentProblem(be, work, red, kind, y, w, wsum, ignore, eps, denom, scale)
 
 
@@ -152,10 +152,11 @@ def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
     n, c = z.shape
     be = resolve(z, None)
     denom = _index_denominator(be, y, None, c, ignore_index, y)
-    scale = (1.0 / denom if denom else 0.0) if mean else 1.0
+    red = "mean" if mean else "sum"
+    scale = check.reduction_scale(red, denom)
     loss_rows = np.empty(n)
     total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
-    return reduced_loss("mean" if mean else "sum", loss_rows, total, denom, z.dtype)
+    return reduced_loss(red, loss_rows, total, denom, z.dtype)
 
 
 def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):

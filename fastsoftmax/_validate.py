@@ -61,6 +61,14 @@ def reduction_name(reduction: object) -> str:
     return reduction  # type: ignore[return-value]
 
 
+def reduction_scale(reduction: str, denom: float) -> float:
+    """The factor every gradient of a reduction is multiplied by: 1/denom for "mean"
+    (0 when denom is 0: every target ignored, where PyTorch gives NaN), 1 otherwise."""
+    if reduction != "mean":
+        return 1.0
+    return 1.0 / denom if denom else 0.0
+
+
 def smoothing(label_smoothing: object) -> float:
     if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0:
         return label_smoothing  # the common case, without the slower ABC check

@@ -586,7 +586,7 @@ def _linear(
     n, v = hw.shape[0], ww.shape[0]
     y, cwt = _prepared(target, cw, work)
     denom = float(n) if y.is_floating_point() else _denominator(y, cwt, v, ignore)
-    scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
+    scale = check.reduction_scale(red, denom)
     rows = red == "none"
     want_h, want_w, want_b = want
     want_w = want_w or want_b  # dbias comes from the same chunks

@@ -164,7 +164,7 @@ def _cross_entropy(
             denom = float(cp.where(valid, w[cp.clip(y, 0, c - 1)], 0).sum())
     else:
         denom = float(n)
-    scale = (1.0 / denom if denom else 0.0) if red == "mean" else 1.0
+    scale = check.reduction_scale(red, denom)
     zc = cp.ascontiguousarray(z)
     loss = cp.empty(n, cp.float64)
     g = None

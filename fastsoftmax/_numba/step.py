@@ -593,7 +593,7 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads) -> float
     order."""
     n = X.shape[0]
     C, d = W.shape
-    nth = max(1, min(max(1, nthreads), n // MIN_ROWS_PER_THREAD))  # _parts, in Python
+    nth = parts_for(n, max(1, nthreads))
     gW, gb = _thread_partials(nth, C, d, W.dtype)
     bounds = [(t * n // nth, (t + 1) * n // nth) for t in range(nth)]
     args = [(X, y, W, b, a, scale, gW[t][:C], gb[t][:C], r0, r1, row_path)
@@ -615,10 +615,12 @@ def loss_grad(X, y, W, b, a, scale, gW_out, gb_out, row_path, nthreads) -> float
     return total
 
 
-@njit(**_F)
-def _parts(nb, P):
-    """Threads (contiguous parts) for a batch of nb rows."""
+def parts_for(nb, P):
+    """Threads (contiguous parts) for a batch of nb rows, at most P."""
     return max(1, min(P, nb // MIN_ROWS_PER_THREAD))
+
+
+_parts = njit(**_F)(parts_for)  # the same rule inside the kernels
 
 
 @njit(cache=True, parallel=True, fastmath=REDUCE_FLAGS, nogil=True)

@@ -35,7 +35,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import record
+from conftest import lm_head_info, record
 
 import fastsoftmax as fs
 from fastsoftmax import machine
@@ -132,19 +132,9 @@ def test_linear_xent_fused(benchmark, shape, impl, inputs, copy_bandwidth):
         getattr(fn, "free", lambda: None)()
     benchmark.pedantic(measured, rounds=1 if big else 3)
     loss, dh, dw, _ = result[0]
-    outputs = dh.nbytes + dw.nbytes
-    logits = n * v * 4
-    extra = max(peaks) - outputs
-    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
-    info = {
-        "flop": 6 * n * h * v,
-        "logits_bytes": logits,
-        "peak_extra_bytes": extra,
-        "peak_extra_fraction_of_logits": extra / logits,
-        "memory_measure": "RSS high-water mark above the call's start, less outputs",
-    }
-    if stats is not None:
-        info["GFLOP/s"] = 6 * n * h * v / stats.median / 1e9
+    extra = max(peaks) - (dh.nbytes + dw.nbytes)
+    measure = "RSS high-water mark above the call's start, less outputs"
+    info = lm_head_info(benchmark, n, h, v, extra, measure)
     record(benchmark.group, impl, benchmark, None, copy_bandwidth, extra=info)
 
     if impl == "fused":

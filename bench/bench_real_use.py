@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import interleaved_rounds, record, timing
+from conftest import benchmark_interleaved, record, timing
 
 import fastsoftmax as fs
 from fastsoftmax import bench_cases
@@ -157,30 +157,19 @@ def test_numpy_training_loop_interleaved(benchmark, batch, mnist_shaped_f32, req
     x, y = mnist_shaped_f32
     impls = [i for i in LOOP_IMPLS if i != "torch" or _has("torch")]
     steps = {impl: make_step(impl, x, y, batch) for impl in impls}
-    on = timing(request)
-    k, pause = (K_INTERLEAVED, PAUSE_S) if on else (1, 0.0)
-    rounds = (MIN_ROUNDS, MAX_ROUNDS) if on else (1, 1)
-
-    def interleaved() -> dict[str, list[float]]:
-        return interleaved_rounds(steps, k=k, pause_s=pause, rounds=rounds, budget_s=BUDGET_S)
-
     benchmark.group = f"real use: NumPy training loop, batch {batch}, interleaved rounds"
-    per_step = benchmark.pedantic(interleaved, rounds=1, iterations=1)
+    per_step, extra = benchmark_interleaved(
+        benchmark, request, steps, k=K_INTERLEAVED, pause_s=PAUSE_S,
+        rounds=(MIN_ROUNDS, MAX_ROUNDS), budget_s=BUDGET_S,
+    )  # fmt: skip
 
     def ratio(a, b):
         if a not in per_step or b not in per_step:
             return None
         return statistics.median(ta / tb for ta, tb in zip(per_step[a], per_step[b], strict=True))
 
-    extra = {
-        "ratio_numba_to_numpy": ratio("numba", "numpy"),
-        "ratio_numba_to_torch": ratio("numba", "torch"),
-        "rounds": len(per_step[impls[0]]),
-        "steps_per_round": k,
-        "pause_s": pause,
-    }
-    for impl, times in per_step.items():
-        extra[f"seconds_per_step_{impl}"] = statistics.median(times)
+    extra["ratio_numba_to_numpy"] = ratio("numba", "numpy")
+    extra["ratio_numba_to_torch"] = ratio("numba", "torch")
     extra = {key: v for key, v in extra.items() if v is not None}
     benchmark.extra_info.update(extra)  # also under --benchmark-disable
     record(benchmark.group, "interleaved", benchmark, None, None, extra=extra)

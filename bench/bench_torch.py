@@ -31,7 +31,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from conftest import interleaved_rounds, record, timing
+from conftest import benchmark_interleaved, lm_head_info, record, timing
 
 from fastsoftmax import bench_cases, machine
 
@@ -136,24 +136,13 @@ def test_mnist_training_step_interleaved(benchmark, batch, mnist_shaped, request
     x, y = mnist_shaped
     impls = list(LOSSES)
     steps = {impl: make_step(impl, x, y, batch) for impl in impls}
-    on = timing(request)
-    k, pause = (K_INTERLEAVED, PAUSE_S) if on else (1, 0.0)
-    rounds = (MIN_ROUNDS, MAX_ROUNDS) if on else (1, 1)
-
-    def interleaved() -> dict[str, list[float]]:
-        return interleaved_rounds(steps, k=k, pause_s=pause, rounds=rounds, budget_s=BUDGET_S)
-
     benchmark.group = f"torch: nn.Linear({D}, {C}) step, batch {batch}, interleaved rounds"
-    per_step = benchmark.pedantic(interleaved, rounds=1, iterations=1)
+    per_step, extra = benchmark_interleaved(
+        benchmark, request, steps, k=K_INTERLEAVED, pause_s=PAUSE_S,
+        rounds=(MIN_ROUNDS, MAX_ROUNDS), budget_s=BUDGET_S,
+    )  # fmt: skip
     ratios = [a / b for a, b in zip(per_step["fastsoftmax"], per_step["torch"], strict=True)]
-    extra = {
-        "ratio_numba_to_torch": statistics.median(ratios),
-        "rounds": len(ratios),
-        "steps_per_round": k,
-        "pause_s": pause,
-    }
-    for impl, times in per_step.items():
-        extra[f"seconds_per_step_{impl}"] = statistics.median(times)
+    extra["ratio_numba_to_torch"] = statistics.median(ratios)
     benchmark.extra_info.update(extra)
     record(benchmark.group, "interleaved", benchmark, None, None, extra=extra)
 
@@ -206,20 +195,10 @@ def test_lm_head_step(benchmark, impl, lm_inputs):
     step()  # warm: BLAS buffers, the allocator's first pages (not counted)
     peaks.clear()
     benchmark.pedantic(step, rounds=3)
-    outputs = hidden.grad.nbytes + weight.grad.nbytes
-    logits = n * v * 4
-    extra_bytes = max(peaks) - outputs
-    info = {
-        "flop": 6 * n * h * v,
-        "logits_bytes": logits,
-        "peak_extra_bytes": extra_bytes,
-        "peak_extra_fraction_of_logits": extra_bytes / logits,
-        "memory_measure": "RSS high-water mark above the step's start, less the gradients",
-        "loss": losses[-1],
-    }
-    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
-    if stats is not None:
-        info["GFLOP/s"] = 6 * n * h * v / stats.median / 1e9
+    extra_bytes = max(peaks) - (hidden.grad.nbytes + weight.grad.nbytes)
+    measure = "RSS high-water mark above the step's start, less the gradients"
+    info = lm_head_info(benchmark, n, h, v, extra_bytes, measure)
+    info["loss"] = losses[-1]
     benchmark.extra_info.update(info)
     record(benchmark.group, impl, benchmark, None, None, extra=info)
     clear()

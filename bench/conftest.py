@@ -7,6 +7,7 @@ Run: pytest bench/ [--benchmark-json=out.json]   (CI: --benchmark-disable)
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -183,3 +184,49 @@ def interleaved_rounds(
             per_call[name].append((time.perf_counter() - t0) / k)
         r += 1
     return per_call
+
+
+def benchmark_interleaved(
+    benchmark,
+    request,
+    steps: dict[str, Callable[[], object]],
+    *,
+    k: int,
+    pause_s: float,
+    rounds: tuple[int, int],
+    budget_s: float,
+) -> tuple[dict[str, list[float]], dict]:
+    """interleaved_rounds as one pytest-benchmark round (its time is the whole run); under
+    --benchmark-disable one round of one call each.  Returns the per-round seconds per
+    call and the extra_info every interleaved case records: rounds, calls per round, the
+    pause and each callable's median seconds per call (`seconds_per_step_<name>`)."""
+    if not timing(request):
+        k, pause_s, rounds = 1, 0.0, (1, 1)
+
+    def run() -> dict[str, list[float]]:
+        return interleaved_rounds(steps, k=k, pause_s=pause_s, rounds=rounds, budget_s=budget_s)
+
+    per_step = benchmark.pedantic(run, rounds=1, iterations=1)
+    extra: dict = {"rounds": len(next(iter(per_step.values()))), "steps_per_round": k}
+    extra["pause_s"] = pause_s
+    for name, times in per_step.items():
+        extra[f"seconds_per_step_{name}"] = statistics.median(times)
+    return per_step, extra
+
+
+def lm_head_info(benchmark, n: int, h: int, v: int, extra_bytes: int, measure: str) -> dict:
+    """extra_info of an LM-head case (hidden N x H, weight V x H, float32): its FLOP (the
+    forward and backward GEMMs, 6 N H V), the peak memory beyond the outputs against the
+    N x V float32 logits, how it was measured, and GFLOP/s when timed."""
+    logits = n * v * 4
+    info = {
+        "flop": 6 * n * h * v,
+        "logits_bytes": logits,
+        "peak_extra_bytes": extra_bytes,
+        "peak_extra_fraction_of_logits": extra_bytes / logits,
+        "memory_measure": measure,
+    }
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:  # None under --benchmark-disable
+        info["GFLOP/s"] = info["flop"] / stats.median / 1e9
+    return info

@@ -437,7 +437,9 @@ def _minibatch_call(input, target, weight, ignore_index, reduction, label_smooth
     a cheap attribute read; anything unusual takes the general path, which checks it."""
     if not (
         weight is None
+        and type(label_smoothing) is float
         and label_smoothing == 0.0
+        and type(reduction) is str
         and reduction in _MEAN
         and type(ignore_index) is int
         and type(input) is Tensor

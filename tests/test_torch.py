@@ -524,6 +524,8 @@ def test_errors_name_the_argument():
         (lambda: ft.cross_entropy(x, y.to("meta")), ValueError, "target is on meta"),
         (lambda: ft.cross_entropy(x, y, weight=torch.ones(3)), ValueError, "weight must have"),
         (lambda: ft.cross_entropy(x, y, reduction="avg"), ValueError, "reduction"),
+        (lambda: ft.cross_entropy(x, y, reduction=["mean"]), ValueError, "reduction"),
+        (lambda: ft.cross_entropy(x, y, label_smoothing=torch.zeros(2)), TypeError, "label_smooth"),
         (lambda: ft.cross_entropy(x, y, label_smoothing=1.5), ValueError, "label_smoothing"),
         (lambda: ft.cross_entropy(x, y + 3), ValueError, r"target\[1\] = 4 is out of range"),
         (

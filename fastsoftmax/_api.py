@@ -109,11 +109,15 @@ def _index_denominator(be, y, w, c: int, ignore: int, target) -> float:
     the weights of the non-ignored rows' classes (their count without weights)."""
     bad, denom = be.target_stats(y, w, c, ignore)
     if bad >= 0:
-        value = np.asarray(target)[bad]
-        raise ValueError(
-            f"target[{bad}] = {value} is out of range for {c} classes (ignore_index={ignore})"
-        )
+        _bad_target(target, bad, c, ignore)
     return denom
+
+
+def _bad_target(target, row: int, c: int, ignore: int):
+    value = np.asarray(target)[row]
+    raise ValueError(
+        f"target[{row}] = {value} is out of range for {c} classes (ignore_index={ignore})"
+    )
 
 
 def resolve_options(
@@ -148,15 +152,26 @@ def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
     array, g None or a writable C-contiguous array of z's shape and dtype that overlaps
     neither.  The targets are checked as in cross_entropy.  This is fastsoftmax.torch's
     path for a classifier's minibatch: at 64 x 10 the public function's argument
-    handling costs more than the kernel."""
+    handling costs more than the kernel, so a small call is one call of the backend's
+    xent_index_minibatch where it has one (the same bits)."""
     n, c = z.shape
     be = resolve(z, None)
-    denom = _index_denominator(be, y, None, c, ignore_index, y)
     red = "mean" if mean else "sum"
+    if z.size <= SMALL_CALL_ELEMENTS and hasattr(be, "xent_index_minibatch"):
+        bad, loss = be.xent_index_minibatch(z, y, ignore_index, mean, g)
+        if bad >= 0:
+            _bad_target(y, bad, c, ignore_index)
+        return z.dtype.type(loss)
+    denom = _index_denominator(be, y, None, c, ignore_index, y)
     scale = check.reduction_scale(red, denom)
     loss_rows = np.empty(n)
     total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
     return reduced_loss(red, loss_rows, total, denom, z.dtype)
+
+
+# Logits up to which cross_entropy_index_rows makes one call on the calling thread
+# (the Numba backend's SERIAL_MAX_ELEMENTS: above it the kernels may use threads)
+SMALL_CALL_ELEMENTS = 16384
 
 
 def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):

@@ -36,13 +36,18 @@ def _forced(policy, parallel: bool) -> Iterator[None]:
         policy.force = old
 
 
-def _op_calls(z: np.ndarray, y: np.ndarray) -> list[tuple[str, Callable[[], object]]]:
-    return [
+def _op_calls(z: np.ndarray, y: np.ndarray, mode: str) -> list[tuple[str, Callable[[], object]]]:
+    calls = [
         ("cross_entropy_with_grad", lambda: _api.cross_entropy_with_grad(z, y)),
         ("cross_entropy", lambda: _api.cross_entropy(z, y)),
         ("softmax", lambda: _api.softmax(z)),
         ("log_softmax", lambda: _api.log_softmax(z)),
     ]
+    if mode == "serial":  # fastsoftmax.torch's minibatch call (one kernel call)
+        grad = np.empty_like(z)
+        minibatch = lambda: _api.cross_entropy_index_rows(z, y, True, -100, grad)  # noqa: E731
+        calls.append(("torch minibatch cross_entropy", minibatch))
+    return calls
 
 
 def warm_up(progress: Callable[[str, float], None] | None = None, *, train: bool = True) -> float:
@@ -66,7 +71,7 @@ def warm_up(progress: Callable[[str, float], None] | None = None, *, train: bool
                 z = rng.standard_normal((rows, classes)).astype(dtype)
                 y = rng.integers(0, classes, rows)
                 with _forced(be.policy, mode == "parallel"):
-                    for op, call in _op_calls(z, y):
+                    for op, call in _op_calls(z, y, mode):
                         timed(f"{op} {np.dtype(dtype).name} C={classes} {mode}", call)
     if train:
         for x_dtype in (np.uint8, np.float32, np.float64):

@@ -188,6 +188,53 @@ def test_ignore_index_inside_the_class_range(impl, rng):
     assert np.all(grad[~keep] == 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 2), (50, 40), (4, 3000)])  # tiles, rows
+@pytest.mark.parametrize("mean", [True, False])
+def test_small_index_call_is_one_kernel_call_with_the_public_bits(dtype, shape, mean, rng):
+    """fastsoftmax.torch's minibatch path (_api.cross_entropy_index_rows): one call of
+    the Numba backend's xent_index_minibatch (target check, kernel and reduction), with
+    the public function's loss and gradient bit for bit, ignored rows, an all-ignored
+    batch and the loss alone too; a bad target is an error naming its row."""
+    from fastsoftmax import _api
+    from fastsoftmax import _numba as nb
+
+    z = random_logits(rng, shape, dtype)
+    y = rng.integers(0, shape[1], shape[0])
+    y[::3] = -100
+    red = "mean" if mean else "sum"
+    calls = []
+    real = nb.xent_index_minibatch
+    try:
+        nb.xent_index_minibatch = lambda *a: calls.append(1) or real(*a)
+        g = np.empty_like(z)
+        loss = _api.cross_entropy_index_rows(z, y, mean, -100, g)
+        loss_alone = _api.cross_entropy_index_rows(z, y, mean, -100, None)
+        g_ignored = np.full_like(z, np.nan)
+        ignored = _api.cross_entropy_index_rows(z, np.full_like(y, -100), mean, -100, g_ignored)
+        bad = y.copy()
+        bad[-1] = shape[1]
+        g_bad = np.full_like(z, 7.0)
+        message = rf"target\[{shape[0] - 1}\] = {shape[1]} is out of range"
+        with pytest.raises(ValueError, match=message):
+            _api.cross_entropy_index_rows(z, bad, mean, -100, g_bad)
+    finally:
+        nb.xent_index_minibatch = real
+    assert len(calls) == 4
+    ref_loss, ref_grad = fs.cross_entropy_with_grad(z, y, reduction=red, backend="numba")
+    assert type(loss) is type(ref_loss) and loss == ref_loss and loss_alone == ref_loss
+    np.testing.assert_array_equal(g, ref_grad)
+    assert ignored == 0.0 and np.all(g_ignored == 0)
+    assert np.all(g_bad == 7.0)  # nothing written
+    # the NumPy backend has no such kernel: the general route, the reference's result
+    with fs.use_backend("numpy"):
+        g_np = np.empty_like(z)
+        loss_np = _api.cross_entropy_index_rows(z, y, mean, -100, g_np)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss_np, ref_loss, rtol=tol)
+    np.testing.assert_allclose(g_np, ref_grad, rtol=tol, atol=tol * np.abs(ref_grad).max())
+
+
 @pytest.mark.parametrize("shape", [*SHAPES, (5000, 10), (40, 3000)])
 def test_numba_results_do_not_depend_on_thread_count(shape, rng):
     z = random_logits(rng, shape, np.float32)

@@ -104,6 +104,13 @@ def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
     return _run(op, z, _k.xent_index_serial, _k.xent_index, *args)
 
 
+def xent_index_minibatch(z, y, ignore, mean, g):
+    """(first bad target row or -1, the "mean" (else "sum") loss) of class indices y
+    without weights or smoothing, the gradient into g unless it is None, in one call on
+    the calling thread (for inputs of at most SERIAL_MAX_ELEMENTS logits)."""
+    return _k.xent_index_minibatch(z, y, ignore, mean, g, row_path_for(z.shape[1]))
+
+
 def xent_prob(z, q, w, eps, scale, loss, g):
     return _run("xent_prob", z, _k.xent_prob_serial, _k.xent_prob, z, q, w, eps, scale, loss, g)
 
@@ -177,5 +184,6 @@ __all__ = [
     "softmax_backward",
     "target_stats",
     "xent_index",
+    "xent_index_minibatch",
     "xent_prob",
 ]

@@ -416,8 +416,7 @@ def _tile_softmax(x, a, nr, buf, f64):
 # --------------------------------------------------------------------------------------
 # Target statistics (class-index targets): validation and the mean's denominator
 # --------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def target_stats(y, w, num_classes, ignore_index):
+def _target_stats(y, w, num_classes, ignore_index):
     """(first bad row or -1, sum of weights of the non-ignored rows).
 
     The counting loop has no early exit, so it vectorises (60000 targets: 12 against
@@ -443,6 +442,11 @@ def target_stats(y, w, num_classes, ignore_index):
         if yi != ignore_index:
             denom += w[yi]
     return -1, denom
+
+
+# the public kernel, and the same function compiled as a helper for xent_index_minibatch
+target_stats = njit(cache=True, nogil=True)(_target_stats)
+_target_stats_helper = njit(**_F)(_target_stats)
 
 
 # --------------------------------------------------------------------------------------
@@ -612,6 +616,29 @@ def xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g, row_path):
     if partial.shape[0]:
         _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1, row_path)
     return _ordered_sum(partial)
+
+
+@njit(**_KW)
+def xent_index_minibatch(z, y, ignore, mean, g, row_path):
+    """A classifier's minibatch in one call (fastsoftmax.torch's eager path, where each
+    dispatch from Python costs several us): class indices without weights or smoothing,
+    checked as by target_stats, then xent_index_serial's work with "mean"'s or "sum"'s
+    scale.  Returns (first bad row or -1, the reduced loss in float64); nothing is
+    written when a target is bad.  Bit-identical to target_stats, xent_index_serial and
+    the reduction done in Python."""
+    bad, denom = _target_stats_helper(y, None, z.shape[1], ignore)
+    if bad >= 0:
+        return bad, 0.0
+    scale = (1.0 / denom if denom else 0.0) if mean else 1.0
+    loss = np.empty(z.shape[0])
+    partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
+    wsum = float(z.shape[1])
+    if partial.shape[0]:
+        _xent_index_run(z, y, None, wsum, ignore, 0.0, scale, loss, g, partial, 0, 1, row_path)
+    total = _ordered_sum(partial)
+    if not mean:
+        return -1, total
+    return -1, total / denom if denom else 0.0
 
 
 # --------------------------------------------------------------------------------------

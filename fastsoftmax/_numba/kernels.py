@@ -293,6 +293,39 @@ def _row_expsum_into(z, i, m, e, inplace):
     return _row_blocked_sum(e, i)
 
 
+@njit(**_FR)
+def _row_expsum_next_max(z, i, m):
+    """_row_expsum(z, i, m) and the max of row i + 1 (which must exist) from the same
+    loop (see _row_expsum_into_next_max)."""
+    n = z.shape[1]
+    nfull = n - n % SUM_BLOCK
+    one = like(z, 1.0)
+    zero = like(z, 0.0)
+    ones = 0.0
+    s = 0.0
+    mk = fkey(z[i + 1, 0])
+    for b0 in range(0, nfull, SUM_BLOCK):
+        sb = zero
+        ob = zero
+        for j in range(SUM_BLOCK):
+            v = fexp_neg(z[i, b0 + j] - m)
+            ob += one if v == one else zero
+            sb += zero if v == one else v
+            k = fkey(z[i + 1, b0 + j])
+            mk = k if k > mk else mk
+        s += sb
+        ones += ob
+    sb = zero
+    ob = zero
+    for j in range(nfull, n):
+        v = fexp_neg(z[i, j] - m)
+        ob += one if v == one else zero
+        sb += zero if v == one else v
+        k = fkey(z[i + 1, j])
+        mk = k if k > mk else mk
+    return ones + ob, s + sb, funkey(mk)
+
+
 @njit(**_F)
 def _row_expsum_into_next_max(z, i, m, e):
     """_row_expsum_into(z, i, m, e, False) (e not z) and, in the same loop, the max of
@@ -498,10 +531,10 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
         ty = float(z[i, yi]) - float(m)
         smooth = _row_smooth_sum(z, i, m, w) if eps_c != 0.0 else 0.0
         # all of z[i] has been read: g may now overwrite it (in-place mode)
-        if g is None:
+        if g is None and ahead:
+            k, d, m_next = _row_expsum_next_max(z, i, m)
+        elif g is None:
             k, d = _row_expsum(z, i, m)
-            if ahead:
-                m_next = _row_max(z, i + 1)
         elif ahead and not inplace:
             k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
         else:
@@ -715,10 +748,10 @@ def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
             m = m_next
             ahead = i + 1 < end
             a, lin = _prob_row_sums(z, q, w, i, m, keep, eps_c)
-            if g is None:
+            if g is None and ahead:
+                k, d, m_next = _row_expsum_next_max(z, i, m)
+            elif g is None:
                 k, d = _row_expsum(z, i, m)
-                if ahead:
-                    m_next = _row_max(z, i + 1)
             elif ahead and not inplace:
                 k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
             else:

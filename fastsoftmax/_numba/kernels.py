@@ -872,6 +872,48 @@ def _lse_block(x, a, r1, buf, f64, shift, logs, row_path):
     return 1
 
 
+@njit(**_F)
+def _row_lse(x, i, r1, m):
+    """(log(sum(exp(x[i] - m))) in float64, the max of row i + 1 if it is below r1,
+    else 0): the next row's max from the same loop (see _row_expsum_next_max)."""
+    if i + 1 < r1:
+        k, d, m_next = _row_expsum_next_max(x, i, m)
+        return _log_kd(k, d), m_next
+    k, d = _row_expsum(x, i, m)
+    return _log_kd(k, d), like(x, 0.0)
+
+
+@njit(**_F)
+def _log_softmax_rows(x, out, r0, r1):
+    """Large-C log_softmax of rows [r0, r1) (out may be x: row i + 1 is read before
+    row i is written)."""
+    n = x.shape[1]
+    inplace = _same_memory(x, out)
+    m_next = _row_max(x, r0) if r0 < r1 else like(x, 0.0)
+    for i in range(r0, r1):
+        m = m_next
+        logs, m_next = _row_lse(x, i, r1, m)
+        ls = like(x, logs)
+        # (x - max) - log(s): see _log_softmax_run
+        if inplace:
+            for j in range(n):
+                out[i, j] = (out[i, j] - m) - ls
+        else:
+            for j in range(n):
+                out[i, j] = (x[i, j] - m) - ls
+
+
+@njit(**_F)
+def _logsumexp_rows(x, out, r0, r1):
+    """Large-C logsumexp of rows [r0, r1)."""
+    m_next = _row_max(x, r0) if r0 < r1 else like(x, 0.0)
+    for i in range(r0, r1):
+        m = m_next
+        logs, m_next = _row_lse(x, i, r1, m)
+        v = float(m) + logs
+        out[i] = v if np.isfinite(v) else _lse_nonfinite(x, i, v)
+
+
 @njit(**_F, inline="always")
 def _log_softmax_run(x, out, t, nth, row_path):
     nrows, n = x.shape
@@ -880,7 +922,11 @@ def _log_softmax_run(x, out, t, nth, row_path):
     buf, f64 = _scratch(x)
     shift = _f64_row(f64, 2)
     logs = _f64_row(f64, 3)
-    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
+    c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
+    if row_path is not None:  # all the thread's rows in one run (look-ahead)
+        _log_softmax_rows(x, out, min(c0 * per, nrows), min(c1 * per, nrows))
+        return
+    for c in range(c0, c1):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
@@ -907,7 +953,11 @@ def _logsumexp_run(x, out, t, nth, row_path):
     buf, f64 = _scratch(x)
     shift = _f64_row(f64, 2)
     logs = _f64_row(f64, 3)
-    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
+    c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
+    if row_path is not None:  # all the thread's rows in one run (look-ahead)
+        _logsumexp_rows(x, out, min(c0 * per, nrows), min(c1 * per, nrows))
+        return
+    for c in range(c0, c1):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:

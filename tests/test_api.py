@@ -189,6 +189,60 @@ def test_ignore_index_inside_the_class_range(impl, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 40), (2, 33), (9, 1000), (5, 3000), (40, 3000)])
+def test_large_c_look_ahead_keeps_each_rows_bits(dtype, shape, rng):
+    """The large-C kernels take row i + 1's max inside row i's pass over row i: the
+    results must be those of each row computed alone, and those of the in-place mode
+    (whose exp pass stands alone), bit for bit, with ignored rows (first, consecutive,
+    last), masked and huge logits, a NaN row, probability targets, smoothing and
+    weights, on one thread and on all of them."""
+    n, c = shape
+    z = random_logits(rng, shape, dtype)
+    z[0, :3] = -np.inf
+    z[-1, -1] = 1e4
+    if n > 3:
+        z[2, 7] = np.nan
+    y = rng.integers(0, c, n)
+    y[0] = -100
+    y[n // 2 : n // 2 + 2] = -100
+    y[-1] = -100 if n > 2 else y[-1]
+    q = rng.random(shape).astype(dtype)
+    q /= q.sum(axis=1, keepdims=True)
+    w = rng.random(c).astype(dtype)
+    threads = numba.get_num_threads()
+    try:
+        for nt in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nt)
+            for target, kw in [(y, {}), (y, {"label_smoothing": 0.1, "weight": w}), (q, {})]:
+                loss, grad = fs.cross_entropy_with_grad(z, target, backend="numba", **kw)
+                z_in = z.copy()
+                loss_in, _ = fs.cross_entropy_with_grad(z_in, target, inplace=True, **kw)
+                assert loss == loss_in or (np.isnan(loss) and np.isnan(loss_in))
+                np.testing.assert_array_equal(grad, z_in)
+            s = z.copy()
+            fs.softmax(s, out=s)
+            np.testing.assert_array_equal(fs.softmax(z, backend="numba"), s)
+    finally:
+        numba.set_num_threads(threads)
+    if z.size > 16384:  # the parallel kernel: its sums may round unlike the serial one's
+        return
+    # each row alone (no look-ahead): the same rows, bit for bit ("sum": scale 1)
+    for target, kw in [(y, {}), (y, {"label_smoothing": 0.1, "weight": w}), (q, {})]:
+        rows, grad = fs.cross_entropy_with_grad(z, target, reduction="none", **kw)
+        _, grad_sum = fs.cross_entropy_with_grad(z, target, reduction="sum", **kw)
+        for i in range(n):
+            row, g_row = fs.cross_entropy_with_grad(
+                z[i : i + 1], target[i : i + 1], reduction="sum", **kw
+            )
+            np.testing.assert_array_equal(rows[i], row)
+            np.testing.assert_array_equal(grad_sum[i], g_row[0])
+        for op in ("softmax", "log_softmax", "logsumexp"):
+            whole = getattr(fs, op)(z, axis=1)
+            for i in range(n):
+                np.testing.assert_array_equal(whole[i], getattr(fs, op)(z[i : i + 1], axis=1)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(64, 10), (3, 2), (50, 40), (4, 3000)])  # tiles, rows
 @pytest.mark.parametrize("mean", [True, False])
 def test_small_index_call_is_one_kernel_call_with_the_public_bits(dtype, shape, mean, rng):

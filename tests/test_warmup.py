@@ -20,7 +20,7 @@ from fastsoftmax._numba import kernels as k
 def test_a_called_kernel_is_in_the_cache_for_this_cpu():
     z = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     out = np.empty_like(z)
-    k.softmax_serial(z, out, None)
+    k.softmax_serial(z, out)
     assert _cache.compiled_for_this_cpu(k.softmax_serial) is True
 
 

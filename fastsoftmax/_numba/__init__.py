@@ -96,12 +96,17 @@ _FIXED_ORDER_ONLY = frozenset({"xent_prob", "softmax_backward", "log_softmax_bac
 
 
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
-    row_path = row_path_for(z.shape[1])
+    # the small-C kernels (row_path None, a type: they compile the tiles alone) or the
+    # large-C ones (rows alone)
+    if z.shape[1] > SMALL_C_MAX:
+        args = (z, y, w, wsum, ignore, eps, scale, loss, g)
+        serial, parallel = _k.xent_index_wide_serial, _k.xent_index_wide
+    else:
+        args = (z, y, w, wsum, ignore, eps, scale, loss, g, None)
+        serial, parallel = _k.xent_index_serial, _k.xent_index
     if z.size <= SERIAL_MAX_ELEMENTS:  # the common small call, without _run's detour
-        return _k.xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g, row_path)
-    op = "xent_fwd" if g is None else "xent"
-    args = (z, y, w, wsum, ignore, eps, scale, loss, g, row_path)
-    return _run(op, z, _k.xent_index_serial, _k.xent_index, *args)
+        return serial(*args)
+    return _run("xent_fwd" if g is None else "xent", z, serial, parallel, *args)
 
 
 def xent_index_minibatch(z, y, ignore, mean, g):
@@ -115,16 +120,22 @@ def xent_prob(z, q, w, eps, scale, loss, g):
     return _run("xent_prob", z, _k.xent_prob_serial, _k.xent_prob, z, q, w, eps, scale, loss, g)
 
 
+def _pair(x, op: str):
+    """The (serial, parallel) kernels of a softmax-family op for x's class count."""
+    wide = "_wide" if x.shape[1] > SMALL_C_MAX else ""
+    return getattr(_k, f"{op}{wide}_serial"), getattr(_k, f"{op}{wide}")
+
+
 def softmax(x, out):
-    _run("softmax", x, _k.softmax_serial, _k.softmax, x, out, row_path_for(x.shape[1]))
+    _run("softmax", x, *_pair(x, "softmax"), x, out)
 
 
 def log_softmax(x, out):
-    _run("log_softmax", x, _k.log_softmax_serial, _k.log_softmax, x, out, row_path_for(x.shape[1]))
+    _run("log_softmax", x, *_pair(x, "log_softmax"), x, out)
 
 
 def logsumexp(x, out):
-    _run("logsumexp", x, _k.logsumexp_serial, _k.logsumexp, x, out, row_path_for(x.shape[1]))
+    _run("logsumexp", x, *_pair(x, "logsumexp"), x, out)
 
 
 def softmax_backward(p, gout, out):

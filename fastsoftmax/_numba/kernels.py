@@ -34,12 +34,13 @@ Layout of the work
   transposed into a small class-major buffer (``zt[c, r]``) and every step (max, exp,
   sums, gradient) runs across rows, 16 rows per AVX-512 instruction; the result is
   transposed back on the way out.
-* The path is chosen in Python and passed as the argument ``row_path``: None for the
-  small-C tiles, 1 for rows.  ``row_path is None`` is a test on a type, which Numba
-  settles at compile time when the type is None: a first small-C call compiles the
-  tile path alone (~2 s less on a cold cache).  An int cannot be settled (only None
-  and literal constants can, and a literal from Python would send every call through
-  Numba's slow dispatch, ~6 ms), so a large-C call compiles both paths.
+* The path is chosen in Python, so that a first call compiles one path alone (~2 s
+  less each on a cold cache): the ops' large-C kernels are separate functions
+  (``*_wide``), and the small-C ones take ``row_path`` None, a test on a type, which
+  Numba settles at compile time.  Where one kernel serves both (the torch minibatch
+  kernel, the trainer's step) ``row_path`` is None or 1; an int cannot be settled (only
+  None and literal constants can, and a literal from Python would send every call
+  through Numba's slow dispatch, ~6 ms), so those compile both paths for C > 32.
 
 Cross-entropy math (class-index targets, PyTorch's definition)
 --------------------------------------------------------------
@@ -125,6 +126,15 @@ def _threads(nchunks, nthreads):
     # nthreads comes from fastsoftmax.get_num_threads() in Python: asking Numba for the
     # thread count in here would make it refuse to cache the kernels.
     return max(1, min(nthreads, nchunks))
+
+
+@njit(**_F, inline="always")
+def _thread_rows(x, t, nth):
+    """Rows [r0, r1) of thread t of nth on the large-C path: its run of chunks."""
+    nrows = x.shape[0]
+    per, nchunks = _row_chunking(nrows, x.shape[1])
+    r0 = min(t * nchunks // nth * per, nrows)
+    return r0, min((t + 1) * nchunks // nth * per, nrows)
 
 
 @njit(**_F, inline="always")
@@ -666,6 +676,40 @@ def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth,
         partial[c] = acc
 
 
+@njit(**_F, inline="always")
+def _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth):
+    """Thread t of nth on the large-C path: its rows in one run (look-ahead), then one
+    partial loss sum per chunk, as _xent_index_run adds them."""
+    per, nchunks = _row_chunking(z.shape[0], z.shape[1])
+    r0, r1 = _thread_rows(z, t, nth)
+    xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
+    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
+        acc = 0.0
+        for i in range(c * per, min(c * per + per, z.shape[0])):
+            acc += loss[i]
+        partial[c] = acc
+
+
+@njit(**_KW, parallel=True)
+def xent_index_wide(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
+    """xent_index for C > SMALL_C_MAX (the row path alone: a first call compiles no
+    tile code, and the other way round)."""
+    partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
+    nth = _threads(partial.shape[0], nthreads)
+    for t in prange(nth):
+        i = np.int64(t)
+        _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, i, nth)
+    return _ordered_sum(partial)
+
+
+@njit(**_KW)
+def xent_index_wide_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
+    partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
+    if partial.shape[0]:
+        _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1)
+    return _ordered_sum(partial)
+
+
 @njit(**_KW, parallel=True)
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, row_path, nthreads):
     """Per-row loss into `loss` (float64); scaled gradient into `g` unless it is None.
@@ -798,15 +842,12 @@ def xent_prob_serial(z, q, w, eps, scale, loss, g):
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------
 @njit(**_F, inline="always")
-def _softmax_run(x, out, t, nth, row_path):
+def _softmax_run(x, out, t, nth):
+    """Thread t of nth on the small-C path: its run of tiles."""
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     buf, f64 = _scratch(x)
-    c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
-    if row_path is not None:  # all the thread's rows in one run (look-ahead)
-        _softmax_rows(x, out, min(c0 * per, nrows), min(c1 * per, nrows))
-        return
-    for c in range(c0, c1):
+    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         r0 = c * per
         nr = min(r0 + per, nrows) - r0
         zt, m, s, _ = _tile_softmax(x, r0, nr, buf, f64)
@@ -841,35 +882,44 @@ def _softmax_rows(x, out, r0, r1):
 
 
 @njit(**_KW, parallel=True)
-def softmax(x, out, row_path, nthreads):
-    """out = softmax(x) along axis 1; out may be x."""
+def softmax(x, out, nthreads):
+    """out = softmax(x) along axis 1, C <= SMALL_C_MAX; out may be x."""
     nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
     for t in prange(nth):
-        _softmax_run(x, out, np.int64(t), nth, row_path)
+        _softmax_run(x, out, np.int64(t), nth)
 
 
 @njit(**_KW)
-def softmax_serial(x, out, row_path):
+def softmax_serial(x, out):
     if x.shape[0]:
-        _softmax_run(x, out, 0, 1, row_path)
+        _softmax_run(x, out, 0, 1)
+
+
+@njit(**_KW, parallel=True)
+def softmax_wide(x, out, nthreads):
+    """softmax for C > SMALL_C_MAX (the row path alone: a first call compiles no
+    tile code, and the other way round)."""
+    nth = _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads)
+    for t in prange(nth):
+        r0, r1 = _thread_rows(x, np.int64(t), nth)
+        _softmax_rows(x, out, r0, r1)
+
+
+@njit(**_KW)
+def softmax_wide_serial(x, out):
+    _softmax_rows(x, out, 0, x.shape[0])
 
 
 @njit(**_F)
-def _lse_block(x, a, r1, buf, f64, shift, logs, row_path):
-    """shift[r] = max and logs[r] = log(sum(exp(x - max))) for the rows from a: a whole
-    tile (small C) or one row (large C).  Returns the number of rows done."""
-    if row_path is None:
-        nr = min(TILE_ROWS, r1 - a)
-        _, m, _, tile_logs = _tile_softmax(x, a, nr, buf, f64)
-        for r in range(nr):
-            shift[r] = m[r]
-            logs[r] = tile_logs[r]
-        return nr
-    m = _row_max(x, a)
-    shift[0] = m
-    k, d = _row_expsum(x, a, m)
-    logs[0] = _log_kd(k, d)
-    return 1
+def _lse_block(x, a, r1, buf, f64, shift, logs):
+    """shift[r] = max and logs[r] = log(sum(exp(x - max))) for the tile of rows from a
+    (small C).  Returns the number of rows done."""
+    nr = min(TILE_ROWS, r1 - a)
+    _, m, _, tile_logs = _tile_softmax(x, a, nr, buf, f64)
+    for r in range(nr):
+        shift[r] = m[r]
+        logs[r] = tile_logs[r]
+    return nr
 
 
 @njit(**_F)
@@ -915,22 +965,18 @@ def _logsumexp_rows(x, out, r0, r1):
 
 
 @njit(**_F, inline="always")
-def _log_softmax_run(x, out, t, nth, row_path):
+def _log_softmax_run(x, out, t, nth):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     inplace = _same_memory(x, out)
     buf, f64 = _scratch(x)
     shift = _f64_row(f64, 2)
     logs = _f64_row(f64, 3)
-    c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
-    if row_path is not None:  # all the thread's rows in one run (look-ahead)
-        _log_softmax_rows(x, out, min(c0 * per, nrows), min(c1 * per, nrows))
-        return
-    for c in range(c0, c1):
+    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
-            nr = _lse_block(x, a, r1, buf, f64, shift, logs, row_path)
+            nr = _lse_block(x, a, r1, buf, f64, shift, logs)
             for r in range(nr):
                 # (x - max) - log(s), not x - (max + log(s)): x - max is exact for the
                 # entries that matter, so the result keeps full relative precision
@@ -947,21 +993,17 @@ def _log_softmax_run(x, out, t, nth, row_path):
 
 
 @njit(**_F, inline="always")
-def _logsumexp_run(x, out, t, nth, row_path):
+def _logsumexp_run(x, out, t, nth):
     nrows, n = x.shape
     per, nchunks = _chunking(nrows, n)
     buf, f64 = _scratch(x)
     shift = _f64_row(f64, 2)
     logs = _f64_row(f64, 3)
-    c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
-    if row_path is not None:  # all the thread's rows in one run (look-ahead)
-        _logsumexp_rows(x, out, min(c0 * per, nrows), min(c1 * per, nrows))
-        return
-    for c in range(c0, c1):
+    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         a = c * per
         r1 = min(a + per, nrows)
         while a < r1:
-            nr = _lse_block(x, a, r1, buf, f64, shift, logs, row_path)
+            nr = _lse_block(x, a, r1, buf, f64, shift, logs)
             for r in range(nr):
                 v = shift[r] + logs[r]
                 out[a + r] = v if np.isfinite(v) else _lse_nonfinite(x, a + r, v)
@@ -986,31 +1028,59 @@ def _lse_nonfinite(x, i, v):
 
 
 @njit(**_KW, parallel=True)
-def log_softmax(x, out, row_path, nthreads):
-    """out = log_softmax(x) along axis 1; out may be x."""
+def log_softmax(x, out, nthreads):
+    """out = log_softmax(x) along axis 1; out may be x; C <= SMALL_C_MAX."""
     nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
     for t in prange(nth):
-        _log_softmax_run(x, out, np.int64(t), nth, row_path)
+        _log_softmax_run(x, out, np.int64(t), nth)
 
 
 @njit(**_KW)
-def log_softmax_serial(x, out, row_path):
+def log_softmax_serial(x, out):
     if x.shape[0]:
-        _log_softmax_run(x, out, 0, 1, row_path)
+        _log_softmax_run(x, out, 0, 1)
 
 
 @njit(**_KW, parallel=True)
-def logsumexp(x, out, row_path, nthreads):
-    """out[i] = log(sum_j exp(x[i, j])), stably (see _lse_nonfinite)."""
-    nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
+def log_softmax_wide(x, out, nthreads):
+    """log_softmax for C > SMALL_C_MAX (the row path alone)."""
+    nth = _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads)
     for t in prange(nth):
-        _logsumexp_run(x, out, np.int64(t), nth, row_path)
+        r0, r1 = _thread_rows(x, np.int64(t), nth)
+        _log_softmax_rows(x, out, r0, r1)
 
 
 @njit(**_KW)
-def logsumexp_serial(x, out, row_path):
+def log_softmax_wide_serial(x, out):
+    _log_softmax_rows(x, out, 0, x.shape[0])
+
+
+@njit(**_KW, parallel=True)
+def logsumexp(x, out, nthreads):
+    """out[i] = log(sum_j exp(x[i, j])), stably (see _lse_nonfinite); C <= SMALL_C_MAX."""
+    nth = _threads(_chunking(x.shape[0], x.shape[1])[1], nthreads)
+    for t in prange(nth):
+        _logsumexp_run(x, out, np.int64(t), nth)
+
+
+@njit(**_KW)
+def logsumexp_serial(x, out):
     if x.shape[0]:
-        _logsumexp_run(x, out, 0, 1, row_path)
+        _logsumexp_run(x, out, 0, 1)
+
+
+@njit(**_KW, parallel=True)
+def logsumexp_wide(x, out, nthreads):
+    """logsumexp for C > SMALL_C_MAX (the row path alone)."""
+    nth = _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads)
+    for t in prange(nth):
+        r0, r1 = _thread_rows(x, np.int64(t), nth)
+        _logsumexp_rows(x, out, r0, r1)
+
+
+@njit(**_KW)
+def logsumexp_wide_serial(x, out):
+    _logsumexp_rows(x, out, 0, x.shape[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -192,8 +192,8 @@ def test_ignore_index_inside_the_class_range(impl, rng):
 @pytest.mark.parametrize("shape", [(1, 40), (2, 33), (9, 1000), (5, 3000), (40, 3000)])
 def test_large_c_look_ahead_keeps_each_rows_bits(dtype, shape, rng):
     """The large-C kernels take row i + 1's max inside row i's pass over row i: the
-    results must be those of each row computed alone, and the in-place mode's (a loop
-    of its own), bit for bit, with ignored rows (first, consecutive,
+    results must be those of each row computed alone, and those of the in-place mode
+    (whose exp pass stands alone), bit for bit, with ignored rows (first, consecutive,
     last), masked and huge logits, a NaN row, probability targets, smoothing and
     weights, on one thread and on all of them."""
     n, c = shape

@@ -19,11 +19,11 @@ Layout of the work
   L1/L2 after the first: (1) max, read from memory; (2) ``e = exp(z - max)`` stored
   into the output; (3) the sum of ``e``; (4) ``e`` scaled into the result.  Passes 2
   and 3 are separate so the sum's order is the same whether the output is a new array
-  or the logits themselves (in-place results are bit-identical).  Pass 1 of row
-  i + 1 runs inside pass 2 of row i: the max pass waits on memory, the exp pass on
-  arithmetic, and side by side the core overlaps them (fused cross-entropy at 4096 x
-  32000, 2 threads: with ``out=`` 74 -> 58.5 ms, in place 51 -> 44 ms; the same
-  bits).  So each thread runs its rows in one call, not chunk by chunk.  A blocked one-pass
+  or the logits themselves (in-place results are bit-identical).  Where the output is
+  a separate array, pass 1 of row i + 1 runs inside pass 2 of row i: the max pass
+  waits on memory, the exp pass on arithmetic, and side by side the core overlaps
+  them (fused cross-entropy at 4096 x 32000 with ``out=``, 2 threads: 74 -> 58.5 ms,
+  the same bits).  So each thread runs its rows in one call, not chunk by chunk.  A blocked one-pass
   online softmax (Milakov & Gimelshein 2018, arXiv:1805.02867) was tried: it saves a
   read of the row, but the row is cache-resident after pass 1 here, and the per-block
   rescaling made it 1.5-2x slower at C = 32000 and 128256 (prototype, not kept).
@@ -303,21 +303,6 @@ def _row_expsum_into(z, i, m, e, inplace):
     return _row_blocked_sum(e, i)
 
 
-@njit(**_F)
-def _row_exp_inplace_next_max(e, i, m):
-    """_row_expsum_into(e, i, m, e, True) and the max of row i + 1 (which must exist,
-    unwritten) from the same loop: the in-place twin of _row_expsum_into_next_max, on
-    one array (see _row_expsum_into)."""
-    n = e.shape[1]
-    mk = fkey(e[i + 1, 0])
-    for j in range(n):
-        e[i, j] = fexp_neg(e[i, j] - m)
-        k = fkey(e[i + 1, j])
-        mk = k if k > mk else mk
-    k, d = _row_blocked_sum(e, i)
-    return k, d, funkey(mk)
-
-
 @njit(**_FR)
 def _row_expsum_next_max(z, i, m):
     """_row_expsum(z, i, m) and the max of row i + 1 (which must exist) from the same
@@ -537,8 +522,8 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
     n = z.shape[1]
     eps_c = eps / n
     inplace = _same_memory(z, g)
-    # a row's max is found during the previous row's exp pass (see
-    # _row_expsum_into_next_max); m_next: the max of row i
+    # a row's max is found during the previous row's exp pass where that pass stores
+    # into a separate g (see _row_expsum_into_next_max); m_next: the max of row i
     m_next = _row_max(z, r0) if r0 < r1 else like(z, 0.0)
     for i in range(r0, r1):
         m = m_next
@@ -560,9 +545,7 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             k, d, m_next = _row_expsum_next_max(z, i, m)
         elif g is None:
             k, d = _row_expsum(z, i, m)
-        elif ahead and inplace:
-            k, d, m_next = _row_exp_inplace_next_max(g, i, m)
-        elif ahead:
+        elif ahead and not inplace:
             k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
         else:
             k, d = _row_expsum_into(z, i, m, g, inplace)
@@ -801,7 +784,7 @@ def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
     inplace = _same_memory(z, g)
     c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
     end = min(c1 * per, nrows)  # the thread's rows: [c0 per, end)
-    # each row's max is found during the previous row's exp pass
+    # each row's max is found during the previous row's exp pass where g is separate
     m_next = _row_max(z, c0 * per) if c0 * per < end else like(z, 0.0)
     for c in range(c0, c1):
         acc = 0.0
@@ -813,9 +796,7 @@ def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
                 k, d, m_next = _row_expsum_next_max(z, i, m)
             elif g is None:
                 k, d = _row_expsum(z, i, m)
-            elif ahead and inplace:
-                k, d, m_next = _row_exp_inplace_next_max(g, i, m)
-            elif ahead:
+            elif ahead and not inplace:
                 k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
             else:
                 k, d = _row_expsum_into(z, i, m, g, inplace)
@@ -883,15 +864,13 @@ def _softmax_run(x, out, t, nth):
 @njit(**_F)
 def _softmax_rows(x, out, r0, r1):
     """Large-C softmax of rows [r0, r1), each row's max found during the previous
-    row's exp pass (see _row_expsum_into_next_max)."""
+    row's exp pass unless out is x (see _row_expsum_into_next_max)."""
     n = x.shape[1]
     inplace = _same_memory(x, out)
     m_next = _row_max(x, r0) if r0 < r1 else like(x, 0.0)
     for i in range(r0, r1):
         m = m_next
-        if i + 1 < r1 and inplace:
-            k, d, m_next = _row_exp_inplace_next_max(out, i, m)
-        elif i + 1 < r1:
+        if i + 1 < r1 and not inplace:
             k, d, m_next = _row_expsum_into_next_max(x, i, m, out)
         else:
             k, d = _row_expsum_into(x, i, m, out, inplace)

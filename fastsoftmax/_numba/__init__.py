@@ -96,13 +96,11 @@ _FIXED_ORDER_ONLY = frozenset({"xent_prob", "softmax_backward", "log_softmax_bac
 
 
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
-    # the small-C kernels (row_path None, a type: they compile the tiles alone) or the
-    # large-C ones (rows alone)
+    # the small-C kernels (tiles) or the large-C ones (rows): each compiles its path alone
+    args = (z, y, w, wsum, ignore, eps, scale, loss, g)
     if z.shape[1] > SMALL_C_MAX:
-        args = (z, y, w, wsum, ignore, eps, scale, loss, g)
         serial, parallel = _k.xent_index_wide_serial, _k.xent_index_wide
     else:
-        args = (z, y, w, wsum, ignore, eps, scale, loss, g, None)
         serial, parallel = _k.xent_index_serial, _k.xent_index
     if z.size <= SERIAL_MAX_ELEMENTS:  # the common small call, without _run's detour
         return serial(*args)
@@ -113,7 +111,9 @@ def xent_index_minibatch(z, y, ignore, mean, g):
     """(first bad target row or -1, the "mean" (else "sum") loss) of class indices y
     without weights or smoothing, the gradient into g unless it is None, in one call on
     the calling thread (for inputs of at most SERIAL_MAX_ELEMENTS logits)."""
-    return _k.xent_index_minibatch(z, y, ignore, mean, g, row_path_for(z.shape[1]))
+    if z.shape[1] > SMALL_C_MAX:
+        return _k.xent_index_minibatch_wide(z, y, ignore, mean, g)
+    return _k.xent_index_minibatch(z, y, ignore, mean, g)
 
 
 def xent_prob(z, q, w, eps, scale, loss, g):

@@ -36,12 +36,12 @@ Layout of the work
   sums, gradient) runs across rows, 16 rows per AVX-512 instruction; the result is
   transposed back on the way out.
 * The path is chosen in Python, so that a first call compiles one path alone (~2 s
-  less each on a cold cache): the ops' large-C kernels are separate functions
-  (``*_wide``), and the small-C ones take ``row_path`` None, a test on a type, which
-  Numba settles at compile time.  Where one kernel serves both (the torch minibatch
-  kernel, the trainer's step) ``row_path`` is None or 1; an int cannot be settled (only
+  less each on a cold cache): the large-C kernels are separate functions (``*_wide``).
+  The trainer's step (``step.py``) serves both with one kernel and an argument
+  ``row_path``, None for the tiles: ``row_path is None`` is a test on a type, which
+  Numba settles at compile time when the type is None.  An int cannot be settled (only
   None and literal constants can, and a literal from Python would send every call
-  through Numba's slow dispatch, ~6 ms), so those compile both paths for C > 32.
+  through Numba's slow dispatch, ~6 ms), so a large-C step compiles both paths.
 
 Cross-entropy math (class-index targets, PyTorch's definition)
 --------------------------------------------------------------
@@ -624,20 +624,15 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
 
 
 @njit(**_F, inline="always")
-def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth, row_path):
-    """Thread t of nth: its run of chunks, one partial loss sum per chunk; row_path:
-    None (tiles) or 1 (rows), see the module's docstring."""
+def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth):
+    """Thread t of nth on the small-C path: its run of tiles, one partial loss sum per
+    tile."""
     per, nchunks = _chunking(z.shape[0], z.shape[1])
     buf, f64 = _scratch(z)
-    c0, c1 = t * nchunks // nth, (t + 1) * nchunks // nth
-    if row_path is not None and c1 > c0:  # all the thread's rows in one run (look-ahead)
-        r1 = min(c1 * per, z.shape[0])
-        xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, c0 * per, r1)
-    for c in range(c0, c1):
+    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
         r0 = c * per
         r1 = min(r0 + per, z.shape[0])
-        if row_path is None:
-            xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64)
+        xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64)
         acc = 0.0
         for i in range(r0, r1):
             acc += loss[i]
@@ -679,46 +674,71 @@ def xent_index_wide_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
 
 
 @njit(**_KW, parallel=True)
-def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, row_path, nthreads):
-    """Per-row loss into `loss` (float64); scaled gradient into `g` unless it is None.
-    Returns the float64 sum of the row losses, added in chunk order."""
+def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
+    """Per-row loss into `loss` (float64); scaled gradient into `g` unless it is None;
+    C <= SMALL_C_MAX (xent_index_wide above).  Returns the float64 sum of the row
+    losses, added in chunk order."""
     partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
     nth = _threads(partial.shape[0], nthreads)
     for t in prange(nth):
         i = np.int64(t)
-        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, i, nth, row_path)
+        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, i, nth)
     return _ordered_sum(partial)
 
 
 @njit(**_KW)
-def xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g, row_path):
+def xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
     partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
     if partial.shape[0]:
-        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1, row_path)
+        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1)
     return _ordered_sum(partial)
 
 
-@njit(**_KW)
-def xent_index_minibatch(z, y, ignore, mean, g, row_path):
-    """A classifier's minibatch in one call (fastsoftmax.torch's eager path, where each
-    dispatch from Python costs several us): class indices without weights or smoothing,
-    checked as by target_stats, then xent_index_serial's work with "mean"'s or "sum"'s
-    scale.  Returns (first bad row or -1, the reduced loss in float64); nothing is
-    written when a target is bad.  Bit-identical to target_stats, xent_index_serial and
-    the reduction done in Python."""
+@njit(**_F, inline="always")
+def _minibatch_scale(z, y, ignore, mean):
+    """(first bad target row or -1, the "mean"'s denominator, the gradient's scale)."""
     bad, denom = _target_stats_helper(y, None, z.shape[1], ignore)
+    return bad, denom, ((1.0 / denom if denom else 0.0) if mean else 1.0)
+
+
+@njit(**_F, inline="always")
+def _minibatch_loss(total, denom, mean):
+    if not mean:
+        return total
+    return total / denom if denom else 0.0
+
+
+@njit(**_KW)
+def xent_index_minibatch(z, y, ignore, mean, g):
+    """A classifier's minibatch in one call (fastsoftmax.torch's eager path, where each
+    dispatch from Python costs several us), C <= SMALL_C_MAX: class indices without
+    weights or smoothing, checked as by target_stats, then xent_index_serial's work
+    with "mean"'s or "sum"'s scale.  Returns (first bad row or -1, the reduced loss in
+    float64); nothing is written when a target is bad.  Bit-identical to target_stats,
+    xent_index_serial and the reduction done in Python."""
+    bad, denom, scale = _minibatch_scale(z, y, ignore, mean)
     if bad >= 0:
         return bad, 0.0
-    scale = (1.0 / denom if denom else 0.0) if mean else 1.0
     loss = np.empty(z.shape[0])
     partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
     wsum = float(z.shape[1])
     if partial.shape[0]:
-        _xent_index_run(z, y, None, wsum, ignore, 0.0, scale, loss, g, partial, 0, 1, row_path)
-    total = _ordered_sum(partial)
-    if not mean:
-        return -1, total
-    return -1, total / denom if denom else 0.0
+        _xent_index_run(z, y, None, wsum, ignore, 0.0, scale, loss, g, partial, 0, 1)
+    return -1, _minibatch_loss(_ordered_sum(partial), denom, mean)
+
+
+@njit(**_KW)
+def xent_index_minibatch_wide(z, y, ignore, mean, g):
+    """xent_index_minibatch for C > SMALL_C_MAX (xent_index_wide_serial's work)."""
+    bad, denom, scale = _minibatch_scale(z, y, ignore, mean)
+    if bad >= 0:
+        return bad, 0.0
+    loss = np.empty(z.shape[0])
+    partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
+    wsum = float(z.shape[1])
+    if partial.shape[0]:
+        _xent_index_wide_run(z, y, None, wsum, ignore, 0.0, scale, loss, g, partial, 0, 1)
+    return -1, _minibatch_loss(_ordered_sum(partial), denom, mean)
 
 
 # --------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_small_c_path(benchmark, c, path):
 def test_serial_threshold(benchmark, rows, mode):
     c = 10
     z, y, loss, g = _problem(rows, c)
-    args = (z, y, None, float(c), -100, 0.0, 1.0 / rows, loss, g, None)  # the tile path
+    args = (z, y, None, float(c), -100, 0.0, 1.0 / rows, loss, g)  # the tile kernels
     benchmark.group = f"serial vs parallel, {rows}x{c} ({rows * c} elements)"
     if mode == "serial":
         benchmark(k.xent_index_serial, *args)
@@ -81,7 +81,6 @@ def test_api_overhead(benchmark, layer):
             1.0 / rows,
             loss,
             g,
-            None,  # the tile path
             numba.config.NUMBA_NUM_THREADS,
         )
     else:

@@ -157,7 +157,9 @@ def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
     n, c = z.shape
     be = resolve(z, None)
     red = "mean" if mean else "sum"
-    if z.size <= SMALL_CALL_ELEMENTS and hasattr(be, "xent_index_minibatch"):
+    # one call on the calling thread: only where the backend's kernels would not use
+    # threads anyway
+    if hasattr(be, "xent_index_minibatch") and z.size <= be.SERIAL_MAX_ELEMENTS:
         bad, loss = be.xent_index_minibatch(z, y, ignore_index, mean, g)
         if bad >= 0:
             _bad_target(y, bad, c, ignore_index)
@@ -167,11 +169,6 @@ def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
     loss_rows = np.empty(n)
     total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
     return reduced_loss(red, loss_rows, total, denom, z.dtype)
-
-
-# Logits up to which cross_entropy_index_rows makes one call on the calling thread
-# (the Numba backend's SERIAL_MAX_ELEMENTS: above it the kernels may use threads)
-SMALL_CALL_ELEMENTS = 16384
 
 
 def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):

@@ -491,34 +491,31 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
     eps_c = eps / n
     inplace = _same_memory(z, g)
     # a row's max is found during the previous row's exp pass where that pass stores
-    # into a separate g (see _row_expsum_into_next_max); m_next: the max of row i
-    m_next = _row_max(z, r0) if r0 < r1 else like(z, 0.0)
+    # into a separate g (see _row_expsum_into_next_max), else at the row itself
+    m_next = like(z, 0.0)
+    have_next = False
     for i in range(r0, r1):
-        m = m_next
-        ahead = i + 1 < r1
         yi = y[i]
         if yi == ignore:
             loss[i] = 0.0
             if g is not None:
                 for j in range(n):
                     g[i, j] = like(g, 0.0)
-            if ahead:
-                m_next = _row_max(z, i + 1)
+            have_next = False
             continue
+        m = m_next if have_next else _row_max(z, i)
+        have_next = False
         coef_y = (1.0 - eps) * (1.0 if w is None else float(w[yi]))
         ty = float(z[i, yi]) - float(m)
         smooth = _row_smooth_sum(z, i, m, w) if eps_c != 0.0 else 0.0
         # all of z[i] has been read: g may now overwrite it (in-place mode)
         if g is None:
             k, d = _row_expsum(z, i, m)
-            if ahead:
-                m_next = _row_max(z, i + 1)
-        elif ahead and not inplace:
+        elif i + 1 < r1 and not inplace:
             k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
+            have_next = True
         else:
             k, d = _row_expsum_into(z, i, m, g, inplace)
-            if ahead:
-                m_next = _row_max(z, i + 1)
         s = k + d
         logs = _log_kd(k, d)
         row = coef_y * (logs - ty) if coef_y != 0.0 else 0.0
@@ -665,8 +662,7 @@ def xent_index_wide(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
     return _ordered_sum(partial)
 
 
-@njit(**_KW)
-def xent_index_wide_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
+def _xent_index_wide_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
     partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
     if partial.shape[0]:
         _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1)
@@ -686,12 +682,18 @@ def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
     return _ordered_sum(partial)
 
 
-@njit(**_KW)
-def xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
+def _xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
     partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
     if partial.shape[0]:
         _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1)
     return _ordered_sum(partial)
+
+
+# the serial kernels, and their bodies inlined into the minibatch kernels below
+xent_index_serial = njit(**_KW)(_xent_index_serial)
+xent_index_wide_serial = njit(**_KW)(_xent_index_wide_serial)
+_tiles_serial = njit(**_F, inline="always")(_xent_index_serial)
+_rows_serial = njit(**_F, inline="always")(_xent_index_wide_serial)
 
 
 @njit(**_F, inline="always")
@@ -720,11 +722,8 @@ def xent_index_minibatch(z, y, ignore, mean, g):
     if bad >= 0:
         return bad, 0.0
     loss = np.empty(z.shape[0])
-    partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
-    wsum = float(z.shape[1])
-    if partial.shape[0]:
-        _xent_index_run(z, y, None, wsum, ignore, 0.0, scale, loss, g, partial, 0, 1)
-    return -1, _minibatch_loss(_ordered_sum(partial), denom, mean)
+    total = _tiles_serial(z, y, None, float(z.shape[1]), ignore, 0.0, scale, loss, g)
+    return -1, _minibatch_loss(total, denom, mean)
 
 
 @njit(**_KW)
@@ -734,11 +733,8 @@ def xent_index_minibatch_wide(z, y, ignore, mean, g):
     if bad >= 0:
         return bad, 0.0
     loss = np.empty(z.shape[0])
-    partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
-    wsum = float(z.shape[1])
-    if partial.shape[0]:
-        _xent_index_wide_run(z, y, None, wsum, ignore, 0.0, scale, loss, g, partial, 0, 1)
-    return -1, _minibatch_loss(_ordered_sum(partial), denom, mean)
+    total = _rows_serial(z, y, None, float(z.shape[1]), ignore, 0.0, scale, loss, g)
+    return -1, _minibatch_loss(total, denom, mean)
 
 
 # --------------------------------------------------------------------------------------
@@ -846,15 +842,15 @@ def _softmax_rows(x, out, r0, r1):
     row's exp pass unless out is x (see _row_expsum_into_next_max)."""
     n = x.shape[1]
     inplace = _same_memory(x, out)
-    m_next = _row_max(x, r0) if r0 < r1 else like(x, 0.0)
+    m_next = like(x, 0.0)
+    have_next = False
     for i in range(r0, r1):
-        m = m_next
-        if i + 1 < r1 and not inplace:
+        m = m_next if have_next else _row_max(x, i)
+        have_next = i + 1 < r1 and not inplace
+        if have_next:
             k, d, m_next = _row_expsum_into_next_max(x, i, m, out)
         else:
             k, d = _row_expsum_into(x, i, m, out, inplace)
-            if i + 1 < r1:
-                m_next = _row_max(x, i + 1)
         inv = like(out, 1.0 / (k + d))
         for j in range(n):
             out[i, j] *= inv
@@ -904,7 +900,7 @@ def _lse_block(x, a, r1, buf, f64, shift, logs):
 @njit(**_F)
 def _row_lse(x, i):
     """(max of row i, log(sum(exp(x[i] - max))) in float64).  No look-ahead (see
-    _xent_index_rows): taking the next row's max inside the exp sum's loop made AVX2
+    xent_index_rows): taking the next row's max inside the exp sum's loop made AVX2
     code 1.2-1.6x slower (AVX-512: 0.8-0.93x), and reading it before row i's output is
     written, 1.18x at 128k classes (row i leaves L2)."""
     m = _row_max(x, i)

@@ -83,14 +83,25 @@ namespace fs {
 constexpr int kWarp = 32;
 // Threads per block the host launches.  Any multiple of 32 up to kBlock works; kBlock is
 // what __launch_bounds__ and the static shared memory are sized for.
-constexpr int kBlock = 256;
+// FS_BLOCK, FS_MIN_BLOCKS and FS_VEC_BATCH exist for tools/gpu_kernels.py's launch
+// sweep, which compiles variants with -D; the package never sets them.
+#ifndef FS_BLOCK
+#define FS_BLOCK 256
+#endif
+#ifndef FS_MIN_BLOCKS
+#define FS_MIN_BLOCKS 3
+#endif
+#ifndef FS_VEC_BATCH
+#define FS_VEC_BATCH 2
+#endif
+constexpr int kBlock = FS_BLOCK;
 constexpr int kMaxWarps = kBlock / kWarp;
 // Blocks per SM that __launch_bounds__ asks ptxas to fit: at most 65536 / (256 * 3) = 85,
 // i.e. 80 registers per thread, so 24 warps per SM stay resident on A100/H100 for the
 // bandwidth-bound large-C path.  (Uncapped, ptxas spent up to 128 on the exp ILP of the
 // register path; capped, the worst entry, xent_fused_float64, spills 32 bytes in its
 // per-row code.)
-constexpr int kMinBlocks = 3;
+constexpr int kMinBlocks = FS_MIN_BLOCKS;
 // Paths by C (each entry point picks its own; kernels/README.md has the host's grid):
 //   C <= kRegCMax    kernel1: a group of G lanes per row, the row held in registers.
 //   C <= kWarpCMax  kernel2 with a warp per row (the row streamed twice, L1-resident).
@@ -104,7 +115,7 @@ constexpr long long kWarpCMax = 1024;
 // per row (MNIST's C = 10: G = 4, 8 rows per warp; 64 < C <= 128: G = 32).
 constexpr int kLaneElems = 4;
 // 16-byte vectors each thread loads before using them (bytes in flight per thread).
-constexpr int kVecBatch = 2;
+constexpr int kVecBatch = FS_VEC_BATCH;
 
 typedef unsigned short half_t;  // IEEE binary16 bits
 

@@ -74,6 +74,14 @@ def test_every_entry_point_the_loader_looks_up_is_exported(tmp_path):
                     assert _loader.kernel_name(op, dt) in entries, (file, op, dt)
 
 
+def test_a_checkout_that_was_never_installed_reads_the_repositorys_kernels(monkeypatch):
+    # PYTHONPATH=. on a machine where pip cannot install (an offline GPU box): the
+    # resource package fastsoftmax._kernels does not exist, kernels/ does
+    monkeypatch.setattr(_loader, "KERNEL_PACKAGE", "fastsoftmax._no_such_kernels")
+    assert Path(str(_loader.kernel_root())) == ROOT / "kernels"
+    assert sorted(_loader.kernel_sources()) == KERNEL_FILES
+
+
 def test_kernel_names_by_dtype():
     assert _loader.kernel_name("xent_fused", np.float32) == "xent_fused_float32"
     assert _loader.kernel_name("softmax", "float16") == "softmax_float16"

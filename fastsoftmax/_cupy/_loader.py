@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -40,9 +41,21 @@ def kernel_name(op: str, dtype) -> str:
     return f"{op}_{name}"
 
 
+def kernel_root():
+    """The folder of the ``.cu`` files: the installed resource package, else (a source
+    checkout on ``PYTHONPATH``, never installed) the repository's ``kernels/``."""
+    try:
+        return importlib.resources.files(KERNEL_PACKAGE)
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / "kernels"
+        if (checkout / "common.cuh").is_file():
+            return checkout
+        raise
+
+
 def kernel_sources() -> dict[str, str]:
     """{file name: CUDA source} of every ``.cu`` file shipped with the package."""
-    root = importlib.resources.files(KERNEL_PACKAGE)
+    root = kernel_root()
     return {
         entry.name: entry.read_text(encoding="utf-8")
         for entry in root.iterdir()
@@ -106,7 +119,7 @@ def module(file: str, device_id: int):
     # common.cuh is prepended rather than #included: CuPy's compile cache keys on the
     # source text, so an edited header must change the text (the .cu files guard their
     # #include with FASTSOFTMAX_COMMON_CUH)
-    root = importlib.resources.files(KERNEL_PACKAGE)
+    root = kernel_root()
     header = (root / "common.cuh").read_text(encoding="utf-8")
     source = header + "\n" + kernel_sources()[file]
     with cp.cuda.Device(device_id):

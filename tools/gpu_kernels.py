@@ -1,0 +1,321 @@
+"""The CUDA kernels alone, on a GPU (part of tools/gpu_check.sh).
+
+    python tools/gpu_kernels.py smoke
+    python tools/gpu_kernels.py sweep [--json FILE] [--quick]
+
+smoke   every entry point of kernels/*.cu, for every dtype, on each of its paths (the row
+        in registers, a warp per row, a block per row, a row not 16-byte aligned),
+        through the public API against the NumPy reference.  Stops at the first broken
+        kernel and names it (exit 1).
+sweep   times the raw kernels with CUDA events (no host work in the figure) over launch
+        configurations -- threads per block, a grid capped at k blocks per SM instead of
+        one team per row -- and compile-time variants (kernels/common.cuh's FS_BLOCK,
+        FS_MIN_BLOCKS, FS_VEC_BATCH), at the Core shapes, beside the device's copy
+        bandwidth and PyTorch's F.cross_entropy forward + backward on the same logits.
+        Each variant's loss and gradient are first checked against the default launch.
+        Also times the public call (fastsoftmax.cross_entropy_with_grad on CuPy arrays,
+        host work and synchronisation included) against PyTorch's, by wall clock.
+
+Bytes moved by the fused op: the logits read once and the gradient written once,
+2 * N * C * itemsize; "% copy" divides the rate at that count by the device-to-device
+copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+CORE_SHAPES = ((60000, 10), (512, 10), (8192, 1000), (4096, 32000), (1024, 128256))
+# (name, -D options, threads per block); the first is the package's own build
+VARIANTS = (
+    ("default", (), 256),
+    ("vec4", ("-DFS_VEC_BATCH=4",), 256),
+    ("block512", ("-DFS_BLOCK=512", "-DFS_MIN_BLOCKS=1"), 512),
+    ("block1024", ("-DFS_BLOCK=1024", "-DFS_MIN_BLOCKS=1"), 1024),
+)
+SMOKE_C = (
+    (10, "row in registers, 4 lanes"),
+    (100, "row in registers, 32 lanes"),
+    (700, "warp per row"),
+    (5000, "block per row"),
+    (50257, "block per row, unaligned rows"),
+)
+TOL = {"float16": (2e-3, 2e-3), "float32": (2e-5, 2e-6), "float64": (1e-11, 1e-13)}
+
+
+# ----------------------------------------------------------------------------- smoke
+def _close(got, want, dtype) -> str | None:
+    """None when got matches want within the dtype's tolerance, else what is off."""
+    rtol, atol = TOL[dtype]
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    scale = max(float(np.nanmax(np.abs(want))) if want.size else 0.0, 1e-300)
+    if got.shape != want.shape:
+        return f"shape {got.shape}, expected {want.shape}"
+    if not np.array_equal(np.isnan(got), np.isnan(want)):
+        return "NaN where the reference has none (or the reverse)"
+    ok = np.isclose(got, want, rtol=rtol, atol=atol * scale, equal_nan=True)
+    if ok.all():
+        return None
+    i = np.unravel_index(np.argmax(~ok), ok.shape)
+    return f"{int((~ok).sum())} of {ok.size} off; at {i}: {got[i]!r} vs {want[i]!r}"
+
+
+def smoke() -> int:
+    import cupy as cp
+
+    import fastsoftmax as fs
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for dtype in ("float32", "float64", "float16"):
+        for c, path in SMOKE_C:
+            n = 5 if c <= 5000 else 3
+            z = (rng.standard_normal((n, c)) * 3).astype(dtype)
+            y = rng.integers(0, c, n)
+            y[1] = -100
+            q = rng.random((n, c)).astype(dtype)
+            q /= q.sum(axis=1, keepdims=True)
+            zd, yd, qd = cp.asarray(z), cp.asarray(y), cp.asarray(q)
+            if c == 50257:  # a view whose rows start off 16-byte boundaries
+                big = cp.empty(n * c + 1, zd.dtype)
+                zd = big[1:].reshape(n, c)
+                zd[...] = cp.asarray(z)
+            cases = _smoke_cases(fs, (zd, yd, qd), (z, y, q))
+            for op, run, ref in cases:
+                name = f"{op}_{dtype}"
+                try:
+                    got = run()
+                    cp.cuda.get_current_stream().synchronize()
+                except Exception as err:  # a launch failure, a trap, a missing symbol
+                    print(f"gpu_kernels smoke: BROKEN {name} at C={c} ({path}): "
+                          f"{type(err).__name__}: {err}", file=sys.stderr)  # fmt: skip
+                    return 1
+                want = ref()
+                got = got if isinstance(got, tuple) else (got,)
+                want = want if isinstance(want, tuple) else (want,)
+                for part, g, w in zip(("result", "gradient"), got, want, strict=True):
+                    off = _close(cp.asnumpy(g), w, dtype)
+                    if off:
+                        print(f"gpu_kernels smoke: BROKEN {name} at C={c} ({path}), "
+                              f"{part}: {off}", file=sys.stderr)  # fmt: skip
+                        return 1
+                checked += 1
+    print(f"gpu_kernels smoke: {checked} kernel launches match the NumPy reference "
+          f"(6 ops x 3 dtypes x {len(SMOKE_C)} paths)")  # fmt: skip
+    return 0
+
+
+def _smoke_cases(fs, dev, host):
+    """(kernel op, call on the device arrays, the NumPy reference's call)."""
+    (zd, yd, qd), (z, y, q) = dev, host
+    ref = {"backend": "numpy"}
+    return (
+        ("softmax", lambda: fs.softmax(zd), lambda: fs.softmax(z, **ref)),
+        ("log_softmax", lambda: fs.log_softmax(zd), lambda: fs.log_softmax(z, **ref)),
+        ("logsumexp", lambda: fs.logsumexp(zd), lambda: fs.logsumexp(z, **ref)),
+        ("xent_fused", lambda: fs.cross_entropy_with_grad(zd, yd, label_smoothing=0.1),
+         lambda: fs.cross_entropy_with_grad(z, y, label_smoothing=0.1, **ref)),
+        ("xent_fwd", lambda: fs.cross_entropy(zd, yd, reduction="none"),
+         lambda: fs.cross_entropy(z, y, reduction="none", **ref)),
+        ("xent_prob", lambda: fs.cross_entropy_with_grad(zd, qd, reduction="sum"),
+         lambda: fs.cross_entropy_with_grad(z, q, reduction="sum", **ref)),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- sweep
+def _close_on_device(got, want, dtype) -> bool:
+    """got == want within the dtype's tolerance (atol relative to want's largest entry),
+    computed on the device (the vocabulary shapes hold 10^8 elements)."""
+    import cupy as cp
+
+    rtol, atol = TOL[dtype]
+    got, want = got.astype(cp.float64), want.astype(cp.float64)
+    scale = float(cp.abs(want).max())
+    return bool(cp.all(cp.abs(got - want) <= atol * scale + rtol * cp.abs(want)))
+
+
+def _event_ms(fn, reps: int) -> float:
+    """Median device time of fn() in ms, CUDA events around each call."""
+    import cupy as cp
+
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def _wall_ms(fn, sync, reps: int) -> float:
+    """Median wall time of fn() + sync() in ms: what a caller waits, host work included."""
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _grid(n: int, c: int, block: int, cap: int | None) -> int:
+    """kernels/README.md's grid for `block` threads (one team per row), or `cap` blocks."""
+    from fastsoftmax._cupy import _loader
+
+    if c > _loader.WARP_C_MAX:
+        rows = 1
+    elif c > _loader.REG_C_MAX:
+        rows = block // 32
+    else:
+        rows = block * _loader.rows_per_block(c) // _loader.THREADS
+    grid = -(-n // rows)
+    return min(grid, cap) if cap else grid
+
+
+def sweep(json_path: str | None, quick: bool) -> int:
+    import cupy as cp
+
+    from fastsoftmax import machine
+    from fastsoftmax._cupy import _loader
+
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    sms = int(props["multiProcessorCount"])
+    gpu = props["name"].decode()
+    copy_bw = machine.gpu_copy_bandwidth()
+    print(f"{gpu}: {sms} SMs, L2 {props['l2CacheSize'] / 2**20:.0f} MiB, "
+          f"copy {copy_bw / 1e9:.0f} GB/s (read + write)")  # fmt: skip
+    src = _loader.kernel_root()
+    header = (src / "common.cuh").read_text(encoding="utf-8")
+    source = header + "\n" + (src / "xent.cu").read_text(encoding="utf-8")
+    records = []
+
+    def record(**r):
+        records.append(r)
+        frac = r.get("fraction_of_copy")
+        print(f"{r['what']:58s} {r['ms']:9.4f} ms" + (f" {100 * frac:5.0f}% copy" if frac else ""))
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    shapes = CORE_SHAPES if not quick else ((60000, 10), (4096, 32000))
+    variants = VARIANTS if not quick else VARIANTS[:1]
+    modules = {}
+    for vname, defines, _ in variants:
+        t0 = time.perf_counter()
+        modules[vname] = cp.RawModule(code=source, options=("-std=c++17", *defines))
+        modules[vname].get_function("xent_fused_float32")
+        print(f"compiled xent.cu ({vname}) in {time.perf_counter() - t0:.1f} s")
+    for dtype in ("float32", "float16"):
+        for n, c in shapes:
+            _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch)
+            cp.get_default_memory_pool().free_all_blocks()
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"gpu": gpu, "sms": sms, "copy_bandwidth": copy_bw, "results": records},
+                      f, indent=1)  # fmt: skip
+    return 0
+
+
+def _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch) -> None:
+    """Every launch configuration of the fused kernel at one shape, the forward kernel,
+    the public call and PyTorch's."""
+    import cupy as cp
+
+    import fastsoftmax as fs
+    from fastsoftmax._cupy import _loader
+
+    rng = np.random.default_rng(0)
+    z = cp.asarray((rng.standard_normal((n, c), dtype=np.float32) * 3).astype(dtype))
+    y = cp.asarray(rng.integers(0, c, n))
+    loss, g = cp.empty(n, cp.float64), cp.empty_like(z)
+    err = cp.full(1, n, cp.int64)
+    nbytes = 2 * z.nbytes
+    reps = 50 if z.nbytes > 1e8 else 200
+    base = None
+
+    def launch(mod, block, cap, fwd=False):
+        k = mod.get_function(f"{'xent_fwd' if fwd else 'xent_fused'}_{dtype}")
+        args = (z, y, np.uint64(0), np.float64(c), np.int64(-100), np.float64(0.0),
+                np.float64(1.0 / n), loss) + (() if fwd else (g,)) + (
+                err, np.int64(n), np.int64(c))  # fmt: skip
+        grid = _grid(n, c, block, cap)
+        return lambda: k((grid,), (block,), args)
+
+    configs = [("default", 256, None)]
+    if c > _loader.WARP_C_MAX and dtype == "float32":
+        configs += [("default", 128, None)]
+        configs += [("default", 256, per_sm * sms) for per_sm in (1, 2, 3, 4)]
+        configs += [(v, b, None) for v, _, b in variants[1:]]
+        configs += [(v, b, sms) for v, _, b in variants[2:]]
+    elif c > _loader.REG_C_MAX and dtype == "float32":
+        configs += [(v, b, None) for v, _, b in variants[1:]]
+    for vname, block, cap in configs:
+        if vname not in modules:
+            continue
+        fn = launch(modules[vname], block, cap)
+        fn()
+        if base is None:
+            base = (loss.copy(), g.copy())
+        elif not (_close_on_device(loss, base[0], dtype) and _close_on_device(g, base[1], dtype)):
+            print(f"WRONG {vname} block {block} cap {cap}: differs from the default launch")
+            continue
+        ms = _event_ms(fn, reps)
+        grid = f"cap {cap}" if cap else "rows"
+        what = f"xent_fused {dtype} {n}x{c} {vname} block={block} grid={grid}"
+        record(what=what, op="xent_fused", dtype=dtype, n=n, c=c, variant=vname,
+               block=block, grid_cap=cap, ms=ms, GBps=nbytes / ms / 1e6,
+               fraction_of_copy=nbytes / ms / 1e6 / (copy_bw / 1e9))  # fmt: skip
+    ms = _event_ms(launch(modules["default"], 256, None, fwd=True), reps)
+    record(what=f"xent_fwd {dtype} {n}x{c} default", op="xent_fwd", dtype=dtype,
+           n=n, c=c, ms=ms, GBps=z.nbytes / ms / 1e6,
+           fraction_of_copy=z.nbytes / ms / 1e6 / (copy_bw / 1e9))  # fmt: skip
+    sync = cp.cuda.get_current_stream().synchronize
+    api = _wall_ms(lambda: fs.cross_entropy_with_grad(z, y), sync, reps)
+    record(what=f"public call {dtype} {n}x{c} (wall)", op="api", dtype=dtype, n=n,
+           c=c, ms=api)  # fmt: skip
+    api_out = _wall_ms(lambda: fs.cross_entropy_with_grad(z, y, out=g), sync, reps)
+    record(what=f"public call out= {dtype} {n}x{c} (wall)", op="api-out", dtype=dtype,
+           n=n, c=c, ms=api_out)  # fmt: skip
+    if torch is not None:
+        import torch.nn.functional as F
+
+        zt = torch.from_dlpack(z).detach()
+        yt = torch.from_dlpack(y)
+
+        def torch_step():
+            zz = zt.requires_grad_(True)
+            F.cross_entropy(zz, yt).backward()
+            zz.grad = None
+
+        tms = _wall_ms(torch_step, torch.cuda.synchronize, reps)
+        record(what=f"torch F.cross_entropy fwd+bwd {dtype} {n}x{c} (wall)",
+               op="torch", dtype=dtype, n=n, c=c, ms=tms, ratio_public=tms / api,
+               ratio_public_out=tms / api_out)  # fmt: skip
+        print(f"{'':58s} PyTorch / ours: {tms / api:.2f}x (out= {tms / api_out:.2f}x)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("smoke", "sweep"))
+    parser.add_argument("--json", help="sweep: write the records here")
+    parser.add_argument("--quick", action="store_true", help="sweep: two shapes, default build")
+    args = parser.parse_args(argv)
+    return smoke() if args.what == "smoke" else sweep(args.json, args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,7 +83,7 @@ namespace fs {
 constexpr int kWarp = 32;
 // Threads per block the host launches.  Any multiple of 32 up to kBlock works; kBlock is
 // what __launch_bounds__ and the static shared memory are sized for.
-// FS_BLOCK, FS_MIN_BLOCKS and FS_VEC_BATCH exist for tools/gpu_kernels.py's launch
+// FS_BLOCK, FS_MIN_BLOCKS, FS_VEC_BATCH and FS_PREFETCH exist for tools/gpu_kernels.py's launch
 // sweep, which compiles variants with -D; the package never sets them.
 #ifndef FS_BLOCK
 #define FS_BLOCK 256
@@ -93,6 +93,9 @@ constexpr int kWarp = 32;
 #endif
 #ifndef FS_VEC_BATCH
 #define FS_VEC_BATCH 2
+#endif
+#ifndef FS_PREFETCH
+#define FS_PREFETCH 0
 #endif
 constexpr int kBlock = FS_BLOCK;
 constexpr int kMaxWarps = kBlock / kWarp;
@@ -510,6 +513,33 @@ __device__ __forceinline__ void for_each_in_row(const T* row, long long C, long 
   constexpr int U = kVecBatch;
   const RowSplit sp = split_row(row, C);
   const Vec16* vrow = reinterpret_cast<const Vec16*>(row + sp.head);
+#if FS_PREFETCH
+  // Software pipelining: the next batch's loads are issued before this batch is used, so
+  // a thread keeps 2 * U vectors in flight while it computes.  Same elements in the same
+  // order: the same bits.  In place (g == z) stays safe: a thread prefetches only vectors
+  // it owns and has not written yet.
+  Vec16 raw[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (t + u * nt < sp.nvec) raw[u] = vrow[t + u * nt];
+  for (long long v = t; v < sp.nvec; v += U * nt) {
+    Vec16 next[U];
+    const long long vn = v + U * nt;
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (vn + u * nt < sp.nvec) next[u] = vrow[vn + u * nt];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (v + u * nt < sp.nvec) {
+        cmp x[V];
+        Traits<T>::unpack(raw[u], x);
+        f(sp.head + (v + u * nt) * V, x, Int<V>());
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) raw[u] = next[u];
+  }
+#else
   for (long long v = t; v < sp.nvec; v += U * nt) {
     Vec16 raw[U];
 #pragma unroll
@@ -524,6 +554,7 @@ __device__ __forceinline__ void for_each_in_row(const T* row, long long C, long 
       }
     }
   }
+#endif
   const long long nscalar = sp.head + (C - sp.tail);
   for (long long i = t; i < nscalar; i += nt) {
     const long long j = i < sp.head ? i : sp.tail + (i - sp.head);

@@ -80,7 +80,7 @@ namespace fs {
 // ---------------------------------------------------------------------------------------
 // Launch constants (kernels/README.md states the rule the host follows)
 // ---------------------------------------------------------------------------------------
-constexpr int kWarp = 32;
+inline constexpr int kWarp = 32;
 // Threads per block the host launches.  Any multiple of 32 up to kBlock works; kBlock is
 // what __launch_bounds__ and the static shared memory are sized for.
 // FS_BLOCK, FS_MIN_BLOCKS, FS_VEC_BATCH and FS_PREFETCH exist for tools/gpu_kernels.py's launch
@@ -97,14 +97,14 @@ constexpr int kWarp = 32;
 #ifndef FS_PREFETCH
 #define FS_PREFETCH 0
 #endif
-constexpr int kBlock = FS_BLOCK;
-constexpr int kMaxWarps = kBlock / kWarp;
+inline constexpr int kBlock = FS_BLOCK;
+inline constexpr int kMaxWarps = kBlock / kWarp;
 // Blocks per SM that __launch_bounds__ asks ptxas to fit: at most 65536 / (256 * 3) = 85,
 // i.e. 80 registers per thread, so 24 warps per SM stay resident on A100/H100 for the
 // bandwidth-bound large-C path.  (Uncapped, ptxas spent up to 128 on the exp ILP of the
 // register path; capped, the worst entry, xent_fused_float64, spills 32 bytes in its
 // per-row code.)
-constexpr int kMinBlocks = FS_MIN_BLOCKS;
+inline constexpr int kMinBlocks = FS_MIN_BLOCKS;
 // Paths by C (each entry point picks its own; kernels/README.md has the host's grid):
 //   C <= kRegCMax    kernel1: a group of G lanes per row, the row held in registers.
 //   C <= kWarpCMax  kernel2 with a warp per row (the row streamed twice, L1-resident).
@@ -112,13 +112,13 @@ constexpr int kMinBlocks = FS_MIN_BLOCKS;
 // One entry point holds every path, so its register count -- hence the large-C path's
 // occupancy -- is the largest of them: the register path stops at 128 classes of 4 per
 // lane.  (1024-class rows in registers took 80-208 registers, 256 of 8 per lane 116.)
-constexpr long long kRegCMax = 128;
-constexpr long long kWarpCMax = 1024;
+inline constexpr long long kRegCMax = 128;
+inline constexpr long long kWarpCMax = 1024;
 // kernel1 gives each lane at most kLaneElems elements: G = pow2ceil(ceil(C / 4)) lanes
 // per row (MNIST's C = 10: G = 4, 8 rows per warp; 64 < C <= 128: G = 32).
-constexpr int kLaneElems = 4;
+inline constexpr int kLaneElems = 4;
 // 16-byte vectors each thread loads before using them (bytes in flight per thread).
-constexpr int kVecBatch = FS_VEC_BATCH;
+inline constexpr int kVecBatch = FS_VEC_BATCH;
 
 typedef unsigned short half_t;  // IEEE binary16 bits
 

@@ -199,16 +199,22 @@ def test_cupy_extremes_and_inplace():
 
 
 @GPU
+@pytest.mark.parametrize("path", ["one launch", "per step"])
 @pytest.mark.parametrize("x_kind", ["uint8", "float32"])
 @pytest.mark.parametrize("options", ["plain", "momentum+decay", "weights+average"])
-def test_cupy_training_step_matches_the_reference(x_kind, options):
-    """The CUDA step (_cupy/step.py) against the NumPy reference step on the same rows,
-    order and rates: parameters, step losses and the running mean (float32 parameters:
-    cuBLAS and NumPy sum in different orders, so within float32 rounding)."""
+def test_cupy_training_step_matches_the_reference(x_kind, options, path, monkeypatch):
+    """The CUDA step (_cupy/step.py: kernels/sgd.cu's one launch for C <= 128, else a
+    launch per operation) against the NumPy reference step on the same rows, order and
+    rates: parameters, step losses and the running mean (float32 parameters: other
+    summation orders than NumPy's, so within float32 rounding)."""
     import cupy as cp
 
     from fastsoftmax._backends import load
+    from fastsoftmax._cupy import step
     from fastsoftmax.reference import StepData, StepParams, StepPlan, sgd_steps
+
+    if path == "per step":
+        monkeypatch.setattr(step, "SGD_MAX_C", 0)
 
     rng = np.random.default_rng(3)
     n, d, c, batch, steps = 1000, 784, 10, 64, 16
@@ -236,6 +242,7 @@ def test_cupy_training_step_matches_the_reference(x_kind, options):
     plan = StepPlan(order, batch, lr, mu, wd)
     sgd_steps(StepData(X, y, a, sw), ref, plan, 0, steps, ref_losses)
     dev_data = StepData(cp.asarray(X), cp.asarray(y), a, None if sw is None else cp.asarray(sw))
+    assert step.fits_one_launch(dev_data, dev, plan) == (path == "one launch")
     load("cupy").sgd_steps(dev_data, dev, plan, 0, 8, dev_losses)  # two calls: the
     load("cupy").sgd_steps(dev_data, dev, plan, 8, steps, dev_losses)  # order is sliced
     # 16 steps at rates up to 0.5 carry float32 rounding of two summation orders forward
@@ -247,3 +254,22 @@ def test_cupy_training_step_matches_the_reference(x_kind, options):
     if coef is not None:
         got, want = cp.asnumpy(dev.avg[0]), ref.avg[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * abs(want).max())
+
+
+@GPU
+def test_cupy_one_launch_step_names_a_bad_class_index():
+    import cupy as cp
+
+    from fastsoftmax._cupy import step
+    from fastsoftmax.reference import StepData, StepParams, StepPlan
+
+    X = cp.ones((100, 5), cp.float32)
+    y = cp.zeros(100, cp.int64)
+    y[37] = 3  # 3 classes: out of range
+    W, b = cp.zeros((3, 5), cp.float32), cp.zeros(3, cp.float32)
+    params = StepParams(W, b, cp.zeros_like(W), cp.zeros_like(b))
+    plan = StepPlan(np.arange(100)[::-1].copy(), 10, 0.1)
+    data = StepData(X, y, 1.0)
+    assert step.fits_one_launch(data, params, plan)
+    with pytest.raises(ValueError, match=r"out of range for 3 classes \(row 37 of the data\)"):
+        step.sgd_steps(data, params, plan, 0, 10, np.zeros(10))

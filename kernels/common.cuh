@@ -83,8 +83,8 @@ namespace fs {
 inline constexpr int kWarp = 32;
 // Threads per block the host launches.  Any multiple of 32 up to kBlock works; kBlock is
 // what __launch_bounds__ and the static shared memory are sized for.
-// FS_BLOCK, FS_MIN_BLOCKS, FS_VEC_BATCH and FS_PREFETCH exist for tools/gpu_kernels.py's launch
-// sweep, which compiles variants with -D; the package never sets them.
+// FS_BLOCK, FS_MIN_BLOCKS, FS_VEC_BATCH and FS_PREFETCH can be set with -D for
+// tools/gpu_kernels.py's sweep of compile-time variants; the package never sets them.
 #ifndef FS_BLOCK
 #define FS_BLOCK 256
 #endif
@@ -95,8 +95,15 @@ inline constexpr int kWarp = 32;
 #define FS_VEC_BATCH 2
 #endif
 #ifndef FS_PREFETCH
-#define FS_PREFETCH 0
+#define FS_PREFETCH 1
 #endif
+// Which traversals are software-pipelined (for_each_in_row<true>): FS_PREFETCH 1 (the
+// default), the statistics passes, which read from DRAM (H200, float32, the forward
+// kernel alone: 4096 x 32000 0.372 -> 0.331 ms, 1024 x 128256 0.312 -> 0.256 ms); 2, the
+// output passes too (their reread of the row mostly hits L2; in xent_fused it costs
+// spills and no time); 0, none.
+inline constexpr bool kPipelineStats = FS_PREFETCH >= 1;
+inline constexpr bool kPipelineOut = FS_PREFETCH >= 2;
 inline constexpr int kBlock = FS_BLOCK;
 inline constexpr int kMaxWarps = kBlock / kWarp;
 // Blocks per SM that __launch_bounds__ asks ptxas to fit: at most 65536 / (256 * 3) = 85,
@@ -497,27 +504,39 @@ __device__ __forceinline__ RowSplit split_row(const T* row, long long C) {
   return sp;
 }
 
-// f(j, const cmp* x, Int<n>): elements j..j+n-1 of the row, n = 1 or Traits<T>::vec, for
-// the team member t of nt.  The vectors go kVecBatch at a time (all loads issued before
-// any is used: more bytes in flight), each load instruction contiguous across the team;
-// then the scalar head and tail in one loop.  Each of these is one call site of f, which
-// is inlined: kVecBatch * vec + 1 copies of the per-element code per traversal.
-// The mapping is the same in every pass over a row, so a thread only ever writes
-// elements it has read itself (in-place safety), and the order in which a thread sees
-// its elements is fixed (determinism).
+// The vectors of a row, kVecBatch at a time per thread, all loads issued before use.
 template <class T, class F>
-__device__ __forceinline__ void for_each_in_row(const T* row, long long C, long long t,
-                                                long long nt, F&& f) {
+__device__ __forceinline__ void row_vectors(const Vec16* vrow, const RowSplit& sp,
+                                            long long t, long long nt, F& f) {
   typedef typename Traits<T>::cmp cmp;
   constexpr int V = Traits<T>::vec;
   constexpr int U = kVecBatch;
-  const RowSplit sp = split_row(row, C);
-  const Vec16* vrow = reinterpret_cast<const Vec16*>(row + sp.head);
-#if FS_PREFETCH
-  // Software pipelining: the next batch's loads are issued before this batch is used, so
-  // a thread keeps 2 * U vectors in flight while it computes.  Same elements in the same
-  // order: the same bits.  In place (g == z) stays safe: a thread prefetches only vectors
-  // it owns and has not written yet.
+  for (long long v = t; v < sp.nvec; v += U * nt) {
+    Vec16 raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (v + u * nt < sp.nvec) raw[u] = vrow[v + u * nt];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (v + u * nt < sp.nvec) {
+        cmp x[V];
+        Traits<T>::unpack(raw[u], x);
+        f(sp.head + (v + u * nt) * V, x, Int<V>());
+      }
+    }
+  }
+}
+
+// row_vectors, software-pipelined: the next batch's loads are issued before this batch
+// is used, so a thread keeps 2 * kVecBatch vectors in flight while it computes.  Same
+// elements in the same order: the same bits.  In place (g == z) stays safe: a thread
+// prefetches only vectors it owns and has not written yet.
+template <class T, class F>
+__device__ __forceinline__ void row_vectors_pipelined(const Vec16* vrow, const RowSplit& sp,
+                                                      long long t, long long nt, F& f) {
+  typedef typename Traits<T>::cmp cmp;
+  constexpr int V = Traits<T>::vec;
+  constexpr int U = kVecBatch;
   Vec16 raw[U];
 #pragma unroll
   for (int u = 0; u < U; ++u)
@@ -539,22 +558,27 @@ __device__ __forceinline__ void for_each_in_row(const T* row, long long C, long 
 #pragma unroll
     for (int u = 0; u < U; ++u) raw[u] = next[u];
   }
-#else
-  for (long long v = t; v < sp.nvec; v += U * nt) {
-    Vec16 raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v + u * nt < sp.nvec) raw[u] = vrow[v + u * nt];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (v + u * nt < sp.nvec) {
-        cmp x[V];
-        Traits<T>::unpack(raw[u], x);
-        f(sp.head + (v + u * nt) * V, x, Int<V>());
-      }
-    }
-  }
-#endif
+}
+
+// f(j, const cmp* x, Int<n>): elements j..j+n-1 of the row, n = 1 or Traits<T>::vec, for
+// the team member t of nt.  The vectors go kVecBatch at a time (all loads issued before
+// any is used: more bytes in flight; kPipelined: also the next batch's before this one
+// is used), each load instruction contiguous across the team;
+// then the scalar head and tail in one loop.  Each of these is one call site of f, which
+// is inlined: kVecBatch * vec + 1 copies of the per-element code per traversal.
+// The mapping is the same in every pass over a row, so a thread only ever writes
+// elements it has read itself (in-place safety), and the order in which a thread sees
+// its elements is fixed (determinism).
+template <bool kPipelined = false, class T, class F>
+__device__ __forceinline__ void for_each_in_row(const T* row, long long C, long long t,
+                                                long long nt, F&& f) {
+  typedef typename Traits<T>::cmp cmp;
+  const RowSplit sp = split_row(row, C);
+  const Vec16* vrow = reinterpret_cast<const Vec16*>(row + sp.head);
+  if constexpr (kPipelined)
+    row_vectors_pipelined<T>(vrow, sp, t, nt, f);
+  else
+    row_vectors<T>(vrow, sp, t, nt, f);
   const long long nscalar = sp.head + (C - sp.tail);
   for (long long i = t; i < nscalar; i += nt) {
     const long long j = i < sp.head ? i : sp.tail + (i - sp.head);

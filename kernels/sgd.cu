@@ -10,7 +10,8 @@
 //                     long long steps, const double* lr, double mu, double wd,
 //                     const double* coef /*NULL: no averaging*/,
 //                     W* w, W* b, W* vw, W* vb, W* wa /*NULL*/, W* ba /*NULL*/,
-//                     double* losses, long long* err, long long C, long long d)
+//                     double* losses, long long* err, long long C, long long d,
+//                     int w_in_smem)
 //
 //   x (n, d) and y (n,): the data; sw (n,): per-row weights.  a: the x scale (the model
 //   sees a x).  rows: this call's row order, n_rows of them; local step s takes rows
@@ -20,9 +21,11 @@
 //   err: int64 the host sets to INT64_MAX; a row whose class is outside [0, C) writes its
 //   position in `rows` with atomicMin (and the step's loss is NaN).
 //
-// Launch: grid (1, 1, 1), block (kSgdThreads, 1, 1), dynamic shared memory
-// sgd_smem_bytes(batch, C, sizeof(W)) = batch * C * sizeof(W) rounded up to 8, plus
-// 16 * batch (the batch's row losses and row numbers).  The host keeps this under 48 KB.
+// Launch: grid (1, 1, 1), block (kSgdThreads, 1, 1), dynamic shared memory: the batch's
+// logits, batch * C * sizeof(W) rounded up to 8, plus 16 * batch (its row losses and row
+// numbers), plus C * d * sizeof(W) when w_in_smem (then w lives in shared memory for the
+// call, read in at the start and written back at the end: the steps read every weight
+// once per row).  The host keeps it under 48 KB and sets w_in_smem where w fits.
 //
 // Why one block: the steps are sequential (each reads the weights the last one wrote),
 // and at MNIST's size a step is small (64 x 784 x 10: 2 x 0.5 M multiply-adds), so the
@@ -34,7 +37,9 @@
 // L1/L2 latency: a few microseconds, so ~3-5 ms per MNIST epoch (938 steps).
 //
 // Per step (barriers between phases):
-//   1. the batch's row numbers into shared memory;
+//   1. the batch's row numbers into shared memory, and a prefetch of the next step's
+//      rows into L1 (a gathered row is otherwise a chain of cold loads: without it an
+//      MNIST epoch took 143 ms on an H200);
 //   2. logits z = (a x_B) w^T + b: a warp per row, lanes over d, kSgdChunk classes at a
 //      time, each dot product reduced by a fixed shuffle tree;
 //   3. per row (one thread): m = max z, s = sum exp(z - m) (in double), loss =
@@ -54,7 +59,7 @@
 namespace fs {
 
 constexpr int kSgdThreads = 512;
-constexpr int kSgdChunk = 16;  // classes per pass of the logits and of dW (registers)
+constexpr int kSgdChunk = 16;  // float classes per pass of the logits and of dW (registers)
 
 template <class W> __device__ __forceinline__ W warp_sum(W v) {
 #pragma unroll
@@ -78,42 +83,67 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return scratch[kWarp];
 }
 
+// Prefetches rows [r0, r1) of `rows` into L1 (and L2), a 128-byte line per thread.
+template <class X>
+__device__ __forceinline__ void prefetch_rows(const X* x, const long long* rows, long long r0,
+                                              long long r1, long long d) {
+  const long long bytes = d * (long long)sizeof(X);
+  const long long lines = (bytes + 127) / 128 + 1;  // a row need not start on a line
+  for (long long i = threadIdx.x; i < (r1 - r0) * lines; i += blockDim.x) {
+    const char* row = reinterpret_cast<const char*>(x + rows[r0 + i / lines] * d);
+    const long long off = (i % lines) * 128;
+    const char* p = row + (off < bytes ? off : bytes - 1);
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+  }
+}
+
 template <class X, class W>
 __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw, double a,
                                const long long* rows, long long n_rows, long long batch,
                                long long steps, const double* lr, double mu, double wd,
                                const double* coef, W* w, W* b, W* vw, W* vb, W* wa, W* ba,
-                               double* losses, long long* err, long long C, long long d) {
+                               double* losses, long long* err, long long C, long long d,
+                               int w_in_smem) {
+  constexpr int kChunk = sizeof(W) == 4 ? kSgdChunk : kSgdChunk / 2;  // registers
   extern __shared__ __align__(16) unsigned char sgd_smem[];
   __shared__ double scratch[kWarp + 1];
   const long long zbytes = ((batch * C * (long long)sizeof(W)) + 7) / 8 * 8;
   W* zs = reinterpret_cast<W*>(sgd_smem);
   double* row_loss = reinterpret_cast<double*>(sgd_smem + zbytes);
   long long* rs = reinterpret_cast<long long*>(row_loss + batch);
+  W* wt = w_in_smem ? reinterpret_cast<W*>(rs + batch) : w;  // the weights the steps use
   const int tid = threadIdx.x, nthr = blockDim.x;
   const int lane = tid & (kWarp - 1), warp = tid / kWarp, warps = nthr / kWarp;
   const W av = W(a);
+  if (w_in_smem)
+    for (long long i = tid; i < C * d; i += nthr) wt[i] = w[i];
+  prefetch_rows(x, rows, 0, n_rows < batch ? n_rows : batch, d);
   for (long long s = 0; s < steps; ++s) {
     const long long start = s * batch;
     const long long nb = n_rows - start < batch ? n_rows - start : batch;
     for (long long r = tid; r < nb; r += nthr) rs[r] = rows[start + r];
+    if (start + batch < n_rows) {
+      const long long next_end = start + 2 * batch < n_rows ? start + 2 * batch : n_rows;
+      prefetch_rows(x, rows, start + batch, next_end, d);
+    }
     __syncthreads();
 
     // 2. logits
     for (long long r = warp; r < nb; r += warps) {
       const X* xr = x + rs[r] * d;
-      for (long long c0 = 0; c0 < C; c0 += kSgdChunk) {
-        W acc[kSgdChunk];
+      for (long long c0 = 0; c0 < C; c0 += kChunk) {
+        W acc[kChunk];
 #pragma unroll
-        for (int j = 0; j < kSgdChunk; ++j) acc[j] = W(0);
+        for (int j = 0; j < kChunk; ++j) acc[j] = W(0);
+#pragma unroll 4
         for (long long k = lane; k < d; k += kWarp) {
           const W xv = W(xr[k]) * av;
 #pragma unroll
-          for (int j = 0; j < kSgdChunk; ++j)
-            if (c0 + j < C) acc[j] += xv * w[(c0 + j) * d + k];
+          for (int j = 0; j < kChunk; ++j)
+            if (c0 + j < C) acc[j] += xv * wt[(c0 + j) * d + k];
         }
 #pragma unroll
-        for (int j = 0; j < kSgdChunk; ++j) {
+        for (int j = 0; j < kChunk; ++j) {
           if (c0 + j < C) {
             const W v = warp_sum(acc[j]);
             if (lane == 0) zs[r * C + c0 + j] = v + b[c0 + j];
@@ -159,7 +189,7 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
     if (wd != 0.0) {
       double part = 0.0;
       for (long long i = tid; i < C * d; i += nthr) {
-        const double v = (double)w[i];
+        const double v = (double)wt[i];
         part += v * v;
       }
       reg = 0.5 * wd * block_sum(part, scratch);
@@ -175,31 +205,32 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
     const double cs = coef != nullptr ? coef[s] : 0.0;
     const bool average = wa != nullptr && cs != 0.0;
     const W wcs = W(cs);
-    const long long chunks = (C + kSgdChunk - 1) / kSgdChunk;
+    const long long chunks = (C + kChunk - 1) / kChunk;
     for (long long i = tid; i < d * chunks; i += nthr) {
-      const long long k = i % d, c0 = (i / d) * kSgdChunk;
-      W gw[kSgdChunk];
+      const long long k = i % d, c0 = (i / d) * kChunk;
+      W gw[kChunk];
 #pragma unroll
-      for (int j = 0; j < kSgdChunk; ++j) gw[j] = W(0);
+      for (int j = 0; j < kChunk; ++j) gw[j] = W(0);
+#pragma unroll 4
       for (long long r = 0; r < nb; ++r) {
         const W xv = W(x[rs[r] * d + k]) * av;
         const W* zr = zs + r * C + c0;
 #pragma unroll
-        for (int j = 0; j < kSgdChunk; ++j)
+        for (int j = 0; j < kChunk; ++j)
           if (c0 + j < C) gw[j] += zr[j] * xv;
       }
 #pragma unroll
-      for (int j = 0; j < kSgdChunk; ++j) {
+      for (int j = 0; j < kChunk; ++j) {
         if (c0 + j < C) {
           const long long e = (c0 + j) * d + k;
           W g = gw[j];
-          if (wd != 0.0) g += wwd * w[e];
+          if (wd != 0.0) g += wwd * wt[e];
           if (mu != 0.0) {
             vw[e] = vw[e] * wmu + g;
             g = vw[e];
           }
-          const W nw = w[e] - rate * g;
-          w[e] = nw;
+          const W nw = wt[e] - rate * g;
+          wt[e] = nw;
           if (average) wa[e] += wcs * (nw - wa[e]);
         }
       }
@@ -217,6 +248,8 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
     }
     __syncthreads();  // the next step reads the new weights and reuses shared memory
   }
+  if (w_in_smem)
+    for (long long i = tid; i < C * d; i += nthr) w[i] = wt[i];
 }
 
 }  // namespace fs
@@ -226,9 +259,9 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
       const X* x, const long long* y, const double* sw, double a, const long long* rows,   \
       long long n_rows, long long batch, long long steps, const double* lr, double mu,     \
       double wd, const double* coef, W* w, W* b, W* vw, W* vb, W* wa, W* ba,               \
-      double* losses, long long* err, long long C, long long d) {                          \
+      double* losses, long long* err, long long C, long long d, int w_in_smem) {           \
     fs::sgd_steps_body<X, W>(x, y, sw, a, rows, n_rows, batch, steps, lr, mu, wd, coef, w, \
-                             b, vw, vb, wa, ba, losses, err, C, d);                        \
+                             b, vw, vb, wa, ba, losses, err, C, d, w_in_smem);             \
   }
 
 FS_SGD_ENTRY(unsigned char, float, uint8, float32)

@@ -162,7 +162,7 @@ __device__ void softmax_kernel2(const T* x, T* out, long long N, long long C) {
     const T* xr = x + row * C;
     RowStats<cmp, acc> s;
     s.init();
-    for_each_in_row(xr, C, t, nt, SoftmaxStats<T>{s});
+    for_each_in_row<kPipelineStats>(xr, C, t, nt, SoftmaxStats<T>{s});
     s = team.merge(s);  // all reads of the row are done after this
     if (OP == kLogSumExp) {
       if (t == 0)
@@ -172,7 +172,7 @@ __device__ void softmax_kernel2(const T* x, T* out, long long N, long long C) {
     poison_nonfinite(s.m, s.d);
     const cmp a = OP == kSoftmax ? cmp(1.0 / ((double)s.k + (double)s.d))
                                  : cmp(log_kd((double)s.k, (double)s.d));
-    for_each_in_row(xr, C, t, nt, SoftmaxOut<T, OP>{out + row * C, s.m, a, out_vec});
+    for_each_in_row<kPipelineOut>(xr, C, t, nt, SoftmaxOut<T, OP>{out + row * C, s.m, a, out_vec});
   }
 }
 

@@ -287,7 +287,7 @@ __device__ void xent_kernel2(const XentArgs<T>& a) {
     if (t == 0) zy = Traits<T>::load(zr + yi);  // read before the team's barrier
     RowStats<cmp, acc> s;
     s.init();
-    for_each_in_row(zr, C, t, nt, XentStats<T>{s, w, lin});
+    for_each_in_row<kPipelineStats>(zr, C, t, nt, XentStats<T>{s, w, lin});
     s = team.merge(s);  // every read of pass 1 is done after this
     poison_nonfinite(s.m, s.d);
     const double kk = (double)s.k, dd = (double)s.d, ss = kk + dd;
@@ -298,7 +298,7 @@ __device__ void xent_kernel2(const XentArgs<T>& a) {
       cmp ey = cmp(0);
       const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
       const cmp gb = cmp(a.scale * eps_c);
-      for_each_in_row(zr, C, t, nt, XentGrad<T>{gr, w, s.m, ga, gb, yi, g_vec, owner, ey});
+      for_each_in_row<kPipelineOut>(zr, C, t, nt, XentGrad<T>{gr, w, s.m, ga, gb, yi, g_vec, owner, ey});
       if (owner)  // the thread that read z_y in this pass overwrites its own store
         Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
                                                       a.wsum, w_y, a.scale)));
@@ -434,13 +434,13 @@ __device__ void xent_prob_kernel2(const XentArgs<T>& a) {
     const T* qr = a.q + row * C;
     RowStats<cmp, acc> s;
     s.init();
-    for_each_in_row(zr, C, t, nt, ProbStats<T>{s, qr, w, keep, epsc, q_vec});
+    for_each_in_row<kPipelineStats>(zr, C, t, nt, ProbStats<T>{s, qr, w, keep, epsc, q_vec});
     s = team.merge(s);
     poison_nonfinite(s.m, s.d);
     const double kk = (double)s.k, dd = (double)s.d;
     if (GRAD) {
       const cmp ga = cmp(a.scale * (double)s.wsum / (kk + dd));
-      for_each_in_row(zr, C, t, nt,
+      for_each_in_row<kPipelineOut>(zr, C, t, nt,
                       ProbGrad<T>{a.g + row * C, qr, w, s.m, ga, cmp(a.scale), keep, epsc,
                                   q_vec, g_vec});
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -33,17 +34,16 @@ import numpy as np
 
 CORE_SHAPES = ((60000, 10), (512, 10), (8192, 1000), (4096, 32000), (1024, 128256))
 # (name, -D options): compile-time variants of kernels/common.cuh; the first is the
-# package's own build.  Measured on an H200 and dropped from the sweep: 512 and 1024
-# threads per row (FS_BLOCK), 128 threads, grids capped at 1-4 blocks per SM, FS_VEC_BATCH=4
-# at 3 blocks per SM (spills): all slower or within 5% of the default.
+# package's own build.  Measured on an H200 and dropped from the sweep (float32, fused,
+# 4096 x 32000 and 1024 x 128256): 512 and 1024 threads per row (FS_BLOCK), 128
+# threads, grids capped at 1-4 blocks per SM, FS_VEC_BATCH 4 and 8 at 2 or 3 blocks per
+# SM: all slower than the default or within 5% of it.
 VARIANTS = (
     ("default", ()),
-    ("prefetch", ("-DFS_PREFETCH=1",)),
-    ("prefetch-2blocks", ("-DFS_PREFETCH=1", "-DFS_MIN_BLOCKS=2")),
-    ("vec4-2blocks", ("-DFS_VEC_BATCH=4", "-DFS_MIN_BLOCKS=2")),
-    ("vec8-2blocks", ("-DFS_VEC_BATCH=8", "-DFS_MIN_BLOCKS=2")),
-    ("prefetch-vec4-2blocks", ("-DFS_PREFETCH=1", "-DFS_VEC_BATCH=4", "-DFS_MIN_BLOCKS=2")),
+    ("no-prefetch", ("-DFS_PREFETCH=0",)),
+    ("prefetch-all", ("-DFS_PREFETCH=2",)),
 )
+ENTRY_FOR_COMPILE = {"xent.cu": "xent_fused_float32", "softmax.cu": "softmax_float32"}
 SMOKE_C = (
     (10, "row in registers, 4 lanes"),
     (100, "row in registers, 32 lanes"),
@@ -208,7 +208,8 @@ def sweep(json_path: str | None, quick: bool) -> int:
           f"copy {copy_bw / 1e9:.0f} GB/s (read + write)")  # fmt: skip
     src = _loader.kernel_root()
     header = (src / "common.cuh").read_text(encoding="utf-8")
-    source = header + "\n" + (src / "xent.cu").read_text(encoding="utf-8")
+    sources = {f: header + "\n" + (src / f).read_text(encoding="utf-8")
+               for f in ("xent.cu", "softmax.cu")}  # fmt: skip
     records = []
 
     def record(**r):
@@ -223,16 +224,17 @@ def sweep(json_path: str | None, quick: bool) -> int:
     shapes = CORE_SHAPES if not quick else ((60000, 10), (4096, 32000))
     variants = VARIANTS if not quick else VARIANTS[:1]
     modules = {}
-    float32_only = "\n".join(
-        line for line in source.splitlines() if not line.startswith("FS_XENT_ENTRIES(d")
-        and not line.startswith("FS_XENT_ENTRIES(fs::half_t")
-    )  # fmt: skip
     for vname, defines in variants:
         t0 = time.perf_counter()
-        text = source if vname == "default" else float32_only
-        modules[vname] = cp.RawModule(code=text, options=("-std=c++17", *defines))
-        modules[vname].get_function("xent_fused_float32")
-        print(f"compiled xent.cu ({vname}) in {time.perf_counter() - t0:.1f} s")
+        for file, text in sources.items():
+            if vname != "default":  # float32 entry points only: a third of the compile
+                text = "\n".join(
+                    line for line in text.splitlines()
+                    if not re.match(r"FS_\w+_ENTRIES\((d|fs::half_t)", line)
+                )  # fmt: skip
+            modules[vname, file] = cp.RawModule(code=text, options=("-std=c++17", *defines))
+            modules[vname, file].get_function(ENTRY_FOR_COMPILE[file])
+        print(f"compiled xent.cu and softmax.cu ({vname}) in {time.perf_counter() - t0:.1f} s")
     for dtype in ("float32", "float16"):
         for n, c in shapes:
             _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch)
@@ -273,7 +275,7 @@ def _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch) -> 
     for vname in names or ["default"]:
         for fwd in (False, True):
             op = "xent_fwd" if fwd else "xent_fused"
-            fn = launch(modules[vname], 256, None, fwd)
+            fn = launch(modules[vname, "xent.cu"], 256, None, fwd)
             fn()
             out = loss if fwd else g
             same = True
@@ -292,6 +294,24 @@ def _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch) -> 
             record(what=f"{op} {dtype} {n}x{c} {vname}{'' if same else ' (other bits)'}",
                    op=op, dtype=dtype, n=n, c=c, variant=vname, same_bits=same, ms=ms,
                    GBps=rate, fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
+        kernel = modules[vname, "softmax.cu"].get_function(f"softmax_{dtype}")
+        grid = _grid(n, c, 256, None)
+        args = (z, g, np.int64(n), np.int64(c))
+        fn = lambda kernel=kernel, grid=grid, args=args: kernel((grid,), (256,), args)  # noqa: E731
+        fn()
+        if vname == "default":
+            base["softmax"] = g.copy()
+            same = True
+        elif not _close_on_device(g, base["softmax"], dtype):
+            print(f"WRONG {vname} softmax: differs from the default build")
+            continue
+        else:
+            same = bool(cp.array_equal(g, base["softmax"]))
+        ms = _event_ms(fn, reps)
+        rate = nbytes / ms / 1e6
+        record(what=f"softmax {dtype} {n}x{c} {vname}{'' if same else ' (other bits)'}",
+               op="softmax", dtype=dtype, n=n, c=c, variant=vname, same_bits=same, ms=ms,
+               GBps=rate, fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
     sync = cp.cuda.get_current_stream().synchronize
     api = _wall_ms(lambda: fs.cross_entropy_with_grad(z, y), sync, reps)
     record(what=f"public call {dtype} {n}x{c} (wall)", op="api", dtype=dtype, n=n,

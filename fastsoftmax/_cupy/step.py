@@ -39,7 +39,8 @@ W_DTYPES = ("float32", "float64")
 
 
 def smem_bytes(batch: int, c: int, itemsize: int) -> int:
-    """kernels/sgd.cu's dynamic shared memory for a batch of `batch` rows."""
+    """kernels/sgd.cu's dynamic shared memory for a batch of `batch` rows (without the
+    weights, which go there too where they fit)."""
     return -(-batch * c * itemsize // 8) * 8 + 16 * batch
 
 
@@ -87,8 +88,10 @@ def _steps_in_one_launch(data, params, plan, s0: int, s1: int, losses) -> None:
     kernel = module("sgd.cu", cp.cuda.Device().id).get_function(
         f"sgd_steps_{X.dtype.name}_{W.dtype.name}"
     )
-    kernel((1, 1, 1), (SGD_THREADS, 1, 1), args,
-           shared_mem=smem_bytes(batch, c, W.dtype.itemsize))  # fmt: skip
+    smem = smem_bytes(batch, c, W.dtype.itemsize)
+    w_in_smem = smem + W.nbytes <= SMEM_LIMIT  # the weights in shared memory for the call
+    smem += W.nbytes if w_in_smem else 0
+    kernel((1, 1, 1), (SGD_THREADS, 1, 1), (*args, np.int32(w_in_smem)), shared_mem=smem)
     losses[s0:s1] = step_losses.get()
     bad = int(err.get()[0])
     if bad != _NO_BAD_ROW:

@@ -18,8 +18,11 @@
 #      MNIST-sized epoch with the CuPy step;
 #   6. times the raw kernels over launch configurations (tools/gpu_kernels.py sweep);
 #   7. writes pytest-benchmark JSON, the logs and a short summary to OUTDIR (8 files).
-# Without a GPU it stops at once, non-zero, saying so.  Meant to fit in ~6 minutes on an
-# H100/H200 (each step has a time limit).
+# Without a GPU it stops at once, non-zero, saying so.  On an H200 it took 245 s in all
+# (each step has a time limit).  On a machine without a registry, carry the wheels of
+# what its image lacks (dask and distributed for the Dask case) and point
+# GPU_CHECK_WHEELS at them; FASTSOFTMAX_TEST_MNIST points the Dask case at the MNIST
+# test files.
 #
 # GPU_CHECK_KEEP_GOING=1 runs every test and step even after a failure (a first run on
 # a new machine, where one report should list everything that is broken).

@@ -11,7 +11,7 @@
 //                     const double* coef /*NULL: no averaging*/,
 //                     W* w, W* b, W* vw, W* vb, W* wa /*NULL*/, W* ba /*NULL*/,
 //                     double* losses, long long* err, long long C, long long d,
-//                     int w_in_smem)
+//                     int w_in_smem, int stage_rows)
 //
 //   x (n, d) and y (n,): the data; sw (n,): per-row weights.  a: the x scale (the model
 //   sees a x).  rows: this call's row order, n_rows of them; local step s takes rows
@@ -26,6 +26,13 @@
 // numbers), plus C * d * sizeof(W) when w_in_smem (then w lives in shared memory for the
 // call, read in at the start and written back at the end: the steps read every weight
 // once per row).  The host keeps it under 48 KB and sets w_in_smem where w fits.
+// stage_rows: each step first copies its rows into shared memory (after the weights,
+// at the next 16-byte boundary; batch * d * sizeof(X) more bytes), 16 bytes per load
+// with every load of a thread issued before its stores, and the phases read them from
+// there: one DRAM round trip per step instead of one per unrolled batch of a row.  It
+// needs rows of a whole number of 16-byte vectors and a 16-byte-aligned x, and more than
+// 48 KB of shared memory for MNIST (the host raises the kernel's limit).  Same bits as
+// without.
 //
 // Why one block: the steps are sequential (each reads the weights the last one wrote),
 // and at MNIST's size a step is small (64 x 784 x 10: 2 x 0.5 M multiply-adds), so the
@@ -97,7 +104,32 @@ __device__ __forceinline__ void prefetch_rows(const X* x, const long long* rows,
   }
 }
 
-template <class X, class W>
+// Copies rows rs[0..nb) of x into xs (nb x d, row-major), 16 bytes per load, kLoads loads
+// of a thread issued before its stores.  Rows must be whole 16-byte vectors, x aligned.
+template <class X>
+__device__ __forceinline__ void stage_batch(const X* x, const long long* rs, long long nb,
+                                            long long d, X* xs) {
+  constexpr int kLoads = 8;
+  const long long per_row = d * (long long)sizeof(X) / 16;
+  const long long total = nb * per_row;
+  const long long nthr = blockDim.x;
+  uint4* dst = reinterpret_cast<uint4*>(xs);
+  for (long long base = threadIdx.x; base < total; base += kLoads * nthr) {
+    uint4 v[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const long long i = base + u * nthr;
+      if (i < total) v[u] = reinterpret_cast<const uint4*>(x + rs[i / per_row] * d)[i % per_row];
+    }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const long long i = base + u * nthr;
+      if (i < total) dst[i] = v[u];
+    }
+  }
+}
+
+template <class X, class W, bool kStage>
 __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw, double a,
                                const long long* rows, long long n_rows, long long batch,
                                long long steps, const double* lr, double mu, double wd,
@@ -112,6 +144,9 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
   double* row_loss = reinterpret_cast<double*>(sgd_smem + zbytes);
   long long* rs = reinterpret_cast<long long*>(row_loss + batch);
   W* wt = w_in_smem ? reinterpret_cast<W*>(rs + batch) : w;  // the weights the steps use
+  unsigned char* after_w = reinterpret_cast<unsigned char*>(rs + batch) +
+                           (w_in_smem ? C * d * (long long)sizeof(W) : 0);
+  X* xs = reinterpret_cast<X*>(sgd_smem + ((after_w - sgd_smem) + 15) / 16 * 16);
   const int tid = threadIdx.x, nthr = blockDim.x;
   const int lane = tid & (kWarp - 1), warp = tid / kWarp, warps = nthr / kWarp;
   const W av = W(a);
@@ -127,10 +162,14 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
       prefetch_rows(x, rows, start + batch, next_end, d);
     }
     __syncthreads();
+    if constexpr (kStage) {
+      stage_batch(x, rs, nb, d, xs);
+      __syncthreads();
+    }
 
     // 2. logits
     for (long long r = warp; r < nb; r += warps) {
-      const X* xr = x + rs[r] * d;
+      const X* xr = kStage ? xs + r * d : x + rs[r] * d;
       for (long long c0 = 0; c0 < C; c0 += kChunk) {
         W acc[kChunk];
 #pragma unroll
@@ -213,7 +252,7 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
       for (int j = 0; j < kChunk; ++j) gw[j] = W(0);
 #pragma unroll 4
       for (long long r = 0; r < nb; ++r) {
-        const W xv = W(x[rs[r] * d + k]) * av;
+        const W xv = W((kStage ? xs + r * d : x + rs[r] * d)[k]) * av;
         const W* zr = zs + r * C + c0;
 #pragma unroll
         for (int j = 0; j < kChunk; ++j)
@@ -259,9 +298,16 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
       const X* x, const long long* y, const double* sw, double a, const long long* rows,   \
       long long n_rows, long long batch, long long steps, const double* lr, double mu,     \
       double wd, const double* coef, W* w, W* b, W* vw, W* vb, W* wa, W* ba,               \
-      double* losses, long long* err, long long C, long long d, int w_in_smem) {           \
-    fs::sgd_steps_body<X, W>(x, y, sw, a, rows, n_rows, batch, steps, lr, mu, wd, coef, w, \
-                             b, vw, vb, wa, ba, losses, err, C, d, w_in_smem);             \
+      double* losses, long long* err, long long C, long long d, int w_in_smem,             \
+      int stage_rows) {                                                                    \
+    if (stage_rows)                                                                        \
+      fs::sgd_steps_body<X, W, true>(x, y, sw, a, rows, n_rows, batch, steps, lr, mu, wd,  \
+                                     coef, w, b, vw, vb, wa, ba, losses, err, C, d,        \
+                                     w_in_smem);                                           \
+    else                                                                                   \
+      fs::sgd_steps_body<X, W, false>(x, y, sw, a, rows, n_rows, batch, steps, lr, mu, wd, \
+                                      coef, w, b, vw, vb, wa, ba, losses, err, C, d,       \
+                                      w_in_smem);                                          \
   }
 
 FS_SGD_ENTRY(unsigned char, float, uint8, float32)

@@ -199,7 +199,7 @@ def test_cupy_extremes_and_inplace():
 
 
 @GPU
-@pytest.mark.parametrize("path", ["one launch", "per step"])
+@pytest.mark.parametrize("path", ["one launch", "one launch, rows staged", "per step"])
 @pytest.mark.parametrize("x_kind", ["uint8", "float32"])
 @pytest.mark.parametrize("options", ["plain", "momentum+decay", "weights+average", "float64"])
 def test_cupy_training_step_matches_the_reference(x_kind, options, path, monkeypatch):
@@ -221,6 +221,7 @@ def test_cupy_training_step_matches_the_reference(x_kind, options, path, monkeyp
 
     if path == "per step":
         monkeypatch.setattr(step, "SGD_MAX_C", 0)
+    monkeypatch.setattr(step, "STAGE_ROWS", path == "one launch, rows staged")
 
     rng = np.random.default_rng(3)
     n, d, c, batch, steps = 1000, 784, 10, 64, 16
@@ -252,7 +253,7 @@ def test_cupy_training_step_matches_the_reference(x_kind, options, path, monkeyp
 
     dev, dev_losses = params(cp, wdt), np.zeros(steps)
     dev_data = StepData(cp.asarray(X), cp.asarray(y), a, None if sw is None else cp.asarray(sw))
-    assert step.fits_one_launch(dev_data, dev, plan) == (path == "one launch")
+    assert step.fits_one_launch(dev_data, dev, plan) == (path != "per step")
     load("cupy").sgd_steps(dev_data, dev, plan, 0, 8, dev_losses)  # two calls: the
     load("cupy").sgd_steps(dev_data, dev, plan, 8, steps, dev_losses)  # order is sliced
     got = [cp.asnumpy(v) for v in (*dev[:4], *(dev.avg[:2] if dev.avg else ()))]

@@ -2,6 +2,7 @@
 
     python tools/gpu_kernels.py smoke
     python tools/gpu_kernels.py sweep [--json FILE] [--quick]
+    python tools/gpu_kernels.py sgd
 
 smoke   every entry point of kernels/*.cu, for every dtype, on each of its paths (the row
         in registers, a warp per row, a block per row, a row not 16-byte aligned),
@@ -15,6 +16,8 @@ sweep   times the raw kernels with CUDA events (no host work in the figure) over
         Each variant's loss and gradient are first checked against the default launch.
         Also times the public call (fastsoftmax.cross_entropy_with_grad on CuPy arrays,
         host work and synchronisation included) against PyTorch's, by wall clock.
+sgd     the CUDA trainer's MNIST-sized epoch each way it can run (kernels/sgd.cu with
+        the rows read in place or staged in shared memory, and the per-step path).
 
 Bytes moved by the fused op: the logits read once and the gradient written once,
 2 * N * C * itemsize; "% copy" divides the rate at that count by the device-to-device
@@ -337,12 +340,56 @@ def _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch) -> 
         print(f"{'':58s} PyTorch / ours: {tms / api:.2f}x (out= {tms / api_out:.2f}x)")
 
 
+def sgd_epochs() -> int:
+    """One MNIST-sized epoch (60000 x 784, batch 64) of the CUDA trainer step, each way
+    kernels/sgd.cu can run it (the rows read where they are, or staged in shared memory
+    first) and the per-step path, median of 5 epochs each; the staged run must give the
+    default's bits."""
+    import cupy as cp
+
+    from fastsoftmax import bench_cases
+    from fastsoftmax._cupy import step
+    from fastsoftmax.reference import StepData, StepParams, StepPlan
+
+    pixels, x, y = bench_cases.mnist_shaped(60000, 784, 10)
+    n, batch = len(y), 64
+    steps = -(-n // batch)
+    plan = StepPlan(np.random.default_rng(0).permutation(n), batch, 0.1)
+    results = {}
+    for xname, data, a in (("uint8", pixels, 1.0 / 255.0), ("float32", x, 1.0)):
+        dev = StepData(cp.asarray(data), cp.asarray(y), a)
+        for way, stage, max_c in (("rows in place", False, 128), ("rows staged", True, 128),
+                                  ("per step", False, 0)):  # fmt: skip
+            step.STAGE_ROWS, step.SGD_MAX_C = stage, max_c
+            times = []
+            for _ in range(1 if max_c == 0 else 5):
+                W, b = cp.zeros((10, 784), cp.float32), cp.zeros(10, cp.float32)
+                params = StepParams(W, b, cp.zeros_like(W), cp.zeros_like(b))
+                losses = np.zeros(steps)
+                cp.cuda.get_current_stream().synchronize()
+                t0 = time.perf_counter()
+                step.sgd_steps(dev, params, plan, 0, steps, losses)
+                times.append(time.perf_counter() - t0)
+            results[xname, way] = (cp.asnumpy(W), losses)
+            print(f"sgd epoch {xname} {way}: {1e3 * statistics.median(times):8.2f} ms")
+        same = all(
+            np.array_equal(p, q)
+            for p, q in zip(results[xname, "rows in place"], results[xname, "rows staged"],
+                            strict=True)
+        )  # fmt: skip
+        print(f"sgd epoch {xname}: staged rows give the same bits: {same}")
+    step.STAGE_ROWS, step.SGD_MAX_C = False, 128
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("smoke", "sweep"))
+    parser.add_argument("what", choices=("smoke", "sweep", "sgd"))
     parser.add_argument("--json", help="sweep: write the records here")
     parser.add_argument("--quick", action="store_true", help="sweep: two shapes, default build")
     args = parser.parse_args(argv)
+    if args.what == "sgd":
+        return sgd_epochs()
     return smoke() if args.what == "smoke" else sweep(args.json, args.quick)
 
 

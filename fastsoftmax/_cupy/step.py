@@ -35,6 +35,9 @@ SGD_THREADS = 512
 SGD_MAX_C = 128
 SMEM_LIMIT = 48 * 1024
 X_DTYPES = ("uint8", "float32", "float64")
+# kernels/sgd.cu's stage_rows (each step's rows copied into shared memory first): off
+# until timed on a GPU against the default (tools/gpu_kernels.py sgd times both)
+STAGE_ROWS = False
 W_DTYPES = ("float32", "float64")
 
 
@@ -91,7 +94,19 @@ def _steps_in_one_launch(data, params, plan, s0: int, s1: int, losses) -> None:
     smem = smem_bytes(batch, c, W.dtype.itemsize)
     w_in_smem = smem + W.nbytes <= SMEM_LIMIT  # the weights in shared memory for the call
     smem += W.nbytes if w_in_smem else 0
-    kernel((1, 1, 1), (SGD_THREADS, 1, 1), (*args, np.int32(w_in_smem)), shared_mem=smem)
+    staged = -(-smem // 16) * 16 + batch * d * X.itemsize
+    stage_rows = (
+        STAGE_ROWS
+        and (d * X.itemsize) % 16 == 0
+        and X.data.ptr % 16 == 0
+        and staged <= cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+    )
+    if stage_rows:
+        smem = staged
+        if smem > SMEM_LIMIT:
+            kernel.max_dynamic_shared_size_bytes = smem
+    kernel((1, 1, 1), (SGD_THREADS, 1, 1), (*args, np.int32(w_in_smem), np.int32(stage_rows)),
+           shared_mem=smem)  # fmt: skip
     losses[s0:s1] = step_losses.get()
     bad = int(err.get()[0])
     if bad != _NO_BAD_ROW:

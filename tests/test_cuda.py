@@ -74,12 +74,17 @@ def test_every_entry_point_the_loader_looks_up_is_exported(tmp_path):
                     assert _loader.kernel_name(op, dt) in entries, (file, op, dt)
 
 
-def test_a_checkout_that_was_never_installed_reads_the_repositorys_kernels(monkeypatch):
+def test_a_checkout_that_was_never_installed_reads_the_repositorys_kernels(monkeypatch, tmp_path):
     # PYTHONPATH=. on a machine where pip cannot install (an offline GPU box): the
     # resource package fastsoftmax._kernels does not exist, kernels/ does
     monkeypatch.setattr(_loader, "KERNEL_PACKAGE", "fastsoftmax._no_such_kernels")
+    monkeypatch.setattr(_loader, "CHECKOUT_KERNELS", ROOT / "kernels")
     assert Path(str(_loader.kernel_root())) == ROOT / "kernels"
     assert sorted(_loader.kernel_sources()) == KERNEL_FILES
+    # an installed package without its resource package and no checkout: the import error
+    monkeypatch.setattr(_loader, "CHECKOUT_KERNELS", tmp_path)
+    with pytest.raises(ModuleNotFoundError, match="_no_such_kernels"):
+        _loader.kernel_root()
 
 
 def test_kernel_names_by_dtype():

@@ -41,15 +41,18 @@ def kernel_name(op: str, dtype) -> str:
     return f"{op}_{name}"
 
 
+# Where the .cu files are in a source checkout (the repository's kernels/)
+CHECKOUT_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+
+
 def kernel_root():
     """The folder of the ``.cu`` files: the installed resource package, else (a source
     checkout on ``PYTHONPATH``, never installed) the repository's ``kernels/``."""
     try:
         return importlib.resources.files(KERNEL_PACKAGE)
     except ModuleNotFoundError:
-        checkout = Path(__file__).resolve().parents[2] / "kernels"
-        if (checkout / "common.cuh").is_file():
-            return checkout
+        if (CHECKOUT_KERNELS / "common.cuh").is_file():
+            return CHECKOUT_KERNELS
         raise
 
 

@@ -8,10 +8,16 @@
 //
 //   xent_fused_<dt>(const T* z, const long long* y, const W* w, double wsum,
 //                   long long ignore_index, double eps, double scale,
-//                   double* loss, T* g, long long* err, long long N, long long C)
+//                   const double* scale_dev, double* loss, T* g, long long* err,
+//                   long long N, long long C)
 //   xent_fwd_<dt>  (const T* z, const long long* y, const W* w, double wsum,
 //                   long long ignore_index, double eps, double scale,
-//                   double* loss, long long* err, long long N, long long C)
+//                   const double* scale_dev, double* loss, long long* err, long long N,
+//                   long long C)
+//   xent_prologue(const long long* y, long long ignore_index, int mean,
+//                 double* scalars, long long* err, long long N)        one block
+//   xent_epilogue_<dt>(const double* loss, long long N, const double* scalars,
+//                      int mean, T* value)                             one block
 //   xent_prob_<dt> (const T* z, const T* q, const W* w, double eps, double scale,
 //                   double* loss, T* g, long long N, long long C)
 //
@@ -19,6 +25,8 @@
 //   dtype.  w: class weights (C,) or NULL (all 1).  wsum: sum(w) (C when w is NULL), as
 //   the API resolves it.  eps: label smoothing.  scale: the reduction's factor (1/denom
 //   for "mean", 1 otherwise); the gradient is written already multiplied by it.
+//   scale_dev: NULL, or where on the device to read scale instead (the lean path:
+//   xent_prologue computes it there, so the host never waits for the denominator).
 //   loss: float64 (N,) per-row losses (0 for ignored rows; the host adds them up).
 //   g: (N, C) gradient = scale * d(loss.sum())/dz, zero rows for ignored rows; g may be z
 //   itself (in-place: every row is read in full before any of it is written).  In
@@ -505,21 +513,78 @@ __device__ __forceinline__ XentArgs<T> index_args(const T* z, const long long* y
   return a;
 }
 
+// ---------------------------------------------------------------------------------------
+// The lean path's host work, on the device (fastsoftmax/_cupy/api.py, class indices
+// without weights): xent_prologue before the fused kernel, xent_epilogue after it, so a
+// call is three launches and one synchronisation (the bad-target flag).  One block each.
+// ---------------------------------------------------------------------------------------
+// scalars[0] = the rows whose target is not ignore_index (an integer count: exact),
+// scalars[1] = the gradient's scale, 1 / scalars[0] for "mean" (0 when no row counts)
+// and 1 otherwise, as fastsoftmax._validate.reduction_scale; *err = N (no bad row yet).
+__device__ __forceinline__ void xent_prologue(const long long* y, long long ignore_index,
+                                              int mean, double* scalars, long long* err,
+                                              long long N) {
+  __shared__ long long part[kBlock];
+  long long count = 0;
+  for (long long i = threadIdx.x; i < N; i += blockDim.x) count += y[i] != ignore_index;
+  part[threadIdx.x] = count;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    long long total = 0;
+    for (int i = 0; i < (int)blockDim.x; ++i) total += part[i];
+    scalars[0] = (double)total;
+    scalars[1] = mean ? (total != 0 ? 1.0 / (double)total : 0.0) : 1.0;
+    *err = N;
+  }
+}
+
+// *value = the rows' losses summed in a fixed order (each thread its strided rows, then
+// thread 0 the partial sums in thread order), / scalars[0] for "mean" (0 when that is 0),
+// in the logits' dtype.
+template <class T>
+__device__ __forceinline__ void xent_epilogue(const double* loss, long long N,
+                                              const double* scalars, int mean, T* value) {
+  __shared__ double part[kBlock];
+  double sum = 0.0;
+  for (long long i = threadIdx.x; i < N; i += blockDim.x) sum += loss[i];
+  part[threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int i = 0; i < (int)blockDim.x; ++i) total += part[i];
+    const double v = mean ? (scalars[0] != 0.0 ? total / scalars[0] : 0.0) : total;
+    Traits<T>::store(value, typename Traits<T>::cmp(v));
+  }
+}
+
 }  // namespace fs
+
+extern "C" __global__ void __launch_bounds__(fs::kBlock) xent_prologue(
+    const long long* y, long long ignore_index, int mean, double* scalars, long long* err,
+    long long N) {
+  fs::xent_prologue(y, ignore_index, mean, scalars, err, N);
+}
 
 #define FS_XENT_ENTRIES(T, W, DT)                                                          \
   extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks) xent_fused_##DT(                \
       const T* z, const long long* y, const W* w, double wsum, long long ignore_index,     \
-      double eps, double scale, double* loss, T* g, long long* err, long long N,           \
-      long long C) {                                                                       \
-    fs::xent_index_entry<T, true>(                                                         \
-        fs::index_args<T>(z, y, w, wsum, ignore_index, eps, scale, loss, g, err, N, C));   \
+      double eps, double scale, const double* scale_dev, double* loss, T* g,               \
+      long long* err, long long N, long long C) {                                          \
+    fs::xent_index_entry<T, true>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,     \
+                                                    scale_dev ? *scale_dev : scale, loss,  \
+                                                    g, err, N, C));                        \
   }                                                                                        \
   extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks) xent_fwd_##DT(                  \
       const T* z, const long long* y, const W* w, double wsum, long long ignore_index,     \
-      double eps, double scale, double* loss, long long* err, long long N, long long C) {  \
+      double eps, double scale, const double* scale_dev, double* loss, long long* err,     \
+      long long N, long long C) {                                                          \
     fs::xent_index_entry<T, false>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,    \
-                                                     scale, loss, nullptr, err, N, C));    \
+                                                     scale_dev ? *scale_dev : scale, loss, \
+                                                     nullptr, err, N, C));                 \
+  }                                                                                        \
+  extern "C" __global__ void __launch_bounds__(fs::kBlock) xent_epilogue_##DT(              \
+      const double* loss, long long N, const double* scalars, int mean, T* value) {        \
+    fs::xent_epilogue<T>(loss, N, scalars, mean, value);                                   \
   }                                                                                        \
   extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks)                                 \
       xent_prob_##DT(const T* z, const T* q, const W* w, double eps, double scale,         \

@@ -141,6 +141,15 @@ def test_cupy_backend_missing_names_the_extra():
 
 
 # ------------------------------------------------------------- on a GPU
+@pytest.fixture(params=[False, True], ids=["host-denominator", "lean"])
+def lean(request, monkeypatch):
+    """Both ways a class-index call can run (fastsoftmax._cupy.api.LEAN_INDEX_PATH)."""
+    from fastsoftmax._cupy import api
+
+    monkeypatch.setattr(api, "LEAN_INDEX_PATH", request.param)
+    return request.param
+
+
 @GPU
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize(
@@ -148,7 +157,7 @@ def test_cupy_backend_missing_names_the_extra():
 )
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_cupy_parity_with_reference(dtype, shape, reduction, smoothing):
+def test_cupy_parity_with_reference(dtype, shape, reduction, smoothing, lean):
     import cupy as cp
 
     import fastsoftmax as fs
@@ -172,7 +181,7 @@ def test_cupy_parity_with_reference(dtype, shape, reduction, smoothing):
 
 
 @GPU
-def test_cupy_bad_target_raises_like_the_cpu():
+def test_cupy_bad_target_raises_like_the_cpu(lean):
     import cupy as cp
 
     import fastsoftmax as fs
@@ -185,7 +194,22 @@ def test_cupy_bad_target_raises_like_the_cpu():
 
 
 @GPU
-def test_cupy_extremes_and_inplace():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cupy_every_target_ignored(reduction, lean):
+    import cupy as cp
+
+    import fastsoftmax as fs
+
+    z = np.random.default_rng(1).standard_normal((6, 300)).astype(np.float32)
+    y = np.full(6, -100)
+    loss, grad = fs.cross_entropy_with_grad(cp.asarray(z), cp.asarray(y), reduction=reduction)
+    ref_loss, ref_grad = fs.cross_entropy_with_grad(z, y, reduction=reduction, backend="numpy")
+    np.testing.assert_array_equal(cp.asnumpy(loss), ref_loss)  # 0 (PyTorch: NaN for mean)
+    np.testing.assert_array_equal(cp.asnumpy(grad), ref_grad)
+
+
+@GPU
+def test_cupy_extremes_and_inplace(lean):
     import cupy as cp
 
     import fastsoftmax as fs

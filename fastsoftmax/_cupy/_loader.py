@@ -26,6 +26,7 @@ FILES = {
     "xent_fused": "xent.cu",
     "xent_fwd": "xent.cu",
     "xent_prob": "xent.cu",
+    "xent_epilogue": "xent.cu",
 }
 DTYPES = ("float16", "float32", "float64")
 COMPILE_OPTIONS = ("-std=c++17",)
@@ -136,3 +137,11 @@ def launch(op: str, dtype, n: int, c: int, args: tuple) -> None:
     name = kernel_name(op, dtype)
     kernel = module(FILES[op], cp.cuda.Device().id).get_function(name)
     kernel(grid_for(n, c), (THREADS, 1, 1), args)
+
+
+def launch_one_block(file: str, name: str, args: tuple) -> None:
+    """Launch the one-block kernel `name` of `file` (xent_prologue, xent_epilogue_<dt>)."""
+    import cupy as cp
+
+    kernel = module(file, cp.cuda.Device().id).get_function(name)
+    kernel((1, 1, 1), (THREADS, 1, 1), args)

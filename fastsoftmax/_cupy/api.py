@@ -14,9 +14,14 @@ import cupy as cp
 import numpy as np
 
 from .. import _validate as check
-from ._loader import check_device_array, launch
+from ._loader import check_device_array, kernel_name, launch, launch_one_block
 
 name = "cupy"
+# Class-index calls without weights take three launches and one synchronisation
+# (kernels/xent.cu's xent_prologue and xent_epilogue do the denominator and the loss's
+# sum on the device) instead of ~10 CuPy operations and two synchronisations.  Off until
+# timed on a GPU against the default (tools/gpu_kernels.py sweep times both).
+LEAN_INDEX_PATH = False
 
 
 def _backend_ok(backend) -> None:
@@ -118,9 +123,12 @@ def _store(res, out):
     return out
 
 
+_NULL = np.uint64(0)
+
+
 def _ptr(a):
     """A nullable device pointer argument: the array, or a null pointer."""
-    return a if a is not None else np.uint64(0)
+    return a if a is not None else _NULL
 
 
 def _target(target, n, c, dtype):
@@ -156,15 +164,21 @@ def _cross_entropy(
             raise ValueError(f"weight must be a CuPy array of shape ({c},), got {weight!r}")
         w = cp.ascontiguousarray(weight, dtype=acc)
         wsum = float(w.sum(dtype=cp.float64))
-    if kind == "index":
+    # the lean path: class indices without weights, the denominator and the loss's sum
+    # on the device (xent_prologue, xent_epilogue): no host wait before the launch
+    lean = LEAN_INDEX_PATH and kind == "index" and w is None and n > 0 and c > 0
+    if lean:
+        denom = scale = None
+    elif kind == "index":
         valid = y != ignore
         if w is None:
             denom = float(valid.sum())
         else:
             denom = float(cp.where(valid, w[cp.clip(y, 0, c - 1)], 0).sum())
+        scale = check.reduction_scale(red, denom)
     else:
         denom = float(n)
-    scale = check.reduction_scale(red, denom)
+        scale = check.reduction_scale(red, denom)
     zc = cp.ascontiguousarray(z)
     loss = cp.empty(n, cp.float64)
     g = None
@@ -179,27 +193,43 @@ def _cross_entropy(
             g = out if out.flags.c_contiguous and out is not z else cp.empty_like(zc)
         else:
             g = cp.empty_like(zc)
+    value = None
     if n and c:
         check_device_array(zc, "logits", z.dtype, (n, c))
         if kind == "index":
-            err = cp.full(1, n, cp.int64)
             op = "xent_fused" if want_grad else "xent_fwd"
+            if lean:
+                scalars = cp.empty(2, cp.float64)  # the count of rows, the scale
+                err = cp.empty(1, cp.int64)
+                mean = np.int32(red == "mean")
+                prologue = (y, np.int64(ignore), mean, scalars, err, np.int64(n))
+                launch_one_block("xent.cu", "xent_prologue", prologue)
+                scale_args = (np.float64(0.0), scalars[1:])
+            else:
+                err = cp.full(1, n, cp.int64)
+                scale_args = (np.float64(scale), _NULL)
             args = (zc, y, _ptr(w), np.float64(wsum), np.int64(ignore), np.float64(eps),
-                    np.float64(scale), loss) + ((g,) if want_grad else ()) + (
-                    err, np.int64(n), np.int64(c))  # fmt: skip
+                    *scale_args, loss, *((g,) if want_grad else ()), err, np.int64(n),
+                    np.int64(c))  # fmt: skip
             launch(op, z.dtype, n, c, args)
+            if lean and red != "none":
+                value = cp.empty((), z.dtype)
+                launch_one_block("xent.cu", kernel_name("xent_epilogue", z.dtype),
+                                 (loss, np.int64(n), scalars, mean, value))  # fmt: skip
             bad = int(err.get()[0])  # the one synchronisation
             if bad < n:
-                value = int(y[bad].get())
+                bad_value = int(y[bad].get())
                 raise ValueError(
-                    f"target[{bad}] = {value} is out of range for {c} classes "
+                    f"target[{bad}] = {bad_value} is out of range for {c} classes "
                     f"(ignore_index={ignore})"
                 )
         else:
             args = (zc, y, _ptr(w), np.float64(eps), np.float64(scale), loss, _ptr(g),
                     np.int64(n), np.int64(c))  # fmt: skip
             launch("xent_prob", z.dtype, n, c, args)
-    if red == "none":
+    if value is not None:  # the lean path's epilogue wrote it
+        pass
+    elif red == "none":
         value = loss.astype(z.dtype)
     elif red == "sum":
         value = loss.sum().astype(z.dtype)

@@ -132,7 +132,7 @@ def sgd_steps(data: StepData, params: StepParams, plan: StepPlan, s0: int, s1: i
     def fused(z, yb, scale, rows):
         nb = z.shape[0]
         args = (z, yb, null, np.float64(c), np.int64(-1), np.float64(0.0), np.float64(scale),
-                rows, z, err, np.int64(nb), np.int64(c))  # fmt: skip
+                null, rows, z, err, np.int64(nb), np.int64(c))  # fmt: skip
         launch("xent_fused", W.dtype, nb, c, args)
 
     steps_with(cp, fused, data, params, plan, s0, s1, losses)

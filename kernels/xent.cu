@@ -52,6 +52,8 @@
 //               2018, arXiv:1805.02867) with the -inf guard (see common.cuh), then
 //               shuffles and, for a block, the warps' partials merged in warp order
 //               (deterministic).  Pass 2 rereads the row and writes g with 128-bit stores.
+// xent_kernel3  (a sweep variant, FS_XENT_ONCHIP; not in the package yet) C > 1024 with
+//               the row staged in shared memory: one DRAM read of the logits, not two.
 // xent_prob_kernel1 / xent_prob_kernel2: the same two shapes for probability targets.
 // Tried and dropped (see softmax.cu): 1024- and 256-element rows in registers (80-208
 // registers for every path of an entry), and compile-time variants of the lane count,
@@ -113,6 +115,10 @@
 
 #ifndef FASTSOFTMAX_COMMON_CUH
 #include "common.cuh"
+#endif
+
+#ifndef FS_XENT_ONCHIP
+#define FS_XENT_ONCHIP 0
 #endif
 
 namespace fs {
@@ -322,6 +328,115 @@ __device__ void xent_kernel2(const XentArgs<T>& a) {
                                    a.wsum, (double)s.lin);
   }
 }
+
+#if FS_XENT_ONCHIP
+// ---------------------------------------------------------------------------------------
+// xent_kernel3 (a sweep variant: -DFS_XENT_ONCHIP=1 -DFS_BLOCK=512 -DFS_MIN_BLOCKS=1,
+// entry xent_fused_onchip_<dt>; not built into the package): C > kWarpCMax, a block per
+// row with the row staged in shared memory, so the logits cross DRAM once (kernel2 reads
+// them twice; its pass 1 is latency-bound, see the header).  Per row: a bulk copy, 16
+// bytes per load and kCopyLoads loads of a thread in flight before its stores (512
+// threads x 8 x 16 bytes: a 64 KB row in one round trip); the statistics from shared
+// memory; pass 2 from shared memory.  Shared memory: (C + vec) * sizeof(T) bytes of
+// dynamic shared memory (a 32000-class float32 row: 125 KB, so one block per SM; the
+// host raises the kernel's limit and launches about one block per SM).  The row's image
+// keeps the global row's 16-byte split: element j at srow[j + pad], the vector part
+// aligned.  Other bits than kernel2 (each thread sees other elements in pass 1).
+// ---------------------------------------------------------------------------------------
+constexpr int kCopyLoads = 8;
+
+// f over row elements read from its shared-memory image (the global row's split sp).
+template <class T, class F>
+__device__ __forceinline__ void for_each_in_image(const T* srow, long long pad,
+                                                  const RowSplit& sp, long long C,
+                                                  long long t, long long nt, F&& f) {
+  typedef typename Traits<T>::cmp cmp;
+  constexpr int V = Traits<T>::vec;
+  const Vec16* sv = reinterpret_cast<const Vec16*>(srow + sp.head + pad);
+  for (long long v = t; v < sp.nvec; v += nt) {
+    cmp x[V];
+    Traits<T>::unpack(sv[v], x);
+    f(sp.head + v * V, x, Int<V>());
+  }
+  const long long nscalar = sp.head + (C - sp.tail);
+  for (long long i = t; i < nscalar; i += nt) {
+    const long long j = i < sp.head ? i : sp.tail + (i - sp.head);
+    const cmp x = Traits<T>::load(srow + j + pad);
+    f(j, &x, Int<1>());
+  }
+}
+
+template <class T>
+__device__ void xent_kernel3(const XentArgs<T>& a) {
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  constexpr int V = Traits<T>::vec;
+  extern __shared__ __align__(16) unsigned char onchip_row[];
+  T* srow = reinterpret_cast<T*>(onchip_row);
+  const long long C = a.C;
+  const long long t = threadIdx.x, nt = blockDim.x;
+  const double eps_c = a.eps / (double)C;
+  const bool lin = a.eps != 0.0;
+  const bool g_vec = congruent16(a.z, a.g);
+  const cmp* w = a.w;
+  for (long long row = blockIdx.x; row < a.N; row += gridDim.x) {
+    const long long yi = a.y[row];
+    T* gr = a.g + row * C;
+    const bool ignored = yi == a.ignore;
+    if (ignored || yi < 0 || yi >= C) {  // block-uniform
+      if (t == 0) {
+        a.loss[row] = ignored ? 0.0 : Num<double>::nan();
+        if (!ignored) atomicMin(a.err, row);
+      }
+      fill_row(gr, C, t, nt, ignored ? cmp(0) : Num<cmp>::nan());
+      continue;
+    }
+    const T* zr = a.z + row * C;
+    const RowSplit sp = split_row(zr, C);
+    const long long pad = (V - sp.head % V) % V;  // srow + sp.head + pad is 16-byte aligned
+    const Vec16* src = reinterpret_cast<const Vec16*>(zr + sp.head);
+    Vec16* dst = reinterpret_cast<Vec16*>(srow + sp.head + pad);
+    for (long long v0 = t; v0 < sp.nvec; v0 += kCopyLoads * nt) {
+      Vec16 r[kCopyLoads];
+#pragma unroll
+      for (int u = 0; u < kCopyLoads; ++u)
+        if (v0 + u * nt < sp.nvec) r[u] = src[v0 + u * nt];
+#pragma unroll
+      for (int u = 0; u < kCopyLoads; ++u)
+        if (v0 + u * nt < sp.nvec) dst[v0 + u * nt] = r[u];
+    }
+    const long long nscalar = sp.head + (C - sp.tail);
+    for (long long i = t; i < nscalar; i += nt) {
+      const long long j = i < sp.head ? i : sp.tail + (i - sp.head);
+      srow[j + pad] = zr[j];
+    }
+    __syncthreads();
+    RowStats<cmp, acc> s;
+    s.init();
+    for_each_in_image(srow, pad, sp, C, t, nt, XentStats<T>{s, w, lin});
+    s = block_merge(s);
+    poison_nonfinite(s.m, s.d);
+    const double kk = (double)s.k, dd = (double)s.d, ss = kk + dd;
+    const double w_y = w ? (double)w[yi] : 1.0;
+    const double coef_y = (1.0 - a.eps) * w_y;
+    bool owner = false;
+    cmp ey = cmp(0);
+    const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
+    const cmp gb = cmp(a.scale * eps_c);
+    for_each_in_image(srow, pad, sp, C, t, nt,
+                      XentGrad<T>{gr, w, s.m, ga, gb, yi, g_vec, owner, ey});
+    if (owner)
+      Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
+                                                    a.wsum, w_y, a.scale)));
+    if (t == 0) {
+      const double zy = (double)Traits<T>::load(srow + yi + pad);
+      a.loss[row] = index_row_loss(log_kd(kk, dd), zy - (double)s.m, coef_y, eps_c, a.wsum,
+                                   (double)s.lin);
+    }
+    __syncthreads();  // every read of the image is done before the next row's copy
+  }
+}
+#endif  // FS_XENT_ONCHIP
 
 // ---------------------------------------------------------------------------------------
 // Probability targets
@@ -564,6 +679,22 @@ extern "C" __global__ void __launch_bounds__(fs::kBlock) xent_prologue(
     long long N) {
   fs::xent_prologue(y, ignore_index, mean, scalars, err, N);
 }
+
+#if FS_XENT_ONCHIP
+#define FS_XENT_ONCHIP_ENTRY(T, W, DT)                                                     \
+  extern "C" __global__ void __launch_bounds__(fs::kBlock, 1) xent_fused_onchip_##DT(        \
+      const T* z, const long long* y, const W* w, double wsum, long long ignore_index,     \
+      double eps, double scale, const double* scale_dev, double* loss, T* g,               \
+      long long* err, long long N, long long C) {                                          \
+    if (blockDim.x != fs::kBlock || C <= fs::kWarpCMax) __trap();                          \
+    fs::xent_kernel3<T>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,               \
+                                          scale_dev ? *scale_dev : scale, loss, g, err, N, \
+                                          C));                                             \
+  }
+FS_XENT_ONCHIP_ENTRY(float, float, float32)
+FS_XENT_ONCHIP_ENTRY(fs::half_t, float, float16)
+#undef FS_XENT_ONCHIP_ENTRY
+#endif
 
 #define FS_XENT_ENTRIES(T, W, DT)                                                          \
   extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks) xent_fused_##DT(                \

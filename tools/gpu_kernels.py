@@ -238,9 +238,23 @@ def sweep(json_path: str | None, quick: bool) -> int:
             modules[vname, file] = cp.RawModule(code=text, options=("-std=c++17", *defines))
             modules[vname, file].get_function(ENTRY_FOR_COMPILE[file])
         print(f"compiled xent.cu and softmax.cu ({vname}) in {time.perf_counter() - t0:.1f} s")
+    # xent_kernel3, the row staged in shared memory (a kernel of its own, not a variant
+    # of the package's): built with 512 threads per block
+    t0 = time.perf_counter()
+    text = sources["xent.cu"]
+    modules["onchip"] = cp.RawModule(
+        code=text, options=("-std=c++17", "-DFS_XENT_ONCHIP=1", "-DFS_BLOCK=512",
+                            "-DFS_MIN_BLOCKS=1"))  # fmt: skip
+    modules["onchip"].get_function("xent_fused_onchip_float32")
+    print(f"compiled xent.cu (onchip) in {time.perf_counter() - t0:.1f} s")
+    device = {
+        "sms": sms,
+        "optin": int(props["sharedMemPerBlockOptin"]),
+        "per_sm": int(props["sharedMemPerMultiprocessor"]),
+    }
     for dtype in ("float32", "float16"):
         for n, c in shapes:
-            _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch)
+            _sweep_case(dtype, n, c, modules, variants, device, copy_bw, record, torch)
             cp.get_default_memory_pool().free_all_blocks()
     if json_path:
         with open(json_path, "w") as f:
@@ -249,7 +263,7 @@ def sweep(json_path: str | None, quick: bool) -> int:
     return 0
 
 
-def _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch) -> None:
+def _sweep_case(dtype, n, c, modules, variants, device, copy_bw, record, torch) -> None:
     """Every launch configuration of the fused kernel at one shape, the forward kernel,
     the public call and PyTorch's."""
     import cupy as cp
@@ -316,6 +330,8 @@ def _sweep_case(dtype, n, c, modules, variants, sms, copy_bw, record, torch) -> 
         record(what=f"softmax {dtype} {n}x{c} {vname}{'' if same else ' (other bits)'}",
                op="softmax", dtype=dtype, n=n, c=c, variant=vname, same_bits=same, ms=ms,
                GBps=rate, fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
+    _sweep_onchip(dtype, n, c, modules["onchip"], device, (z, y, loss, g, err), base,
+                  reps, copy_bw, record)  # fmt: skip
     sync = cp.cuda.get_current_stream().synchronize
     calls = {}
     for lean in (False, True):  # the denominator read on the host, or the lean path
@@ -388,6 +404,37 @@ def sgd_epochs() -> int:
         print(f"sgd epoch {xname}: staged rows give the same bits: {same}")
     step.STAGE_ROWS, step.SGD_MAX_C = False, 128
     return 0
+
+
+def _sweep_onchip(dtype, n, c, module, device, arrays, base, reps, copy_bw, record) -> None:
+    """xent_kernel3 (kernels/xent.cu, FS_XENT_ONCHIP): the row staged in shared memory,
+    where a row fits; checked against the default build's result first."""
+
+    from fastsoftmax._cupy import _loader
+
+    z, y, loss, g, err = arrays
+    smem = (c + 16 // z.dtype.itemsize) * z.dtype.itemsize
+    if c <= _loader.WARP_C_MAX or smem > device["optin"]:
+        return
+    kernel = module.get_function(f"xent_fused_onchip_{dtype}")
+    kernel.max_dynamic_shared_size_bytes = smem
+    grid = min(n, device["sms"] * max(1, device["per_sm"] // (smem + 1024)))
+    args = (z, y, np.uint64(0), np.float64(c), np.int64(-100), np.float64(0.0),
+            np.float64(1.0 / n), np.uint64(0), loss, g, err, np.int64(n), np.int64(c))  # fmt: skip
+
+    def fn():
+        kernel((grid,), (512,), args, shared_mem=smem)
+
+    fn()
+    want_loss, want = base[False]
+    if not (_close_on_device(loss, want_loss, dtype) and _close_on_device(g, want, dtype)):
+        print(f"WRONG onchip xent_fused {dtype} {n}x{c}: differs from the default build")
+        return
+    ms = _event_ms(fn, reps)
+    rate = 2 * z.nbytes / ms / 1e6
+    record(what=f"xent_fused {dtype} {n}x{c} onchip (grid {grid})", op="xent_fused",
+           dtype=dtype, n=n, c=c, variant="onchip", same_bits=False, ms=ms, GBps=rate,
+           fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import TOLERANCES
 
-from fastsoftmax._cupy import _loader
+from fastsoftmax._cupy import _loader, _sgd_plan
 from fastsoftmax.implementations import get
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +85,38 @@ def test_a_checkout_that_was_never_installed_reads_the_repositorys_kernels(monke
     monkeypatch.setattr(_loader, "CHECKOUT_KERNELS", tmp_path)
     with pytest.raises(ModuleNotFoundError, match="_no_such_kernels"):
         _loader.kernel_root()
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "w_dtype", "d", "stage", "want"),
+    [
+        # MNIST, float32 weights: logits 2.5 KB + rows 1 KB + weights 31 KB, under 48 KB
+        ("uint8", "float32", 784, False, (34944, True, False)),
+        # rows staged: + 64 x 784 bytes at the next 16-byte boundary
+        ("uint8", "float32", 784, True, (34944 + 50176, True, True)),
+        # float32 rows: 200 KB more would pass the device's 227 KB: not staged
+        ("float32", "float32", 784, True, (34944, True, False)),
+        # a row of 783 bytes is not whole 16-byte vectors: not staged
+        ("uint8", "float32", 783, True, (3584 + 31320, True, False)),
+        # float64 weights (63 KB) stay in global memory
+        ("uint8", "float64", 784, True, (6144 + 50176, False, True)),
+    ],
+)
+def test_sgd_launch_shared_memory(monkeypatch, x_dtype, w_dtype, d, stage, want):
+    from fastsoftmax.reference import StepData, StepParams, StepPlan
+
+    monkeypatch.setattr(_sgd_plan, "STAGE_ROWS", stage)
+    X, W = np.zeros((100, d), x_dtype), np.zeros((10, d), w_dtype)
+    assert _sgd_plan.shared_memory(X, W, 64, 256, 232448) == want
+    b = np.zeros(10, w_dtype)
+    params = StepParams(W, b, np.zeros_like(W), np.zeros_like(b))
+    data = StepData(X, np.zeros(100, np.int64), 1.0)
+    assert _sgd_plan.fits_one_launch(data, params, StepPlan(np.arange(100), 64, 0.1))
+    wide = StepParams(*(np.zeros((129, d), w_dtype) if i % 2 == 0 else np.zeros(129, w_dtype)
+                        for i in range(4)))  # fmt: skip
+    assert not _sgd_plan.fits_one_launch(data, wide, StepPlan(np.arange(100), 64, 0.1))
+    assert not _sgd_plan.fits_one_launch(data._replace(X=X[:, ::2]), params,
+                                         StepPlan(np.arange(100), 64, 0.1))  # fmt: skip
 
 
 def test_kernel_names_by_dtype():
@@ -245,12 +277,11 @@ def test_cupy_training_step_matches_the_reference(x_kind, options, path, monkeyp
     import cupy as cp
 
     from fastsoftmax._backends import load
-    from fastsoftmax._cupy import step
     from fastsoftmax.reference import StepData, StepParams, StepPlan, sgd_steps
 
     if path == "per step":
-        monkeypatch.setattr(step, "SGD_MAX_C", 0)
-    monkeypatch.setattr(step, "STAGE_ROWS", path == "one launch, rows staged")
+        monkeypatch.setattr(_sgd_plan, "SGD_MAX_C", 0)
+    monkeypatch.setattr(_sgd_plan, "STAGE_ROWS", path == "one launch, rows staged")
 
     rng = np.random.default_rng(3)
     n, d, c, batch, steps = 1000, 784, 10, 64, 16
@@ -282,7 +313,7 @@ def test_cupy_training_step_matches_the_reference(x_kind, options, path, monkeyp
 
     dev, dev_losses = params(cp, wdt), np.zeros(steps)
     dev_data = StepData(cp.asarray(X), cp.asarray(y), a, None if sw is None else cp.asarray(sw))
-    assert step.fits_one_launch(dev_data, dev, plan) == (path != "per step")
+    assert _sgd_plan.fits_one_launch(dev_data, dev, plan) == (path != "per step")
     load("cupy").sgd_steps(dev_data, dev, plan, 0, 8, dev_losses)  # two calls: the
     load("cupy").sgd_steps(dev_data, dev, plan, 8, steps, dev_losses)  # order is sliced
     got = [cp.asnumpy(v) for v in (*dev[:4], *(dev.avg[:2] if dev.avg else ()))]
@@ -315,6 +346,6 @@ def test_cupy_one_launch_step_names_a_bad_class_index():
     params = StepParams(W, b, cp.zeros_like(W), cp.zeros_like(b))
     plan = StepPlan(np.arange(100)[::-1].copy(), 10, 0.1)
     data = StepData(X, y, 1.0)
-    assert step.fits_one_launch(data, params, plan)
+    assert _sgd_plan.fits_one_launch(data, params, plan)
     with pytest.raises(ValueError, match=r"out of range for 3 classes \(row 37 of the data\)"):
         step.sgd_steps(data, params, plan, 0, 10, np.zeros(10))

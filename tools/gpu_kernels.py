@@ -372,7 +372,7 @@ def sgd_epochs() -> int:
     import cupy as cp
 
     from fastsoftmax import bench_cases
-    from fastsoftmax._cupy import step
+    from fastsoftmax._cupy import _sgd_plan, step
     from fastsoftmax.reference import StepData, StepParams, StepPlan
 
     pixels, x, y = bench_cases.mnist_shaped(60000, 784, 10)
@@ -384,7 +384,7 @@ def sgd_epochs() -> int:
         dev = StepData(cp.asarray(data), cp.asarray(y), a)
         for way, stage, max_c in (("rows in place", False, 128), ("rows staged", True, 128),
                                   ("per step", False, 0)):  # fmt: skip
-            step.STAGE_ROWS, step.SGD_MAX_C = stage, max_c
+            _sgd_plan.STAGE_ROWS, _sgd_plan.SGD_MAX_C = stage, max_c
             times = []
             for _ in range(1 if max_c == 0 else 5):
                 W, b = cp.zeros((10, 784), cp.float32), cp.zeros(10, cp.float32)
@@ -402,7 +402,7 @@ def sgd_epochs() -> int:
                             strict=True)
         )  # fmt: skip
         print(f"sgd epoch {xname}: staged rows give the same bits: {same}")
-    step.STAGE_ROWS, step.SGD_MAX_C = False, 128
+    _sgd_plan.STAGE_ROWS, _sgd_plan.SGD_MAX_C = False, 128
     return 0
 
 

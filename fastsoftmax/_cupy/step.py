@@ -26,42 +26,10 @@ import cupy as cp
 import numpy as np
 
 from ..reference import StepData, StepParams, StepPlan, steps_with
+from . import _sgd_plan as sgd_plan
 from ._loader import launch, module
 
 _NO_BAD_ROW = np.iinfo(np.int64).max
-# kernels/sgd.cu's launch: one block of SGD_THREADS, C <= SGD_MAX_C, the batch's logits
-# and row bookkeeping in at most SMEM_LIMIT bytes of shared memory
-SGD_THREADS = 512
-SGD_MAX_C = 128
-SMEM_LIMIT = 48 * 1024
-X_DTYPES = ("uint8", "float32", "float64")
-# kernels/sgd.cu's stage_rows (each step's rows copied into shared memory first): off
-# until timed on a GPU against the default (tools/gpu_kernels.py sgd times both)
-STAGE_ROWS = False
-W_DTYPES = ("float32", "float64")
-
-
-def smem_bytes(batch: int, c: int, itemsize: int) -> int:
-    """kernels/sgd.cu's dynamic shared memory for a batch of `batch` rows (without the
-    weights, which go there too where they fit)."""
-    return -(-batch * c * itemsize // 8) * 8 + 16 * batch
-
-
-def fits_one_launch(data: StepData, params: StepParams, plan: StepPlan) -> bool:
-    """Whether kernels/sgd.cu takes this call (else the per-step path)."""
-    W = params.W
-    arrays = [data.X, data.y, data.sw, *params[:4], *(params.avg[:2] if params.avg else ())]
-    return (
-        W.shape[0] <= SGD_MAX_C
-        and data.X.dtype.name in X_DTYPES
-        and W.dtype.name in W_DTYPES
-        and all(p.dtype == W.dtype for p in params[:4])
-        and (params.avg is None or all(p.dtype == W.dtype for p in params.avg[:2]))
-        and data.y.dtype == np.int64
-        and (data.sw is None or data.sw.dtype == np.float64)
-        and all(arr is None or arr.flags.c_contiguous for arr in arrays)
-        and smem_bytes(plan.batch, W.shape[0], W.dtype.itemsize) <= SMEM_LIMIT
-    )
 
 
 def _per_step(values, s0: int, s1: int):
@@ -91,22 +59,12 @@ def _steps_in_one_launch(data, params, plan, s0: int, s1: int, losses) -> None:
     kernel = module("sgd.cu", cp.cuda.Device().id).get_function(
         f"sgd_steps_{X.dtype.name}_{W.dtype.name}"
     )
-    smem = smem_bytes(batch, c, W.dtype.itemsize)
-    w_in_smem = smem + W.nbytes <= SMEM_LIMIT  # the weights in shared memory for the call
-    smem += W.nbytes if w_in_smem else 0
-    staged = -(-smem // 16) * 16 + batch * d * X.itemsize
-    stage_rows = (
-        STAGE_ROWS
-        and (d * X.itemsize) % 16 == 0
-        and X.data.ptr % 16 == 0
-        and staged <= cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
-    )
-    if stage_rows:
-        smem = staged
-        if smem > SMEM_LIMIT:
-            kernel.max_dynamic_shared_size_bytes = smem
-    kernel((1, 1, 1), (SGD_THREADS, 1, 1), (*args, np.int32(w_in_smem), np.int32(stage_rows)),
-           shared_mem=smem)  # fmt: skip
+    optin = cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+    smem, w_in_smem, stage_rows = sgd_plan.shared_memory(X, W, batch, X.data.ptr, optin)
+    if smem > sgd_plan.SMEM_LIMIT:
+        kernel.max_dynamic_shared_size_bytes = smem
+    kernel((1, 1, 1), (sgd_plan.SGD_THREADS, 1, 1),
+           (*args, np.int32(w_in_smem), np.int32(stage_rows)), shared_mem=smem)  # fmt: skip
     losses[s0:s1] = step_losses.get()
     bad = int(err.get()[0])
     if bad != _NO_BAD_ROW:
@@ -121,7 +79,7 @@ def sgd_steps(data: StepData, params: StepParams, plan: StepPlan, s0: int, s1: i
     losses a host float64 array."""
     if s1 <= s0:
         return
-    if fits_one_launch(data, params, plan):
+    if sgd_plan.fits_one_launch(data, params, plan):
         _steps_in_one_launch(data, params, plan, s0, s1, losses)
         return
     W = params.W

@@ -227,14 +227,8 @@ def _cross_entropy(
             args = (zc, y, _ptr(w), np.float64(eps), np.float64(scale), loss, _ptr(g),
                     np.int64(n), np.int64(c))  # fmt: skip
             launch("xent_prob", z.dtype, n, c, args)
-    if value is not None:  # the lean path's epilogue wrote it
-        pass
-    elif red == "none":
-        value = loss.astype(z.dtype)
-    elif red == "sum":
-        value = loss.sum().astype(z.dtype)
-    else:
-        value = (loss.sum() / denom if denom else cp.zeros((), cp.float64)).astype(z.dtype)
+    if value is None:  # (the lean path's epilogue has written it)
+        value = _reduced(loss, red, denom, z.dtype)
     if not want_grad:
         return value
     if inplace:
@@ -247,6 +241,15 @@ def _cross_entropy(
             out[...] = g
         return value, out
     return value, g
+
+
+def _reduced(loss, red: str, denom, dtype):
+    """The per-row losses reduced as `red` says, in the logits' dtype."""
+    if red == "none":
+        return loss.astype(dtype)
+    if red == "sum":
+        return loss.sum().astype(dtype)
+    return (loss.sum() / denom if denom else cp.zeros((), cp.float64)).astype(dtype)
 
 
 def cross_entropy(

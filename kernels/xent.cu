@@ -52,8 +52,11 @@
 //               2018, arXiv:1805.02867) with the -inf guard (see common.cuh), then
 //               shuffles and, for a block, the warps' partials merged in warp order
 //               (deterministic).  Pass 2 rereads the row and writes g with 128-bit stores.
-// xent_kernel3  (a sweep variant, FS_XENT_ONCHIP; not in the package yet) C > 1024 with
+// xent_kernel3  (FS_XENT_ONCHIP, built by tools/gpu_kernels.py onchip only) C > 1024 with
 //               the row staged in shared memory: one DRAM read of the logits, not two.
+// xent_kernel4  (FS_XENT_CLUSTER, sm_90, likewise) rows too long for one SM: a cluster
+//               of 4 blocks per row, each with a slice in shared memory, the statistics
+//               exchanged over distributed shared memory.
 // xent_prob_kernel1 / xent_prob_kernel2: the same two shapes for probability targets.
 // Tried and dropped (see softmax.cu): 1024- and 256-element rows in registers (80-208
 // registers for every path of an entry), and compile-time variants of the lane count,
@@ -119,6 +122,9 @@
 
 #ifndef FS_XENT_ONCHIP
 #define FS_XENT_ONCHIP 0
+#endif
+#ifndef FS_XENT_CLUSTER
+#define FS_XENT_CLUSTER 0
 #endif
 
 namespace fs {
@@ -331,8 +337,8 @@ __device__ void xent_kernel2(const XentArgs<T>& a) {
 
 #if FS_XENT_ONCHIP
 // ---------------------------------------------------------------------------------------
-// xent_kernel3 (a sweep variant: -DFS_XENT_ONCHIP=1 -DFS_BLOCK=512 -DFS_MIN_BLOCKS=1,
-// entry xent_fused_onchip_<dt>; not built into the package): C > kWarpCMax, a block per
+// xent_kernel3 (-DFS_XENT_ONCHIP=1 -DFS_BLOCK=512 -DFS_MIN_BLOCKS=1, entry
+// xent_fused_onchip_<dt>; built by tools/gpu_kernels.py onchip, not by the package): C > kWarpCMax, a block per
 // row with the row staged in shared memory, so the logits cross DRAM once (kernel2 reads
 // them twice; its pass 1 is latency-bound, see the header).  Per row: a bulk copy, 16
 // bytes per load and kCopyLoads loads of a thread in flight before its stores (512
@@ -437,6 +443,192 @@ __device__ void xent_kernel3(const XentArgs<T>& a) {
   }
 }
 #endif  // FS_XENT_ONCHIP
+
+#if FS_XENT_CLUSTER
+// ---------------------------------------------------------------------------------------
+// xent_kernel4 (sm_90: -DFS_XENT_CLUSTER=1 -DFS_BLOCK=512 -DFS_MIN_BLOCKS=1, entry
+// xent_fused_cluster_<dt>; built by tools/gpu_kernels.py onchip, not by the package): rows too
+// long for one SM's shared memory (1024 x 128256 float32: 501 KB) split over a cluster of
+// kClusterCtas blocks, each holding its slice of the row in shared memory.  Per row: each
+// block copies its slice (16-byte loads, kCopyLoads in flight per thread), folds it into
+// row statistics, publishes them in its shared memory; after a cluster barrier every
+// block reads all kClusterCtas statistics over distributed shared memory and merges them
+// in rank order (the same bits in every block), then writes the gradient of its slice;
+// a second barrier keeps the published statistics until every block has read them.
+// The slices are the row's 16-byte vectors split by rank; rank 0 takes the scalar head,
+// the last rank the scalar tail.  Launch: grid a multiple of kClusterCtas (the cluster
+// shape is compiled in), dynamic shared memory ceil(nvec / kClusterCtas) * 16 bytes.
+// ---------------------------------------------------------------------------------------
+#ifndef FS_CLUSTER_CTAS
+#define FS_CLUSTER_CTAS 4
+#endif
+inline constexpr int kClusterCtas = FS_CLUSTER_CTAS;
+
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+
+__device__ __forceinline__ void cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;"
+               ::: "memory");
+}
+
+// The double at `local` (this block's shared memory) in block `rank` of the cluster.
+__device__ __forceinline__ double peer_f64(const double* local, unsigned rank) {
+  unsigned long long generic_to_shared;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(generic_to_shared) : "l"(local));
+  const unsigned addr = (unsigned)generic_to_shared;
+  unsigned peer;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(peer) : "r"(addr), "r"(rank));
+  double v;
+  asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(peer) : "memory");
+  return v;
+}
+
+// This block's part of a row: vectors [v0, v1) of the split, and whether it takes the
+// scalar head (rank 0) and tail (the last rank).
+struct Slice {
+  long long v0, v1;
+  bool head, tail;
+};
+
+__device__ __forceinline__ Slice slice_of(const RowSplit& sp, unsigned rank) {
+  Slice sl;
+  sl.v0 = sp.nvec * (long long)rank / kClusterCtas;
+  sl.v1 = sp.nvec * (long long)(rank + 1) / kClusterCtas;
+  sl.head = rank == 0;
+  sl.tail = rank == kClusterCtas - 1;
+  return sl;
+}
+
+// f over the slice: its vectors from the shared-memory image (vector v at sv[v - v0]),
+// its scalars from global memory.
+template <class T, class F>
+__device__ __forceinline__ void for_each_in_slice(const T* zr, const Vec16* sv,
+                                                  const RowSplit& sp, const Slice& sl,
+                                                  long long C, long long t, long long nt,
+                                                  F&& f) {
+  typedef typename Traits<T>::cmp cmp;
+  constexpr int V = Traits<T>::vec;
+  for (long long v = sl.v0 + t; v < sl.v1; v += nt) {
+    cmp x[V];
+    Traits<T>::unpack(sv[v - sl.v0], x);
+    f(sp.head + v * V, x, Int<V>());
+  }
+  const long long nh = sl.head ? sp.head : 0, ntail = sl.tail ? C - sp.tail : 0;
+  for (long long i = t; i < nh + ntail; i += nt) {
+    const long long j = i < nh ? i : sp.tail + (i - nh);
+    const cmp x = Traits<T>::load(zr + j);
+    f(j, &x, Int<1>());
+  }
+}
+
+// Fills this block's slice of row gr (ignored rows: 0; a bad target: NaN), with the
+// slices of gr's own split (it reads nothing).
+template <class T>
+__device__ __forceinline__ void fill_slice(T* gr, long long C, unsigned rank, long long t,
+                                           long long nt, typename Traits<T>::cmp v) {
+  typedef typename Traits<T>::cmp cmp;
+  constexpr int V = Traits<T>::vec;
+  const RowSplit sp = split_row(gr, C);
+  const Slice sl = slice_of(sp, rank);
+  cmp vv[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) vv[i] = v;
+  const Vec16 pv = Traits<T>::pack(vv);
+  Vec16* vrow = reinterpret_cast<Vec16*>(gr + sp.head);
+  for (long long i = sl.v0 + t; i < sl.v1; i += nt) vrow[i] = pv;
+  const long long nh = sl.head ? sp.head : 0, ntail = sl.tail ? C - sp.tail : 0;
+  for (long long i = t; i < nh + ntail; i += nt)
+    Traits<T>::store(gr + (i < nh ? i : sp.tail + (i - nh)), v);
+}
+
+template <class T>
+__device__ void xent_kernel4(const XentArgs<T>& a) {
+  typedef typename Traits<T>::cmp cmp;
+  typedef typename Traits<T>::acc acc;
+  extern __shared__ __align__(16) unsigned char cluster_slice[];
+  __shared__ double published[5];  // this block's m, k, d, lin, wsum for the row
+  Vec16* sv = reinterpret_cast<Vec16*>(cluster_slice);
+  const unsigned rank = cluster_rank();
+  const long long cluster = blockIdx.x / kClusterCtas, clusters = gridDim.x / kClusterCtas;
+  const long long C = a.C;
+  const long long t = threadIdx.x, nt = blockDim.x;
+  const double eps_c = a.eps / (double)C;
+  const bool lin = a.eps != 0.0;
+  const bool g_vec = congruent16(a.z, a.g);
+  const cmp* w = a.w;
+  for (long long row = cluster; row < a.N; row += clusters) {
+    const long long yi = a.y[row];
+    T* gr = a.g + row * C;
+    const T* zr = a.z + row * C;
+    const RowSplit sp = split_row(zr, C);
+    const Slice sl = slice_of(sp, rank);
+    const bool ignored = yi == a.ignore;
+    if (ignored || yi < 0 || yi >= C) {  // cluster-uniform
+      if (rank == 0 && t == 0) {
+        a.loss[row] = ignored ? 0.0 : Num<double>::nan();
+        if (!ignored) atomicMin(a.err, row);
+      }
+      fill_slice(gr, C, rank, t, nt, ignored ? cmp(0) : Num<cmp>::nan());
+      continue;
+    }
+    const Vec16* src = reinterpret_cast<const Vec16*>(zr + sp.head);
+    for (long long v0 = sl.v0 + t; v0 < sl.v1; v0 += kCopyLoads * nt) {
+      Vec16 r[kCopyLoads];
+#pragma unroll
+      for (int u = 0; u < kCopyLoads; ++u)
+        if (v0 + u * nt < sl.v1) r[u] = src[v0 + u * nt];
+#pragma unroll
+      for (int u = 0; u < kCopyLoads; ++u)
+        if (v0 + u * nt < sl.v1) sv[v0 + u * nt - sl.v0] = r[u];
+    }
+    __syncthreads();
+    RowStats<cmp, acc> s;
+    s.init();
+    for_each_in_slice(zr, sv, sp, sl, C, t, nt, XentStats<T>{s, w, lin});
+    s = block_merge(s);
+    if (t == 0) {
+      published[0] = (double)s.m;
+      published[1] = (double)s.k;
+      published[2] = (double)s.d;
+      published[3] = (double)s.lin;
+      published[4] = (double)s.wsum;
+    }
+    cluster_barrier();
+    RowStats<cmp, acc> all;
+    all.init();
+    for (unsigned r = 0; r < (unsigned)kClusterCtas; ++r) {  // rank order: deterministic
+      RowStats<cmp, acc> p;
+      p.m = cmp(peer_f64(published + 0, r));
+      p.k = acc(peer_f64(published + 1, r));
+      p.d = acc(peer_f64(published + 2, r));
+      p.lin = acc(peer_f64(published + 3, r));
+      p.wsum = acc(peer_f64(published + 4, r));
+      merge(all, p);
+    }
+    poison_nonfinite(all.m, all.d);
+    const double kk = (double)all.k, dd = (double)all.d, ss = kk + dd;
+    const double w_y = w ? (double)w[yi] : 1.0;
+    const double coef_y = (1.0 - a.eps) * w_y;
+    bool owner = false;
+    cmp ey = cmp(0);
+    const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
+    const cmp gb = cmp(a.scale * eps_c);
+    for_each_in_slice(zr, sv, sp, sl, C, t, nt,
+                      XentGrad<T>{gr, w, all.m, ga, gb, yi, g_vec, owner, ey});
+    if (owner)
+      Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
+                                                    a.wsum, w_y, a.scale)));
+    if (rank == 0 && t == 0)
+      a.loss[row] = index_row_loss(log_kd(kk, dd), (double)Traits<T>::load(zr + yi) -
+                                   (double)all.m, coef_y, eps_c, a.wsum, (double)all.lin);
+    cluster_barrier();  // every block has read `published` and its slice image
+  }
+}
+#endif  // FS_XENT_CLUSTER
 
 // ---------------------------------------------------------------------------------------
 // Probability targets
@@ -694,6 +886,23 @@ extern "C" __global__ void __launch_bounds__(fs::kBlock) xent_prologue(
 FS_XENT_ONCHIP_ENTRY(float, float, float32)
 FS_XENT_ONCHIP_ENTRY(fs::half_t, float, float16)
 #undef FS_XENT_ONCHIP_ENTRY
+#endif
+
+#if FS_XENT_CLUSTER
+#define FS_XENT_CLUSTER_ENTRY(T, W, DT)                                                    \
+  extern "C" __global__ void __cluster_dims__(fs::kClusterCtas, 1, 1)                      \
+      __launch_bounds__(fs::kBlock, 1) xent_fused_cluster_##DT(                            \
+          const T* z, const long long* y, const W* w, double wsum, long long ignore_index, \
+          double eps, double scale, const double* scale_dev, double* loss, T* g,           \
+          long long* err, long long N, long long C) {                                      \
+    if (blockDim.x != fs::kBlock || C <= fs::kWarpCMax) __trap();                          \
+    fs::xent_kernel4<T>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,               \
+                                          scale_dev ? *scale_dev : scale, loss, g, err, N, \
+                                          C));                                             \
+  }
+FS_XENT_CLUSTER_ENTRY(float, float, float32)
+FS_XENT_CLUSTER_ENTRY(fs::half_t, float, float16)
+#undef FS_XENT_CLUSTER_ENTRY
 #endif
 
 #define FS_XENT_ENTRIES(T, W, DT)                                                          \

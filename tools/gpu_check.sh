@@ -16,8 +16,9 @@
 #      the Core shapes in float32 and float16, our CUDA kernels ("cupy") against PyTorch
 #      on CUDA, with the device's copy bandwidth measured in the same run; the trainer's
 #      MNIST-sized epoch with the CuPy step;
-#   6. times the raw kernels over launch configurations and compile-time variants, and
-#      the trainer's epoch each way it can run (tools/gpu_kernels.py sweep, sgd);
+#   6. times the raw kernels over launch configurations and compile-time variants, the
+#      trainer's epoch each way it can run, and the kernels that keep a row on chip
+#      (tools/gpu_kernels.py sweep, sgd, onchip);
 #   7. writes pytest-benchmark JSON, the logs and a short summary to OUTDIR (8 files).
 # Without a GPU it stops at once, non-zero, saying so.  On an H200 it took 245 s in all
 # (each step has a time limit).  On a machine without a registry, carry the wheels of
@@ -106,6 +107,7 @@ timeout 240 $PY tools/gpu_kernels.py sweep --json "$OUT/gpu-sweep.json" 2>&1 \
   | tee "$OUT/gpu-sweep.txt"
 sweep_rc=${PIPESTATUS[0]}
 timeout 120 $PY tools/gpu_kernels.py sgd 2>&1 | tee -a "$OUT/gpu-sweep.txt"
+timeout 120 $PY tools/gpu_kernels.py onchip 2>&1 | tee -a "$OUT/gpu-sweep.txt"
 
 $PY - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys, pathlib

@@ -3,6 +3,7 @@
     python tools/gpu_kernels.py smoke
     python tools/gpu_kernels.py sweep [--json FILE] [--quick]
     python tools/gpu_kernels.py sgd
+    python tools/gpu_kernels.py onchip [--json FILE]
 
 smoke   every entry point of kernels/*.cu, for every dtype, on each of its paths (the row
         in registers, a warp per row, a block per row, a row not 16-byte aligned),
@@ -18,6 +19,8 @@ sweep   times the raw kernels with CUDA events (no host work in the figure) over
         host work and synchronisation included) against PyTorch's, by wall clock.
 sgd     the CUDA trainer's MNIST-sized epoch each way it can run (kernels/sgd.cu with
         the rows read in place or staged in shared memory, and the per-step path).
+onchip  the fused kernels that keep a row on chip (xent.cu's FS_XENT_ONCHIP and, on
+        sm_90, FS_XENT_CLUSTER builds) against the default at the vocabulary shapes.
 
 Bytes moved by the fused op: the logits read once and the gradient written once,
 2 * N * C * itemsize; "% copy" divides the rate at that count by the device-to-device
@@ -238,23 +241,9 @@ def sweep(json_path: str | None, quick: bool) -> int:
             modules[vname, file] = cp.RawModule(code=text, options=("-std=c++17", *defines))
             modules[vname, file].get_function(ENTRY_FOR_COMPILE[file])
         print(f"compiled xent.cu and softmax.cu ({vname}) in {time.perf_counter() - t0:.1f} s")
-    # xent_kernel3, the row staged in shared memory (a kernel of its own, not a variant
-    # of the package's): built with 512 threads per block
-    t0 = time.perf_counter()
-    text = sources["xent.cu"]
-    modules["onchip"] = cp.RawModule(
-        code=text, options=("-std=c++17", "-DFS_XENT_ONCHIP=1", "-DFS_BLOCK=512",
-                            "-DFS_MIN_BLOCKS=1"))  # fmt: skip
-    modules["onchip"].get_function("xent_fused_onchip_float32")
-    print(f"compiled xent.cu (onchip) in {time.perf_counter() - t0:.1f} s")
-    device = {
-        "sms": sms,
-        "optin": int(props["sharedMemPerBlockOptin"]),
-        "per_sm": int(props["sharedMemPerMultiprocessor"]),
-    }
     for dtype in ("float32", "float16"):
         for n, c in shapes:
-            _sweep_case(dtype, n, c, modules, variants, device, copy_bw, record, torch)
+            _sweep_case(dtype, n, c, modules, variants, copy_bw, record, torch)
             cp.get_default_memory_pool().free_all_blocks()
     if json_path:
         with open(json_path, "w") as f:
@@ -263,7 +252,7 @@ def sweep(json_path: str | None, quick: bool) -> int:
     return 0
 
 
-def _sweep_case(dtype, n, c, modules, variants, device, copy_bw, record, torch) -> None:
+def _sweep_case(dtype, n, c, modules, variants, copy_bw, record, torch) -> None:
     """Every launch configuration of the fused kernel at one shape, the forward kernel,
     the public call and PyTorch's."""
     import cupy as cp
@@ -330,8 +319,6 @@ def _sweep_case(dtype, n, c, modules, variants, device, copy_bw, record, torch) 
         record(what=f"softmax {dtype} {n}x{c} {vname}{'' if same else ' (other bits)'}",
                op="softmax", dtype=dtype, n=n, c=c, variant=vname, same_bits=same, ms=ms,
                GBps=rate, fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
-    _sweep_onchip(dtype, n, c, modules["onchip"], device, (z, y, loss, g, err), base,
-                  reps, copy_bw, record)  # fmt: skip
     sync = cp.cuda.get_current_stream().synchronize
     calls = {}
     for lean in (False, True):  # the denominator read on the host, or the lean path
@@ -406,45 +393,108 @@ def sgd_epochs() -> int:
     return 0
 
 
-def _sweep_onchip(dtype, n, c, module, device, arrays, base, reps, copy_bw, record) -> None:
-    """xent_kernel3 (kernels/xent.cu, FS_XENT_ONCHIP): the row staged in shared memory,
-    where a row fits; checked against the default build's result first."""
+ONCHIP_SHAPES = ((4096, 32000), (1024, 128256))
 
+
+def onchip(json_path: str | None) -> int:
+    """The kernels that keep a row on chip (kernels/xent.cu, built here only):
+    xent_kernel3 (FS_XENT_ONCHIP, a block per row in shared memory, where a row fits)
+    and xent_kernel4 (FS_XENT_CLUSTER, sm_90: a cluster of blocks per row, each with its
+    slice), each checked against the default build's result, then timed beside it.  A
+    process of its own: a kernel that traps takes the CUDA context with it."""
+    import cupy as cp
+
+    from fastsoftmax import machine
     from fastsoftmax._cupy import _loader
 
-    z, y, loss, g, err = arrays
-    smem = (c + 16 // z.dtype.itemsize) * z.dtype.itemsize
-    if c <= _loader.WARP_C_MAX or smem > device["optin"]:
-        return
-    kernel = module.get_function(f"xent_fused_onchip_{dtype}")
-    kernel.max_dynamic_shared_size_bytes = smem
-    grid = min(n, device["sms"] * max(1, device["per_sm"] // (smem + 1024)))
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    sms = int(props["multiProcessorCount"])
+    optin, per_sm = int(props["sharedMemPerBlockOptin"]), int(props["sharedMemPerMultiprocessor"])
+    copy_bw = machine.gpu_copy_bandwidth()
+    src = _loader.kernel_root()
+    text = (src / "common.cuh").read_text(encoding="utf-8") + "\n" + (
+        src / "xent.cu").read_text(encoding="utf-8")  # fmt: skip
+    default = cp.RawModule(code=text, options=("-std=c++17",))
+    defines = ["-DFS_XENT_ONCHIP=1", "-DFS_BLOCK=512", "-DFS_MIN_BLOCKS=1"]
+    if int(props["major"]) >= 9:
+        defines.append("-DFS_XENT_CLUSTER=1")
+    kernels_only = "\n".join(  # the package's own entries are not needed here
+        line for line in text.splitlines() if not line.startswith("FS_XENT_ENTRIES(")
+    )
+    staged = cp.RawModule(code=kernels_only, options=("-std=c++17", *defines))
+    records = []
+    device = {"sms": sms, "optin": optin, "per_sm": per_sm,
+              "cluster": "-DFS_XENT_CLUSTER=1" in defines}  # fmt: skip
+    for dtype in ("float32", "float16"):
+        for n, c in ONCHIP_SHAPES:
+            _onchip_case(dtype, n, c, (default, staged), device, copy_bw, records)
+            cp.get_default_memory_pool().free_all_blocks()
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"copy_bandwidth": copy_bw, "results": records}, f, indent=1)
+    return 0
+
+
+def _onchip_case(dtype, n, c, modules, device, copy_bw, records) -> None:
+    import cupy as cp
+
+    default, staged = modules
+    rng = np.random.default_rng(0)
+    z = cp.asarray((rng.standard_normal((n, c), dtype=np.float32) * 3).astype(dtype))
+    y = cp.asarray(rng.integers(0, c, n))
+    y[1] = -100  # an ignored row
+    loss, g = cp.empty(n, cp.float64), cp.empty_like(z)
+    err = cp.full(1, n, cp.int64)
     args = (z, y, np.uint64(0), np.float64(c), np.int64(-100), np.float64(0.0),
             np.float64(1.0 / n), np.uint64(0), loss, g, err, np.int64(n), np.int64(c))  # fmt: skip
 
-    def fn():
-        kernel((grid,), (512,), args, shared_mem=smem)
+    def report(name, ms, grid):
+        rate = 2 * z.nbytes / ms / 1e6
+        frac = rate / (copy_bw / 1e9)
+        records.append(dict(kernel=name, dtype=dtype, n=n, c=c, ms=ms, GBps=rate, grid=grid,
+                            fraction_of_copy=frac))  # fmt: skip
+        print(f"xent_fused {dtype} {n}x{c} {name:10s} {ms:8.4f} ms {100 * frac:4.0f}% copy "
+              f"(grid {grid})")  # fmt: skip
 
-    fn()
-    want_loss, want = base[False]
-    if not (_close_on_device(loss, want_loss, dtype) and _close_on_device(g, want, dtype)):
-        print(f"WRONG onchip xent_fused {dtype} {n}x{c}: differs from the default build")
-        return
-    ms = _event_ms(fn, reps)
-    rate = 2 * z.nbytes / ms / 1e6
-    record(what=f"xent_fused {dtype} {n}x{c} onchip (grid {grid})", op="xent_fused",
-           dtype=dtype, n=n, c=c, variant="onchip", same_bits=False, ms=ms, GBps=rate,
-           fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
+    base = default.get_function(f"xent_fused_{dtype}")
+    grid = _grid(n, c, 256, None)
+    report("default", _event_ms(lambda: base((grid,), (256,), args), 50), grid)
+    want_loss, want = loss.copy(), g.copy()
+    item = z.dtype.itemsize
+    vecs = -(-c * item // 16) + 1
+    for name, smem, ctas in (("onchip", (c + 16 // item) * item, 1),
+                             ("cluster", -(-vecs // 4) * 16 + 16, 4)):  # fmt: skip
+        if smem > device["optin"] or (name == "cluster" and not device["cluster"]):
+            print(f"xent_fused {dtype} {n}x{c} {name}: not run ({smem} bytes of shared memory)")
+            continue
+        kernel = staged.get_function(f"xent_fused_{name}_{dtype}")
+        kernel.max_dynamic_shared_size_bytes = smem
+        resident = device["sms"] * max(1, device["per_sm"] // (smem + 2048)) // ctas
+        grid_k = ctas * max(1, min(n, resident))
+        loss.fill(np.nan)
+        err.fill(n)
+
+        def fn(kernel=kernel, grid_k=grid_k, smem=smem):
+            kernel((grid_k,), (512,), args, shared_mem=smem)
+
+        fn()
+        ok = _close_on_device(loss, want_loss, dtype) and _close_on_device(g, want, dtype)
+        if not ok or int(err.get()[0]) != n:
+            print(f"WRONG xent_fused {dtype} {n}x{c} {name}: differs from the default")
+            continue
+        report(name, _event_ms(fn, 50), grid_k)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("smoke", "sweep", "sgd"))
-    parser.add_argument("--json", help="sweep: write the records here")
+    parser.add_argument("what", choices=("smoke", "sweep", "sgd", "onchip"))
+    parser.add_argument("--json", help="sweep, onchip: write the records here")
     parser.add_argument("--quick", action="store_true", help="sweep: two shapes, default build")
     args = parser.parse_args(argv)
     if args.what == "sgd":
         return sgd_epochs()
+    if args.what == "onchip":
+        return onchip(args.json)
     return smoke() if args.what == "smoke" else sweep(args.json, args.quick)
 
 

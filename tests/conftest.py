@@ -97,3 +97,14 @@ def mnist_test():
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"the MNIST test set is not at {MNIST_DIR}")
     return data.load("mnist", "test", data_dir=MNIST_DIR, download=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _check_kernel_arguments():
+    """Every CUDA launch in the tests checks its host arguments against the kernel's
+    signature (fastsoftmax._cupy._loader.SIGNATURES); CuPy-free, so harmless here."""
+    from fastsoftmax._cupy import _loader
+
+    _loader.CHECK_ARGS = True
+    yield
+    _loader.CHECK_ARGS = False

@@ -74,6 +74,53 @@ def test_every_entry_point_the_loader_looks_up_is_exported(tmp_path):
                     assert _loader.kernel_name(op, dt) in entries, (file, op, dt)
 
 
+# PTX parameter types by the kinds of _loader.SIGNATURES ("p" and "i" are both 64-bit)
+_PTX_KINDS = {"u64": {"p", "i"}, "s64": {"p", "i"}, "b64": {"p", "i"}, "f64": {"d"},
+              "u32": {"i32"}, "s32": {"i32"}, "b32": {"i32"}}  # fmt: skip
+
+
+def _signature_of(entry: str) -> str:
+    """The SIGNATURES key of an entry point: its name without the dtype suffixes."""
+    return re.sub(r"(_(uint8|float16|float32|float64))+$", "", entry)
+
+
+@pytest.mark.full  # nvcc compiles every file to PTX (~10 s)
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_host_signatures_match_every_kernel(tmp_path):
+    """Every extern "C" entry of kernels/*.cu has a row in _loader.SIGNATURES, and the
+    row has the entry's parameters in number and type: the tuple a host builds is
+    checked against that row (CHECK_ARGS), so the host and the kernel cannot drift."""
+    seen = set()
+    for file in KERNEL_FILES:
+        ptx = tmp_path / f"{file}.ptx"
+        done = subprocess.run(
+            ["nvcc", "-std=c++17", "-arch=sm_80", "--ptx", "-o", str(ptx),
+             str(ROOT / "kernels" / file)],
+            capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        for entry, params in re.findall(r"\.entry\s+(\w+)\(([^)]*)\)", ptx.read_text()):
+            key = _signature_of(entry)
+            assert key in _loader.SIGNATURES, f"{entry} ({file}) has no host signature"
+            types = re.findall(r"\.param\s+\.(\w+)", params)
+            want = _loader.SIGNATURES[key]
+            assert len(types) == len(want), (entry, types, want)
+            for i, (t, k) in enumerate(zip(types, want, strict=True)):
+                assert k in _PTX_KINDS[t], (entry, i, t, k)
+            seen.add(key)
+    assert seen == set(_loader.SIGNATURES)
+
+
+def test_launch_arguments_are_checked_against_the_signature():
+    args = (np.uint64(0), np.uint64(0), np.int64(3), np.int64(4))
+    assert _loader.arg_kinds(args) == ("p", "p", "i", "i")
+    _loader.check_args("softmax", args)
+    with pytest.raises(TypeError, match="softmax: host arguments"):
+        _loader.check_args("softmax", args[:3])
+    with pytest.raises(TypeError, match="do not match"):
+        _loader.check_args("softmax", (*args[:2], 3, np.int64(4)))  # a Python int: "?"
+
+
 def test_a_checkout_that_was_never_installed_reads_the_repositorys_kernels(monkeypatch, tmp_path):
     # PYTHONPATH=. on a machine where pip cannot install (an offline GPU box): the
     # resource package fastsoftmax._kernels does not exist, kernels/ does

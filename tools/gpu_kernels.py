@@ -82,6 +82,9 @@ def smoke() -> int:
     import cupy as cp
 
     import fastsoftmax as fs
+    from fastsoftmax._cupy import _loader
+
+    _loader.CHECK_ARGS = True  # every launch's host arguments against the kernel's
 
     rng = np.random.default_rng(0)
     checked = 0

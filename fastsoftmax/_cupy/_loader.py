@@ -28,8 +28,33 @@ FILES = {
     "xent_prob": "xent.cu",
     "xent_epilogue": "xent.cu",
 }
+# Entry points without a dtype in their name
+UNTYPED = {"xent_prologue": "xent.cu"}
 DTYPES = ("float16", "float32", "float64")
 COMPILE_OPTIONS = ("-std=c++17",)
+
+# Each entry point's parameters, as the host passes them: "p" a device pointer (a CuPy
+# array, or numpy.uint64(0) for NULL), "i" numpy.int64, "d" numpy.float64, "i32"
+# numpy.int32.  A RawKernel takes any tuple and reinterprets it, so a host argument list
+# that drifts from the kernel gives wrong numbers, not an error: tests/test_cuda.py
+# checks this table against the PTX of every entry, and with CHECK_ARGS set (the GPU
+# tests set it) every launch checks its arguments against it.
+_SIGNATURES = {  # the parameters in order, by kind
+    "softmax": "p p i i",  # x out N C
+    "log_softmax": "p p i i",
+    "logsumexp": "p p i i",
+    # z y w wsum ignore eps scale scale_dev loss g err N C
+    "xent_fused": "p p p d i d d p p p p i i",
+    "xent_fwd": "p p p d i d d p p p i i",  # as xent_fused, without g
+    "xent_prob": "p p p d d p p i i",  # z q w eps scale loss g N C
+    "xent_epilogue": "p i p i32 p",  # loss N scalars mean value
+    "xent_prologue": "p i i32 p p i",  # y ignore mean scalars err N
+    # x y sw a rows n_rows batch steps lr mu wd coef w b vw vb wa ba losses err C d
+    # w_in_smem stage_rows
+    "sgd_steps": "p p p d p i i i p d d p p p p p p p p p i i i32 i32",
+}
+SIGNATURES = {op: tuple(kinds.split()) for op, kinds in _SIGNATURES.items()}
+CHECK_ARGS = False
 
 
 def kernel_name(op: str, dtype) -> str:
@@ -130,18 +155,49 @@ def module(file: str, device_id: int):
         return cp.RawModule(code=source, options=COMPILE_OPTIONS)
 
 
+def arg_kinds(args: tuple) -> tuple[str, ...]:
+    """The SIGNATURES kinds of host arguments ("?" for anything a kernel cannot take)."""
+    kinds = []
+    for a in args:
+        if isinstance(a, np.uint64) or type(a).__module__.startswith("cupy"):
+            kinds.append("p")
+        elif isinstance(a, np.int64):
+            kinds.append("i")
+        elif isinstance(a, np.float64):
+            kinds.append("d")
+        elif isinstance(a, np.int32):
+            kinds.append("i32")
+        else:
+            kinds.append("?")
+    return tuple(kinds)
+
+
+def check_args(signature: str, args: tuple) -> None:
+    """Raise if `args` do not match SIGNATURES[signature] (see CHECK_ARGS)."""
+    if arg_kinds(args) != SIGNATURES[signature]:
+        raise TypeError(
+            f"{signature}: host arguments {arg_kinds(args)} do not match the kernel's "
+            f"{SIGNATURES[signature]}"
+        )
+
+
 def launch(op: str, dtype, n: int, c: int, args: tuple) -> None:
     """Launch `op` for `dtype` over n rows of c classes on the current device."""
     import cupy as cp
 
+    if CHECK_ARGS:
+        check_args(op, args)
     name = kernel_name(op, dtype)
     kernel = module(FILES[op], cp.cuda.Device().id).get_function(name)
     kernel(grid_for(n, c), (THREADS, 1, 1), args)
 
 
-def launch_one_block(file: str, name: str, args: tuple) -> None:
-    """Launch the one-block kernel `name` of `file` (xent_prologue, xent_epilogue_<dt>)."""
+def launch_one_block(op: str, dtype, args: tuple) -> None:
+    """Launch one block of `op`: xent_prologue (dtype None) or xent_epilogue for dtype."""
     import cupy as cp
 
-    kernel = module(file, cp.cuda.Device().id).get_function(name)
+    if CHECK_ARGS:
+        check_args(op, args)
+    name = op if dtype is None else kernel_name(op, dtype)
+    kernel = module(UNTYPED.get(op) or FILES[op], cp.cuda.Device().id).get_function(name)
     kernel((1, 1, 1), (THREADS, 1, 1), args)

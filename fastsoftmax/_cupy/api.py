@@ -14,7 +14,7 @@ import cupy as cp
 import numpy as np
 
 from .. import _validate as check
-from ._loader import check_device_array, kernel_name, launch, launch_one_block
+from ._loader import check_device_array, launch, launch_one_block
 
 name = "cupy"
 # Class-index calls without weights take three launches and one synchronisation
@@ -203,7 +203,7 @@ def _cross_entropy(
                 err = cp.empty(1, cp.int64)
                 mean = np.int32(red == "mean")
                 prologue = (y, np.int64(ignore), mean, scalars, err, np.int64(n))
-                launch_one_block("xent.cu", "xent_prologue", prologue)
+                launch_one_block("xent_prologue", None, prologue)
                 scale_args = (np.float64(0.0), scalars[1:])
             else:
                 err = cp.full(1, n, cp.int64)
@@ -214,7 +214,7 @@ def _cross_entropy(
             launch(op, z.dtype, n, c, args)
             if lean and red != "none":
                 value = cp.empty((), z.dtype)
-                launch_one_block("xent.cu", kernel_name("xent_epilogue", z.dtype),
+                launch_one_block("xent_epilogue", z.dtype,
                                  (loss, np.int64(n), scalars, mean, value))  # fmt: skip
             bad = int(err.get()[0])  # the one synchronisation
             if bad < n:

@@ -26,6 +26,7 @@ import cupy as cp
 import numpy as np
 
 from ..reference import StepData, StepParams, StepPlan, steps_with
+from . import _loader
 from . import _sgd_plan as sgd_plan
 from ._loader import launch, module
 
@@ -63,8 +64,10 @@ def _steps_in_one_launch(data, params, plan, s0: int, s1: int, losses) -> None:
     smem, w_in_smem, stage_rows = sgd_plan.shared_memory(X, W, batch, X.data.ptr, optin)
     if smem > sgd_plan.SMEM_LIMIT:
         kernel.max_dynamic_shared_size_bytes = smem
-    kernel((1, 1, 1), (sgd_plan.SGD_THREADS, 1, 1),
-           (*args, np.int32(w_in_smem), np.int32(stage_rows)), shared_mem=smem)  # fmt: skip
+    args = (*args, np.int32(w_in_smem), np.int32(stage_rows))
+    if _loader.CHECK_ARGS:
+        _loader.check_args("sgd_steps", args)
+    kernel((1, 1, 1), (sgd_plan.SGD_THREADS, 1, 1), args, shared_mem=smem)
     losses[s0:s1] = step_losses.get()
     bad = int(err.get()[0])
     if bad != _NO_BAD_ROW:

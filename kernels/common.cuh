@@ -504,26 +504,40 @@ __device__ __forceinline__ RowSplit split_row(const T* row, long long C) {
   return sp;
 }
 
+// raw[u] = src[v + u * nt] for the u with v + u * nt < end: N loads, all issued before
+// any is used (more bytes in flight).
+template <int N>
+__device__ __forceinline__ void load_vectors(const Vec16* src, long long v, long long end,
+                                             long long nt, Vec16 (&raw)[N]) {
+#pragma unroll
+  for (int u = 0; u < N; ++u)
+    if (v + u * nt < end) raw[u] = src[v + u * nt];
+}
+
+// f over the row vectors v + u * nt (u < N, below sp.nvec) that load_vectors put in raw.
+template <class T, int N, class F>
+__device__ __forceinline__ void use_vectors(const Vec16 (&raw)[N], long long v,
+                                            const RowSplit& sp, long long nt, F& f) {
+  typedef typename Traits<T>::cmp cmp;
+  constexpr int V = Traits<T>::vec;
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    if (v + u * nt < sp.nvec) {
+      cmp x[V];
+      Traits<T>::unpack(raw[u], x);
+      f(sp.head + (v + u * nt) * V, x, Int<V>());
+    }
+  }
+}
+
 // The vectors of a row, kVecBatch at a time per thread, all loads issued before use.
 template <class T, class F>
 __device__ __forceinline__ void row_vectors(const Vec16* vrow, const RowSplit& sp,
                                             long long t, long long nt, F& f) {
-  typedef typename Traits<T>::cmp cmp;
-  constexpr int V = Traits<T>::vec;
-  constexpr int U = kVecBatch;
-  for (long long v = t; v < sp.nvec; v += U * nt) {
-    Vec16 raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v + u * nt < sp.nvec) raw[u] = vrow[v + u * nt];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (v + u * nt < sp.nvec) {
-        cmp x[V];
-        Traits<T>::unpack(raw[u], x);
-        f(sp.head + (v + u * nt) * V, x, Int<V>());
-      }
-    }
+  for (long long v = t; v < sp.nvec; v += kVecBatch * nt) {
+    Vec16 raw[kVecBatch];
+    load_vectors(vrow, v, sp.nvec, nt, raw);
+    use_vectors<T>(raw, v, sp, nt, f);
   }
 }
 
@@ -534,29 +548,28 @@ __device__ __forceinline__ void row_vectors(const Vec16* vrow, const RowSplit& s
 template <class T, class F>
 __device__ __forceinline__ void row_vectors_pipelined(const Vec16* vrow, const RowSplit& sp,
                                                       long long t, long long nt, F& f) {
-  typedef typename Traits<T>::cmp cmp;
-  constexpr int V = Traits<T>::vec;
-  constexpr int U = kVecBatch;
-  Vec16 raw[U];
+  Vec16 raw[kVecBatch];
+  load_vectors(vrow, t, sp.nvec, nt, raw);
+  for (long long v = t; v < sp.nvec; v += kVecBatch * nt) {
+    Vec16 next[kVecBatch];
+    load_vectors(vrow, v + kVecBatch * nt, sp.nvec, nt, next);
+    use_vectors<T>(raw, v, sp, nt, f);
 #pragma unroll
-  for (int u = 0; u < U; ++u)
-    if (t + u * nt < sp.nvec) raw[u] = vrow[t + u * nt];
-  for (long long v = t; v < sp.nvec; v += U * nt) {
-    Vec16 next[U];
-    const long long vn = v + U * nt;
+    for (int u = 0; u < kVecBatch; ++u) raw[u] = next[u];
+  }
+}
+
+// dst[v - v0] = src[v] for v in [v0, v1), team member t of nt: N loads of a thread
+// issued before its stores (a row moved into shared memory in few round trips).
+template <int N>
+__device__ __forceinline__ void copy_vectors(const Vec16* src, Vec16* dst, long long v0,
+                                             long long v1, long long t, long long nt) {
+  for (long long v = v0 + t; v < v1; v += N * nt) {
+    Vec16 raw[N];
+    load_vectors(src, v, v1, nt, raw);
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (vn + u * nt < sp.nvec) next[u] = vrow[vn + u * nt];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (v + u * nt < sp.nvec) {
-        cmp x[V];
-        Traits<T>::unpack(raw[u], x);
-        f(sp.head + (v + u * nt) * V, x, Int<V>());
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) raw[u] = next[u];
+    for (int u = 0; u < N; ++u)
+      if (v + u * nt < v1) dst[v + u * nt - v0] = raw[u];
   }
 }
 

@@ -90,6 +90,21 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return scratch[kWarp];
 }
 
+// One parameter's update from its gradient g (weight decay already in it): momentum
+// (v <- mu v + g, which then steps), p <- p - rate g, and the running mean.
+template <class W>
+__device__ __forceinline__ void sgd_update(W* p, W* v, W* avg, long long e, W g,
+                                           bool momentum, W mu, W rate, bool average,
+                                           W coef) {
+  if (momentum) {
+    v[e] = v[e] * mu + g;
+    g = v[e];
+  }
+  const W np = p[e] - rate * g;
+  p[e] = np;
+  if (average) avg[e] += coef * (np - avg[e]);
+}
+
 // Prefetches rows [r0, r1) of `rows` into L1 (and L2), a 128-byte line per thread.
 template <class X>
 __device__ __forceinline__ void prefetch_rows(const X* x, const long long* rows, long long r0,
@@ -264,26 +279,14 @@ __device__ void sgd_steps_body(const X* x, const long long* y, const double* sw,
           const long long e = (c0 + j) * d + k;
           W g = gw[j];
           if (wd != 0.0) g += wwd * wt[e];
-          if (mu != 0.0) {
-            vw[e] = vw[e] * wmu + g;
-            g = vw[e];
-          }
-          const W nw = wt[e] - rate * g;
-          wt[e] = nw;
-          if (average) wa[e] += wcs * (nw - wa[e]);
+          sgd_update(wt, vw, wa, e, g, mu != 0.0, wmu, rate, average, wcs);
         }
       }
     }
     for (long long c = tid; c < C; c += nthr) {
       W g = W(0);
       for (long long r = 0; r < nb; ++r) g += zs[r * C + c];
-      if (mu != 0.0) {
-        vb[c] = vb[c] * wmu + g;
-        g = vb[c];
-      }
-      const W nb_ = b[c] - rate * g;
-      b[c] = nb_;
-      if (average) ba[c] += wcs * (nb_ - ba[c]);
+      sgd_update(b, vb, ba, c, g, mu != 0.0, wmu, rate, average, wcs);
     }
     __syncthreads();  // the next step reads the new weights and reuses shared memory
   }

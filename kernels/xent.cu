@@ -400,17 +400,9 @@ __device__ void xent_kernel3(const XentArgs<T>& a) {
     const T* zr = a.z + row * C;
     const RowSplit sp = split_row(zr, C);
     const long long pad = (V - sp.head % V) % V;  // srow + sp.head + pad is 16-byte aligned
-    const Vec16* src = reinterpret_cast<const Vec16*>(zr + sp.head);
-    Vec16* dst = reinterpret_cast<Vec16*>(srow + sp.head + pad);
-    for (long long v0 = t; v0 < sp.nvec; v0 += kCopyLoads * nt) {
-      Vec16 r[kCopyLoads];
-#pragma unroll
-      for (int u = 0; u < kCopyLoads; ++u)
-        if (v0 + u * nt < sp.nvec) r[u] = src[v0 + u * nt];
-#pragma unroll
-      for (int u = 0; u < kCopyLoads; ++u)
-        if (v0 + u * nt < sp.nvec) dst[v0 + u * nt] = r[u];
-    }
+    copy_vectors<kCopyLoads>(reinterpret_cast<const Vec16*>(zr + sp.head),
+                             reinterpret_cast<Vec16*>(srow + sp.head + pad), 0, sp.nvec, t,
+                             nt);
     const long long nscalar = sp.head + (C - sp.tail);
     for (long long i = t; i < nscalar; i += nt) {
       const long long j = i < sp.head ? i : sp.tail + (i - sp.head);
@@ -575,16 +567,8 @@ __device__ void xent_kernel4(const XentArgs<T>& a) {
       fill_slice(gr, C, rank, t, nt, ignored ? cmp(0) : Num<cmp>::nan());
       continue;
     }
-    const Vec16* src = reinterpret_cast<const Vec16*>(zr + sp.head);
-    for (long long v0 = sl.v0 + t; v0 < sl.v1; v0 += kCopyLoads * nt) {
-      Vec16 r[kCopyLoads];
-#pragma unroll
-      for (int u = 0; u < kCopyLoads; ++u)
-        if (v0 + u * nt < sl.v1) r[u] = src[v0 + u * nt];
-#pragma unroll
-      for (int u = 0; u < kCopyLoads; ++u)
-        if (v0 + u * nt < sl.v1) sv[v0 + u * nt - sl.v0] = r[u];
-    }
+    copy_vectors<kCopyLoads>(reinterpret_cast<const Vec16*>(zr + sp.head), sv, sl.v0, sl.v1,
+                             t, nt);
     __syncthreads();
     RowStats<cmp, acc> s;
     s.init();
@@ -872,38 +856,28 @@ extern "C" __global__ void __launch_bounds__(fs::kBlock) xent_prologue(
   fs::xent_prologue(y, ignore_index, mean, scalars, err, N);
 }
 
-#if FS_XENT_ONCHIP
-#define FS_XENT_ONCHIP_ENTRY(T, W, DT)                                                     \
-  extern "C" __global__ void __launch_bounds__(fs::kBlock, 1) xent_fused_onchip_##DT(        \
+// The entries of the kernels that keep a row on chip (tools/gpu_kernels.py onchip):
+// xent_fused's arguments, kBlock threads, C > kWarpCMax.
+#define FS_XENT_ROW_ON_CHIP_ENTRY(ATTRS, NAME, KERNEL, T, W, DT)                          \
+  extern "C" __global__ void ATTRS __launch_bounds__(fs::kBlock, 1) NAME##_##DT(             \
       const T* z, const long long* y, const W* w, double wsum, long long ignore_index,     \
       double eps, double scale, const double* scale_dev, double* loss, T* g,               \
       long long* err, long long N, long long C) {                                          \
     if (blockDim.x != fs::kBlock || C <= fs::kWarpCMax) __trap();                          \
-    fs::xent_kernel3<T>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,               \
-                                          scale_dev ? *scale_dev : scale, loss, g, err, N, \
-                                          C));                                             \
+    fs::KERNEL<T>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,                      \
+                                    scale_dev ? *scale_dev : scale, loss, g, err, N, C));  \
   }
-FS_XENT_ONCHIP_ENTRY(float, float, float32)
-FS_XENT_ONCHIP_ENTRY(fs::half_t, float, float16)
-#undef FS_XENT_ONCHIP_ENTRY
+#if FS_XENT_ONCHIP
+FS_XENT_ROW_ON_CHIP_ENTRY(, xent_fused_onchip, xent_kernel3, float, float, float32)
+FS_XENT_ROW_ON_CHIP_ENTRY(, xent_fused_onchip, xent_kernel3, fs::half_t, float, float16)
 #endif
-
 #if FS_XENT_CLUSTER
-#define FS_XENT_CLUSTER_ENTRY(T, W, DT)                                                    \
-  extern "C" __global__ void __cluster_dims__(fs::kClusterCtas, 1, 1)                      \
-      __launch_bounds__(fs::kBlock, 1) xent_fused_cluster_##DT(                            \
-          const T* z, const long long* y, const W* w, double wsum, long long ignore_index, \
-          double eps, double scale, const double* scale_dev, double* loss, T* g,           \
-          long long* err, long long N, long long C) {                                      \
-    if (blockDim.x != fs::kBlock || C <= fs::kWarpCMax) __trap();                          \
-    fs::xent_kernel4<T>(fs::index_args<T>(z, y, w, wsum, ignore_index, eps,               \
-                                          scale_dev ? *scale_dev : scale, loss, g, err, N, \
-                                          C));                                             \
-  }
-FS_XENT_CLUSTER_ENTRY(float, float, float32)
-FS_XENT_CLUSTER_ENTRY(fs::half_t, float, float16)
-#undef FS_XENT_CLUSTER_ENTRY
+FS_XENT_ROW_ON_CHIP_ENTRY(__cluster_dims__(fs::kClusterCtas, 1, 1), xent_fused_cluster,
+                          xent_kernel4, float, float, float32)
+FS_XENT_ROW_ON_CHIP_ENTRY(__cluster_dims__(fs::kClusterCtas, 1, 1), xent_fused_cluster,
+                          xent_kernel4, fs::half_t, float, float16)
 #endif
+#undef FS_XENT_ROW_ON_CHIP_ENTRY
 
 #define FS_XENT_ENTRIES(T, W, DT)                                                          \
   extern "C" __global__ void __launch_bounds__(fs::kBlock, fs::kMinBlocks) xent_fused_##DT(                \

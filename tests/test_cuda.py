@@ -54,20 +54,25 @@ def test_loader_reads_the_shipped_sources():
         assert text == (ROOT / "kernels" / name).read_text(encoding="utf-8")
 
 
+def _ptx(file: str, tmp_path) -> str:
+    """kernels/`file` compiled by nvcc to PTX for sm_80 (as CI compiles it)."""
+    ptx = tmp_path / f"{file}.ptx"
+    done = subprocess.run(
+        ["nvcc", "-std=c++17", "-arch=sm_80", "--ptx", "-o", str(ptx),
+         str(ROOT / "kernels" / file)],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return ptx.read_text()
+
+
 @pytest.mark.full  # nvcc compiles both files to PTX (~5 s)
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_every_entry_point_the_loader_looks_up_is_exported(tmp_path):
     """Compile each file to PTX (as CI does for sm_80 and sm_90) and find every
     f"{op}_{dtype}" symbol the loader asks for among its extern "C" entries."""
     for file in sorted(set(_loader.FILES.values())):
-        ptx = tmp_path / f"{file}.ptx"
-        done = subprocess.run(
-            ["nvcc", "-std=c++17", "-arch=sm_80", "--ptx", "-o", str(ptx),
-             str(ROOT / "kernels" / file)],
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx.read_text()))
+        entries = set(re.findall(r"\.entry\s+(\w+)\(", _ptx(file, tmp_path)))
         for op, f in _loader.FILES.items():
             if f == file:
                 for dt in _loader.DTYPES:
@@ -92,14 +97,7 @@ def test_host_signatures_match_every_kernel(tmp_path):
     checked against that row (CHECK_ARGS), so the host and the kernel cannot drift."""
     seen = set()
     for file in KERNEL_FILES:
-        ptx = tmp_path / f"{file}.ptx"
-        done = subprocess.run(
-            ["nvcc", "-std=c++17", "-arch=sm_80", "--ptx", "-o", str(ptx),
-             str(ROOT / "kernels" / file)],
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        for entry, params in re.findall(r"\.entry\s+(\w+)\(([^)]*)\)", ptx.read_text()):
+        for entry, params in re.findall(r"\.entry\s+(\w+)\(([^)]*)\)", _ptx(file, tmp_path)):
             key = _signature_of(entry)
             assert key in _loader.SIGNATURES, f"{entry} ({file}) has no host signature"
             types = re.findall(r"\.param\s+\.(\w+)", params)

@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from fastsoftmax._cupy import _loader  # CuPy-free: the launch rule and kernel files
+
 CORE_SHAPES = ((60000, 10), (512, 10), (8192, 1000), (4096, 32000), (1024, 128256))
 # (name, -D options): compile-time variants of kernels/common.cuh; the first is the
 # package's own build.  Measured on an H200 and dropped from the sweep (float32, fused,
@@ -82,7 +84,6 @@ def smoke() -> int:
     import cupy as cp
 
     import fastsoftmax as fs
-    from fastsoftmax._cupy import _loader
 
     _loader.CHECK_ARGS = True  # every launch's host arguments against the kernel's
 
@@ -189,25 +190,10 @@ def _wall_ms(fn, sync, reps: int) -> float:
     return statistics.median(times)
 
 
-def _grid(n: int, c: int, block: int, cap: int | None) -> int:
-    """kernels/README.md's grid for `block` threads (one team per row), or `cap` blocks."""
-    from fastsoftmax._cupy import _loader
-
-    if c > _loader.WARP_C_MAX:
-        rows = 1
-    elif c > _loader.REG_C_MAX:
-        rows = block // 32
-    else:
-        rows = block * _loader.rows_per_block(c) // _loader.THREADS
-    grid = -(-n // rows)
-    return min(grid, cap) if cap else grid
-
-
 def sweep(json_path: str | None, quick: bool) -> int:
     import cupy as cp
 
     from fastsoftmax import machine
-    from fastsoftmax._cupy import _loader
 
     props = cp.cuda.runtime.getDeviceProperties(0)
     sms = int(props["multiProcessorCount"])
@@ -261,7 +247,6 @@ def _sweep_case(dtype, n, c, modules, variants, copy_bw, record, torch) -> None:
     import cupy as cp
 
     import fastsoftmax as fs
-    from fastsoftmax._cupy import _loader
     from fastsoftmax._cupy import api as cupy_api
 
     rng = np.random.default_rng(0)
@@ -273,19 +258,20 @@ def _sweep_case(dtype, n, c, modules, variants, copy_bw, record, torch) -> None:
     reps = 50 if z.nbytes > 1e8 else 200
     base = {}
 
-    def launch(mod, block, cap, fwd=False):
+    grid = _loader.grid_for(n, c)  # kernels/README.md's launch rule, 256 threads
+
+    def launch(mod, fwd=False):
         k = mod.get_function(f"{'xent_fwd' if fwd else 'xent_fused'}_{dtype}")
         args = (z, y, np.uint64(0), np.float64(c), np.int64(-100), np.float64(0.0),
                 np.float64(1.0 / n), np.uint64(0), loss) + (() if fwd else (g,)) + (
                 err, np.int64(n), np.int64(c))  # fmt: skip
-        grid = _grid(n, c, block, cap)
-        return lambda: k((grid,), (block,), args)
+        return lambda: k(grid, (_loader.THREADS,), args)
 
     names = [v for v, _ in variants] if c > _loader.REG_C_MAX and dtype == "float32" else []
     for vname in names or ["default"]:
         for fwd in (False, True):
             op = "xent_fwd" if fwd else "xent_fused"
-            fn = launch(modules[vname, "xent.cu"], 256, None, fwd)
+            fn = launch(modules[vname, "xent.cu"], fwd)
             fn()
             out = loss if fwd else g
             same = True
@@ -305,9 +291,8 @@ def _sweep_case(dtype, n, c, modules, variants, copy_bw, record, torch) -> None:
                    op=op, dtype=dtype, n=n, c=c, variant=vname, same_bits=same, ms=ms,
                    GBps=rate, fraction_of_copy=rate / (copy_bw / 1e9))  # fmt: skip
         kernel = modules[vname, "softmax.cu"].get_function(f"softmax_{dtype}")
-        grid = _grid(n, c, 256, None)
         args = (z, g, np.int64(n), np.int64(c))
-        fn = lambda kernel=kernel, grid=grid, args=args: kernel((grid,), (256,), args)  # noqa: E731
+        fn = lambda kernel=kernel, args=args: kernel(grid, (_loader.THREADS,), args)  # noqa: E731
         fn()
         if vname == "default":
             base["softmax"] = g.copy()
@@ -408,7 +393,6 @@ def onchip(json_path: str | None) -> int:
     import cupy as cp
 
     from fastsoftmax import machine
-    from fastsoftmax._cupy import _loader
 
     props = cp.cuda.runtime.getDeviceProperties(0)
     sms = int(props["multiProcessorCount"])
@@ -460,8 +444,8 @@ def _onchip_case(dtype, n, c, modules, device, copy_bw, records) -> None:
               f"(grid {grid})")  # fmt: skip
 
     base = default.get_function(f"xent_fused_{dtype}")
-    grid = _grid(n, c, 256, None)
-    report("default", _event_ms(lambda: base((grid,), (256,), args), 50), grid)
+    grid = _loader.grid_for(n, c)
+    report("default", _event_ms(lambda: base(grid, (_loader.THREADS,), args), 50), grid[0])
     want_loss, want = loss.copy(), g.copy()
     item = z.dtype.itemsize
     vecs = -(-c * item // 16) + 1

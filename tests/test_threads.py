@@ -282,3 +282,94 @@ def test_estimator_prediction_matches_with_blas_limited():
     model = fs.SoftmaxRegression(max_epochs=2, random_state=0).fit(X, y)
     z = X @ model.coef_.T + model.intercept_
     np.testing.assert_array_equal(model.predict(X), model.classes_[np.argmax(z, axis=1)])
+
+
+# ------------------------------------------------------------------ claimed chunks
+@pytest.fixture(scope="module")
+def claims():
+    """An njit driver of the small-C path's chunk claims: runs `schedule` (a thread
+    index per step) against one work queue and returns each claim's (thread, chunk)."""
+    numba = pytest.importorskip("numba")
+    from fastsoftmax._numba.kernels import _next_chunk, _work_queue
+
+    @numba.njit
+    def run(nchunks, nth, schedule):
+        work = _work_queue(nchunks, nth)
+        c = np.full(nth, -1)
+        k = np.zeros(nth, np.int64)
+        done = np.zeros(nth, np.bool_)
+        got = []
+        for t in schedule:
+            if done[t]:
+                continue
+            c[t], k[t] = _next_chunk(work, t, c[t], k[t], nchunks)
+            if c[t] < 0:
+                done[t] = True
+            else:
+                got.append((t, c[t]))
+        return got
+
+    return run
+
+
+@pytest.mark.parametrize("nchunks", [1, 2, 7, 64, 469])
+@pytest.mark.parametrize("nth", [1, 2, 3, 5])
+def test_every_chunk_is_claimed_once_whatever_the_interleaving(claims, nchunks, nth):
+    """Threads claiming in any order (random schedules, and one thread that never
+    comes) share out every chunk exactly once; a thread takes its own segment front
+    to back, then others' chunks from their backs."""
+    rng = np.random.default_rng(nchunks * 10 + nth)
+    for trial in range(20):
+        absent = trial % 3 == 0 and nth > 1  # thread nth - 1 never runs
+        pool = nth - 1 if absent else nth
+        schedule = rng.integers(0, pool, 4 * (nchunks + nth) + 8)
+        schedule = np.concatenate([schedule, np.repeat(np.arange(pool), nchunks + nth)])
+        got = claims(nchunks, nth, schedule)
+        chunks = sorted(c for _, c in got)
+        assert chunks == list(range(nchunks)), (trial, got)
+        for t in range(nth):
+            lo, hi = t * nchunks // nth, (t + 1) * nchunks // nth
+            mine = [c for u, c in got if u == t]
+            own = [c for c in mine if lo <= c < hi]
+            assert own == sorted(own)  # its own segment from the front
+            assert mine[: len(own)] == own  # before anything else
+    # one thread alone does everything, its own segment first, then each other's from
+    # the back
+    got = claims(nchunks, nth, np.zeros(nchunks + nth + 1, np.int64))
+    want = list(range(nchunks // nth))
+    for t in range(1, nth):
+        want += list(range((t + 1) * nchunks // nth - 1, t * nchunks // nth - 1, -1))
+    assert [c for _, c in got] == want
+
+
+@pytest.mark.parametrize("op", ["xent", "softmax", "log_softmax", "logsumexp"])
+def test_tile_kernels_give_the_serial_bits_for_any_number_of_segments(op):
+    """The parallel small-C kernels with more segments than the pool has threads (the
+    later iterations find their segments taken, or half taken, by the earlier ones):
+    the serial kernel's bits (4700 rows: 37 tiles, the last one partial)."""
+    pytest.importorskip("numba")
+    from fastsoftmax._numba import kernels as K
+
+    rng = np.random.default_rng(11)
+    z = (rng.standard_normal((4700, 10)) * 5).astype(np.float32)
+    y = rng.integers(0, 10, 4700)
+    y[::97] = -100
+
+    def run(nthreads):
+        if op == "xent":
+            loss, g = np.empty(len(z)), np.empty_like(z)
+            args = (z, y, None, 0.0, -100, 0.1, 1.0 / len(z), loss, g)
+            if nthreads is None:
+                return K.xent_index_serial(*args), loss, g
+            return K.xent_index(*args, nthreads), loss, g
+        out = np.empty(len(z)) if op == "logsumexp" else np.empty_like(z)
+        if nthreads is None:
+            getattr(K, f"{op}_serial")(z, out)
+        else:
+            getattr(K, op)(z, out, nthreads)
+        return (out,)
+
+    want = run(None)
+    for nthreads in (1, 2, 3, 5, 8):
+        for a, b in zip(want, run(nthreads), strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -1,6 +1,8 @@
 """What the thread policy (fastsoftmax._threads) is built on: the serial cost per
-element of each kernel family (the numba backend's SERIAL_SECONDS_PER_ELEMENT), and
-the cost of waking the pool after it has been idle for a while.
+element of each kernel family (the numba backend's SERIAL_SECONDS_PER_ELEMENT), the
+cost of waking the pool after it has been idle for a while, and what the pool gains a
+small-C call back to back in a process of the backend's own (no PyTorch loaded, so
+libgomp spins as the backend set it: docs/threads-and-cold-start.md).
 
 Run: pytest bench/bench_threads.py [--benchmark-json=out.json]
      NUMBA_CPU_NAME=znver3 pytest bench/bench_threads.py   (AVX2 code on an AVX-512 CPU)
@@ -8,11 +10,17 @@ Run: pytest bench/bench_threads.py [--benchmark-json=out.json]
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import record
+from conftest import record, timing
 
 import fastsoftmax as fs
 
@@ -86,3 +94,92 @@ def test_wake_up_after_idle(benchmark, idle_s):
     finally:
         _numba.policy.force = old
     record("wake-up after idle", f"{idle_s * 1e3:g} ms", benchmark, None, None)
+
+
+# A child Python, so that no other library has loaded libgomp first (PyTorch's keeps
+# its own, longer spin).  "pool": the fused 60000 x 10 call on the pool (the policy
+# forced) and held to one thread, interleaved rounds.  "loop": a user's NumPy loop whose
+# fused call takes the pool, z = X_B @ W.T, the call in place, W -= lr g.T @ X_B, at
+# 512 x 64 x 1000, where our spinning worker meets OpenBLAS's threads.  Prints
+# {"seconds_per_call_<name>": median, ...} as JSON.
+_CHILD = textwrap.dedent(
+    """
+    import json, statistics, sys
+    import numpy as np
+    import fastsoftmax as fs
+    from fastsoftmax import _numba
+    from conftest import interleaved_rounds
+
+    mode, rows, k, rounds = sys.argv[1], *(int(a) for a in sys.argv[2:5])
+    rng = np.random.default_rng(0)
+    if mode == "pool":
+        z = rng.standard_normal((rows, 10)).astype(np.float32)
+        y = rng.integers(0, 10, rows)
+        g = np.empty_like(z)
+        _numba.policy.force = True  # on the pool whenever more than one thread is allowed
+
+        def pool():
+            fs.cross_entropy_with_grad(z, y, out=g)
+
+        def one():
+            with fs.thread_limit(1):
+                fs.cross_entropy_with_grad(z, y, out=g)
+
+        steps = {"pool": pool, "one_thread": one}
+    else:
+        x = rng.standard_normal((8 * rows, 64)).astype(np.float32)
+        t = rng.integers(0, 1000, 8 * rows)
+        w = (rng.standard_normal((1000, 64)) * 0.01).astype(np.float32)
+        at = [0]
+
+        def step():
+            i = at[0] = (at[0] + 1) % 8
+            xb, yb = x[i * rows : (i + 1) * rows], t[i * rows : (i + 1) * rows]
+            _, g = fs.cross_entropy_with_grad(xb @ w.T, yb, inplace=True)
+            w[...] -= 0.1 * (g.T @ xb)
+
+        steps = {"loop": step}
+    per = interleaved_rounds(steps, k=k, pause_s=0.1, rounds=(rounds, rounds), budget_s=0.0)
+    out = {f"seconds_per_call_{n}": statistics.median(t) for n, t in per.items()}
+    if mode == "pool":
+        ratios = [a / b for a, b in zip(per["one_thread"], per["pool"])]
+        out["ratio_one_thread_to_pool"] = statistics.median(ratios)
+    out["rounds"] = rounds
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("spin", [None, 1000, 30000, 300000], ids=lambda s: f"spin{s or 'default'}")
+@pytest.mark.parametrize("mode", ["pool", "loop"])
+def test_spin_count_back_to_back(benchmark, request, mode, spin):
+    """What libgomp's spin count does, in a child process with GOMP_SPINCOUNT=`spin`
+    (None: the backend's own setting).  "pool": the fused 60000 x 10 float32 call back
+    to back (20 per round after a pause and a warm call) on the pool and held to one
+    thread, extra_info["ratio_one_thread_to_pool"] (2.0 would be a perfect second
+    core); "loop": seconds per step of a NumPy loop at 512 x 64 x 1000 (40 per round)."""
+    rows, k = {"pool": (60000, 20), "loop": (512, 40)}[mode]
+    rounds = 9
+    if not timing(request):
+        rows, k, rounds = min(rows, 4096), 1, 1
+    bench_dir = Path(__file__).resolve().parent
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    env.pop("GOMP_SPINCOUNT", None)
+    if spin is not None:
+        env["GOMP_SPINCOUNT"] = str(spin)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(bench_dir.parent), str(bench_dir), env.get("PYTHONPATH")) if p
+    )
+    args = [sys.executable, "-c", _CHILD, mode, str(rows), str(k), str(rounds)]
+
+    def child() -> dict:
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    figures = benchmark.pedantic(child, rounds=1, iterations=1)
+    figures["GOMP_SPINCOUNT"] = spin if spin is not None else "backend default"
+    benchmark.extra_info.update(figures)
+    record(f"spin count: {mode}", f"spin {spin or 'default'}", benchmark, None, None,
+           extra=figures)  # fmt: skip

@@ -8,13 +8,15 @@ multiplied by the reduction's ``scale``.
 Layout of the work
 ------------------
 * Rows are grouped into chunks (one small-C tile, or about ``ROW_CHUNK_ELEMENTS``
-  elements of whole rows); each thread takes a contiguous run of chunks and allocates
-  its scratch once.  The chunking depends only on the shape, never on the thread count,
-  and per-chunk partial sums are added in chunk order, so every result is bit-identical
-  for any number of threads.  Each parallel kernel has a ``*_serial`` twin for inputs
-  too small to repay waking the thread pool.  Both call the same ``_*_run`` function
-  with the same argument types (the prange index is cast to int64), so they share one
-  compiled body: the same bits whichever runs, and one compilation less.
+  elements of whole rows).  On the large-C path each thread takes a contiguous run of
+  chunks; on the small-C path threads claim tiles (``_next_chunk``: their own run
+  first, then what is left of the others'), so a worker that wakes late does not hold
+  the call up.  Each thread allocates its scratch once.  The chunking depends only on
+  the shape, never on the thread count, a chunk's results not on the thread that
+  computes it, and per-chunk partial sums are added in chunk order, so every result is
+  bit-identical for any number of threads.  Each parallel kernel has a ``*_serial``
+  twin for inputs too small to repay waking the thread pool; both run the same
+  ``_*_run`` body and the same per-chunk helpers: the same bits whichever runs.
 * Large C (``C > SMALL_C_MAX``): one row at a time, passes over a row that stays in
   L1/L2 after the first: (1) max, read from memory; (2) ``e = exp(z - max)`` stored
   into the output; (3) the sum of ``e``; (4) ``e`` scaled into the result.  Passes 2

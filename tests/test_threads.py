@@ -342,6 +342,38 @@ def test_every_chunk_is_claimed_once_whatever_the_interleaving(claims, nchunks, 
     assert [c for _, c in got] == want
 
 
+ROW_KERNEL_OPS = [
+    "xent", "xent_prob", "softmax", "log_softmax", "logsumexp",
+    "softmax_backward", "log_softmax_backward",
+]  # fmt: skip
+
+
+def _run_kernel(K, op, z, y, nthreads, wide):
+    """One kernel call of `op` on z (class indices y), serial (nthreads None) or
+    parallel on nthreads segments; returns what it wrote."""
+    sfx = "_wide" if wide and op in ("xent", "softmax", "log_softmax", "logsumexp") else ""
+    if op.startswith("xent"):
+        loss, g = np.empty(len(z)), np.empty_like(z)
+        if op == "xent":
+            name = "xent_index" + sfx
+            args = (z, y, None, 0.0, -100, 0.1, 1.0 / len(z), loss, g)
+        else:
+            q = np.full_like(z, 1.0 / z.shape[1])
+            name, args = "xent_prob", (z, q, None, 0.1, 1.0 / len(z), loss, g)
+        if nthreads is None:
+            return getattr(K, name + "_serial")(*args), loss, g
+        return getattr(K, name)(*args, nthreads), loss, g
+    if op.endswith("backward"):
+        args = (z, np.cos(z), np.empty_like(z))
+    else:
+        args = (z, np.empty(len(z)) if op == "logsumexp" else np.empty_like(z))
+    if nthreads is None:
+        getattr(K, f"{op}{sfx}_serial")(*args)
+    else:
+        getattr(K, f"{op}{sfx}")(*args, nthreads)
+    return (args[-1],)
+
+
 @pytest.mark.parametrize("op", ["xent", "softmax", "log_softmax", "logsumexp"])
 def test_tile_kernels_give_the_serial_bits_for_any_number_of_segments(op):
     """The parallel small-C kernels with more segments than the pool has threads (the
@@ -354,22 +386,31 @@ def test_tile_kernels_give_the_serial_bits_for_any_number_of_segments(op):
     z = (rng.standard_normal((4700, 10)) * 5).astype(np.float32)
     y = rng.integers(0, 10, 4700)
     y[::97] = -100
-
-    def run(nthreads):
-        if op == "xent":
-            loss, g = np.empty(len(z)), np.empty_like(z)
-            args = (z, y, None, 0.0, -100, 0.1, 1.0 / len(z), loss, g)
-            if nthreads is None:
-                return K.xent_index_serial(*args), loss, g
-            return K.xent_index(*args, nthreads), loss, g
-        out = np.empty(len(z)) if op == "logsumexp" else np.empty_like(z)
-        if nthreads is None:
-            getattr(K, f"{op}_serial")(z, out)
-        else:
-            getattr(K, op)(z, out, nthreads)
-        return (out,)
-
-    want = run(None)
+    want = _run_kernel(K, op, z, y, None, wide=False)
     for nthreads in (1, 2, 3, 5, 8):
-        for a, b in zip(want, run(nthreads), strict=True):
+        for a, b in zip(want, _run_kernel(K, op, z, y, nthreads, wide=False), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ROW_KERNEL_OPS)
+def test_row_kernels_give_the_same_bits_for_any_number_of_segments(op):
+    """The parallel large-C kernels (runs of row chunks claimed, see _next_rows) on 1 to
+    8 segments of the 2-thread pool: the same bits as on one (the serial twins may round
+    their reassociated sums differently: not compared), and close to the serial twin.
+    3001 rows of 41 classes: 7 chunks, the last one partial; 200 rows of 20000: one row
+    per chunk."""
+    pytest.importorskip("numba")
+    from fastsoftmax._numba import kernels as K
+
+    rng = np.random.default_rng(12)
+    for shape in ((3001, 41), (200, 20000)):
+        z = (rng.standard_normal(shape) * 5).astype(np.float32)
+        y = rng.integers(0, shape[1], shape[0])
+        y[::13] = -100
+        want = _run_kernel(K, op, z, y, 1, wide=True)
+        for nthreads in (2, 3, 5, 8):
+            for a, b in zip(want, _run_kernel(K, op, z, y, nthreads, wide=True), strict=True):
+                np.testing.assert_array_equal(a, b)
+        serial = _run_kernel(K, op, z, y, None, wide=True)
+        for a, b in zip(want, serial, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -5,9 +5,9 @@ calls of at most SERIAL_MAX_ELEMENTS run serially, larger ones as
 ``fastsoftmax._threads.ThreadPolicy`` decides from the work's size and the measured
 cost of waking the pool.  A parallel kernel splits its chunks into as many contiguous
 runs as it may use threads (``fastsoftmax.get_num_threads()``; Numba will not cache
-a kernel that asks for the thread count itself, and asking numba costs ~1.5 us); on
-the small-C path a thread that finishes its run takes over what is left of the others'
-(see ``kernels._next_chunk``).  The chunking, and so the result, depends on the shape
+a kernel that asks for the thread count itself, and asking numba costs ~1.5 us); a
+thread that finishes its run takes over what is left of the others' (see
+``kernels._next_chunk``).  The chunking, and so the result, depends on the shape
 alone.
 """
 

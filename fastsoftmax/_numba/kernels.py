@@ -8,10 +8,10 @@ multiplied by the reduction's ``scale``.
 Layout of the work
 ------------------
 * Rows are grouped into chunks (one small-C tile, or about ``ROW_CHUNK_ELEMENTS``
-  elements of whole rows).  On the large-C path each thread takes a contiguous run of
-  chunks; on the small-C path threads claim tiles (``_next_chunk``: their own run
-  first, then what is left of the others'), so a worker that wakes late does not hold
-  the call up.  Each thread allocates its scratch once.  The chunking depends only on
+  elements of whole rows).  Threads claim their chunks (``_next_chunk``: their own
+  segment first, then what is left of the others'; on the large-C path a claim is a
+  run of chunks, ``_next_rows``), so a worker that wakes late does not hold the call
+  up.  Each thread allocates its scratch once.  The chunking depends only on
   the shape, never on the thread count, a chunk's results not on the thread that
   computes it, and per-chunk partial sums are added in chunk order, so every result is
   bit-identical for any number of threads.  Each parallel kernel has a ``*_serial``
@@ -133,15 +133,6 @@ def _threads(nchunks, nthreads):
 
 
 @njit(**_F, inline="always")
-def _thread_rows(x, t, nth):
-    """Rows [r0, r1) of thread t of nth on the large-C path: its run of chunks."""
-    nrows = x.shape[0]
-    per, nchunks = _row_chunking(nrows, x.shape[1])
-    r0 = min(t * nchunks // nth * per, nrows)
-    return r0, min((t + 1) * nchunks // nth * per, nrows)
-
-
-@njit(**_F, inline="always")
 def _ordered_sum(partial):
     total = 0.0
     for c in range(partial.shape[0]):
@@ -160,7 +151,11 @@ _LOW = (1 << 32) - 1
 def _work_queue(nchunks, nth):
     """The segments of nchunks chunks for nth threads: thread t's is [t n / nth,
     (t + 1) n / nth), as a static split would give it."""
-    work = np.zeros(nth * WORK_STRIDE, np.int64)
+    # np.empty and a plain loop: in a parallel=True kernel, np.zeros would become a
+    # parallel loop of its own (a second fork and join per call)
+    work = np.empty(nth * WORK_STRIDE, np.int64)
+    for i in range(work.shape[0]):
+        work[i] = 0
     for t in range(nth):
         work[t * WORK_STRIDE] = ((t + 1) * nchunks // nth << 32) | (t * nchunks // nth)
     return work
@@ -201,6 +196,37 @@ def _next_chunk(work, t, c, k, nchunks):
             return got, k
         k += 1
     return -1, k
+
+
+# Claims per thread's segment on the large-C path: a claim is a run of whole chunks, so
+# that the look-ahead (see xent_index_rows) spans all but its last row.
+CLAIMS_PER_SEGMENT = 8
+
+
+@njit(**_F, inline="always")
+def _row_queue(x, nth):
+    """(work queue, chunks per claim) of a parallel large-C call on nth threads: each
+    thread's segment cut into about CLAIMS_PER_SEGMENT claims (see _next_chunk)."""
+    nchunks = _row_chunking(x.shape[0], x.shape[1])[1]
+    per_claim = max(1, nchunks // (nth * CLAIMS_PER_SEGMENT))
+    return _work_queue((nchunks + per_claim - 1) // per_claim, nth), per_claim
+
+
+@njit(**_F, inline="always")
+def _next_rows(x, rq, t, a, k):
+    """(claim, k, rows [r0, r1), chunks [c0, c1)) that thread t does after claim a on
+    the large-C path (start with a = -1, k = 0; claim -1 when none is left).  rq: the
+    call's _row_queue, or None in a serial kernel (one claim: every row)."""
+    nrows = x.shape[0]
+    per, nchunks = _row_chunking(nrows, x.shape[1])
+    if rq is None:
+        a = 0 if a < 0 and nchunks > 0 else -1
+        return a, k, 0, nrows, 0, nchunks
+    work, per_claim = rq
+    a, k = _next_chunk(work, t, a, k, (nchunks + per_claim - 1) // per_claim)
+    c0 = a * per_claim
+    c1 = min(c0 + per_claim, nchunks)
+    return a, k, min(c0 * per, nrows), min(c1 * per, nrows), c0, c1
 
 
 @njit(**_F, inline="always")
@@ -696,17 +722,20 @@ def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, work, t
 
 
 @njit(**_F, inline="always")
-def _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, t, nth):
-    """Thread t of nth on the large-C path: its rows in one run (look-ahead), then one
-    partial loss sum per chunk, as _xent_index_run adds them."""
-    per, nchunks = _row_chunking(z.shape[0], z.shape[1])
-    r0, r1 = _thread_rows(z, t, nth)
-    xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
-    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
-        acc = 0.0
-        for i in range(c * per, min(c * per + per, z.shape[0])):
-            acc += loss[i]
-        partial[c] = acc
+def _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, rq, t):
+    """Thread t on the large-C path: the runs of chunks it claims (_next_rows), each in
+    one xent_index_rows call (look-ahead), then one partial loss sum per chunk, as
+    _xent_index_run adds them."""
+    per = _row_chunking(z.shape[0], z.shape[1])[0]
+    a, k, r0, r1, c0, c1 = _next_rows(z, rq, t, -1, 0)
+    while a >= 0:
+        xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
+        for c in range(c0, c1):
+            acc = 0.0
+            for i in range(c * per, min(c * per + per, z.shape[0])):
+                acc += loss[i]
+            partial[c] = acc
+        a, k, r0, r1, c0, c1 = _next_rows(z, rq, t, a, k)
 
 
 @njit(**_KW, parallel=True)
@@ -714,17 +743,16 @@ def xent_index_wide(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
     """xent_index for C > SMALL_C_MAX (the row path alone: a first call compiles no
     tile code, and the other way round)."""
     partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
-    nth = _threads(partial.shape[0], nthreads)
-    for t in prange(nth):
+    rq = _row_queue(z, _threads(partial.shape[0], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
         i = np.int64(t)
-        _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, i, nth)
+        _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, rq, i)
     return _ordered_sum(partial)
 
 
 def _xent_index_wide_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
     partial = np.empty(_row_chunking(z.shape[0], z.shape[1])[1])
-    if partial.shape[0]:
-        _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, 0, 1)
+    _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, None, 0)
     return _ordered_sum(partial)
 
 
@@ -820,33 +848,44 @@ def _prob_row_sums(z, q, w, i, m, keep, eps_c):
 
 
 @njit(**_F, inline="always")
-def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, t, nth):
+def _xent_prob_run(z, q, w, eps, scale, loss, g, partial, rq, t):
+    """Thread t: the chunks it claims (_next_rows)."""
     nrows, n = z.shape
-    per, nchunks = _row_chunking(nrows, n)
+    per = _row_chunking(nrows, n)[0]
     keep = like(z, 1.0 - eps)
     eps_c = like(z, eps / n)
     inplace = _same_memory(z, g)
-    # no look-ahead here (see xent_index_rows): with q's row as well, rows of 128k
-    # classes no longer stay in L2 (AVX2 code 1.09x slower at 1024 x 128256)
-    for c in range(t * nchunks // nth, (t + 1) * nchunks // nth):
-        acc = 0.0
-        for i in range(c * per, min(c * per + per, nrows)):
-            m = _row_max(z, i)
-            a, lin = _prob_row_sums(z, q, w, i, m, keep, eps_c)
-            if g is None:
-                k, d = _row_expsum(z, i, m)
-            else:
-                k, d = _row_expsum_into(z, i, m, g, inplace)
-            s = k + d
-            row = a * _log_kd(k, d) + lin
-            loss[i] = row
-            acc += row
-            if g is not None:
-                ga = like(g, scale * a / s)
-                gs = like(g, scale)
-                for j in range(n):
-                    g[i, j] = g[i, j] * ga - gs * _prob_coef(q, w, i, j, keep, eps_c)
-        partial[c] = acc
+    a, k, _, _, c0, c1 = _next_rows(z, rq, t, -1, 0)
+    while a >= 0:
+        for c in range(c0, c1):
+            _prob_chunk(z, q, w, scale, loss, g, partial, keep, eps_c, inplace, c, per)
+        a, k, _, _, c0, c1 = _next_rows(z, rq, t, a, k)
+
+
+@njit(**_F, inline="always")
+def _prob_chunk(z, q, w, scale, loss, g, partial, keep, eps_c, inplace, c, per):
+    """Chunk c of the probability-target kernel; its partial loss sum into partial[c].
+    No look-ahead here (see xent_index_rows): with q's row as well, rows of 128k
+    classes no longer stay in L2 (AVX2 code 1.09x slower at 1024 x 128256)."""
+    n = z.shape[1]
+    acc = 0.0
+    for i in range(c * per, min(c * per + per, z.shape[0])):
+        m = _row_max(z, i)
+        a, lin = _prob_row_sums(z, q, w, i, m, keep, eps_c)
+        if g is None:
+            k, d = _row_expsum(z, i, m)
+        else:
+            k, d = _row_expsum_into(z, i, m, g, inplace)
+        s = k + d
+        row = a * _log_kd(k, d) + lin
+        loss[i] = row
+        acc += row
+        if g is not None:
+            ga = like(g, scale * a / s)
+            gs = like(g, scale)
+            for j in range(n):
+                g[i, j] = g[i, j] * ga - gs * _prob_coef(q, w, i, j, keep, eps_c)
+    partial[c] = acc
 
 
 @njit(**_F)
@@ -859,23 +898,31 @@ def _prob_chunks(z):
 def xent_prob(z, q, w, eps, scale, loss, g, nthreads):
     """Probability-target cross-entropy; same contract as :func:`xent_index`."""
     partial = _prob_chunks(z)
-    nth = _threads(partial.shape[0], nthreads)
-    for t in prange(nth):
-        _xent_prob_run(z, q, w, eps, scale, loss, g, partial, np.int64(t), nth)
+    rq = _row_queue(z, _threads(partial.shape[0], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
+        _xent_prob_run(z, q, w, eps, scale, loss, g, partial, rq, np.int64(t))
     return _ordered_sum(partial)
 
 
 @njit(**_KW)
 def xent_prob_serial(z, q, w, eps, scale, loss, g):
     partial = _prob_chunks(z)
-    if partial.shape[0]:
-        _xent_prob_run(z, q, w, eps, scale, loss, g, partial, 0, 1)
+    _xent_prob_run(z, q, w, eps, scale, loss, g, partial, None, 0)
     return _ordered_sum(partial)
 
 
 # --------------------------------------------------------------------------------------
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------
+@njit(**_F, inline="always")
+def _claimed_rows(rows_fn, x, out, rq, t):
+    """rows_fn(x, out, r0, r1) over the runs of rows thread t claims (_next_rows)."""
+    a, k, r0, r1, _, _ = _next_rows(x, rq, t, -1, 0)
+    while a >= 0:
+        rows_fn(x, out, r0, r1)
+        a, k, r0, r1, _, _ = _next_rows(x, rq, t, a, k)
+
+
 @njit(**_F, inline="always")
 def _softmax_run(x, out, work, t):
     """Thread t on the small-C path: the tiles it claims (_next_chunk)."""
@@ -938,10 +985,9 @@ def softmax_serial(x, out):
 def softmax_wide(x, out, nthreads):
     """softmax for C > SMALL_C_MAX (the row path alone: a first call compiles no
     tile code, and the other way round)."""
-    nth = _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads)
-    for t in prange(nth):
-        r0, r1 = _thread_rows(x, np.int64(t), nth)
-        _softmax_rows(x, out, r0, r1)
+    rq = _row_queue(x, _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
+        _claimed_rows(_softmax_rows, x, out, rq, np.int64(t))
 
 
 @njit(**_KW)
@@ -1084,10 +1130,9 @@ def log_softmax_serial(x, out):
 @njit(**_KW, parallel=True)
 def log_softmax_wide(x, out, nthreads):
     """log_softmax for C > SMALL_C_MAX (the row path alone)."""
-    nth = _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads)
-    for t in prange(nth):
-        r0, r1 = _thread_rows(x, np.int64(t), nth)
-        _log_softmax_rows(x, out, r0, r1)
+    rq = _row_queue(x, _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
+        _claimed_rows(_log_softmax_rows, x, out, rq, np.int64(t))
 
 
 @njit(**_KW)
@@ -1114,10 +1159,9 @@ def logsumexp_serial(x, out):
 @njit(**_KW, parallel=True)
 def logsumexp_wide(x, out, nthreads):
     """logsumexp for C > SMALL_C_MAX (the row path alone)."""
-    nth = _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads)
-    for t in prange(nth):
-        r0, r1 = _thread_rows(x, np.int64(t), nth)
-        _logsumexp_rows(x, out, r0, r1)
+    rq = _row_queue(x, _threads(_row_chunking(x.shape[0], x.shape[1])[1], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
+        _claimed_rows(_logsumexp_rows, x, out, rq, np.int64(t))
 
 
 @njit(**_KW)
@@ -1137,54 +1181,50 @@ def _row_dot(a, b, i):
     return acc
 
 
-@njit(**_F)
-def _backward_rows(nrows, n, t, nth):
-    """Thread t's rows of nth: contiguous runs of whole ROW_CHUNK_ELEMENTS chunks (rows
-    are independent here, so only the time depends on the split)."""
-    per, nchunks = _row_chunking(nrows, n)
-    return (
-        min(nrows, (t * nchunks // nth) * per),
-        min(nrows, ((t + 1) * nchunks // nth) * per),
-    )
+@njit(**_F, inline="always")
+def _softmax_backward_run(p, gout, out, rq, t):
+    """Thread t: the runs of rows it claims (_next_rows; rows are independent here)."""
+    a, k, r0, r1, _, _ = _next_rows(p, rq, t, -1, 0)
+    while a >= 0:
+        for i in range(r0, r1):
+            d = like(out, _row_dot(p, gout, i))
+            for j in range(p.shape[1]):
+                out[i, j] = p[i, j] * (gout[i, j] - d)
+        a, k, r0, r1, _, _ = _next_rows(p, rq, t, a, k)
 
 
 @njit(**_F, inline="always")
-def _softmax_backward_run(p, gout, out, t, nth):
-    r0, r1 = _backward_rows(p.shape[0], p.shape[1], t, nth)
-    for i in range(r0, r1):
-        d = like(out, _row_dot(p, gout, i))
-        for j in range(p.shape[1]):
-            out[i, j] = p[i, j] * (gout[i, j] - d)
-
-
-@njit(**_F, inline="always")
-def _log_softmax_backward_run(logp, gout, out, t, nth):
-    r0, r1 = _backward_rows(logp.shape[0], logp.shape[1], t, nth)
-    for i in range(r0, r1):
-        sg = like(out, _row_sum(gout, i))
-        for j in range(logp.shape[1]):
-            out[i, j] = gout[i, j] - fexp(logp[i, j]) * sg
+def _log_softmax_backward_run(logp, gout, out, rq, t):
+    a, k, r0, r1, _, _ = _next_rows(logp, rq, t, -1, 0)
+    while a >= 0:
+        for i in range(r0, r1):
+            sg = like(out, _row_sum(gout, i))
+            for j in range(logp.shape[1]):
+                out[i, j] = gout[i, j] - fexp(logp[i, j]) * sg
+        a, k, r0, r1, _, _ = _next_rows(logp, rq, t, a, k)
 
 
 @njit(**_KW, parallel=True)
 def softmax_backward(p, gout, out, nthreads):
     """out = p * (gout - sum(gout * p)) along axis 1 (out may alias p or gout)."""
-    for t in prange(nthreads):
-        _softmax_backward_run(p, gout, out, np.int64(t), nthreads)
+    rq = _row_queue(p, _threads(_row_chunking(p.shape[0], p.shape[1])[1], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
+        _softmax_backward_run(p, gout, out, rq, np.int64(t))
 
 
 @njit(**_KW)
 def softmax_backward_serial(p, gout, out):
-    _softmax_backward_run(p, gout, out, 0, 1)
+    _softmax_backward_run(p, gout, out, None, 0)
 
 
 @njit(**_KW, parallel=True)
 def log_softmax_backward(logp, gout, out, nthreads):
     """out = gout - exp(logp) * sum(gout) along axis 1 (out may alias logp or gout)."""
-    for t in prange(nthreads):
-        _log_softmax_backward_run(logp, gout, out, np.int64(t), nthreads)
+    rq = _row_queue(logp, _threads(_row_chunking(logp.shape[0], logp.shape[1])[1], nthreads))
+    for t in prange(rq[0].shape[0] // WORK_STRIDE):
+        _log_softmax_backward_run(logp, gout, out, rq, np.int64(t))
 
 
 @njit(**_KW)
 def log_softmax_backward_serial(logp, gout, out):
-    _log_softmax_backward_run(logp, gout, out, 0, 1)
+    _log_softmax_backward_run(logp, gout, out, None, 0)

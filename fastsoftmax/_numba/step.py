@@ -630,7 +630,9 @@ def all_finite(X):
     (the flags allow reassociation but not the finite-math assumption)."""
     n = X.shape[0]
     nchunks = (n + 255) // 256
-    bad = np.zeros(nchunks)
+    # np.empty and a plain sum below: np.zeros and .sum() would each be a parallel loop
+    # of their own in a parallel=True kernel (a fork and join each)
+    bad = np.empty(nchunks)
     for c in prange(nchunks):
         acc = X[0, 0] * 0
         for i in range(c * 256, min(n, c * 256 + 256)):
@@ -638,4 +640,7 @@ def all_finite(X):
             for k in range(row.shape[0]):
                 acc += row[k] * 0
         bad[c] = acc
-    return bad.sum() == 0
+    total = 0.0
+    for c in range(nchunks):
+        total += bad[c]
+    return total == 0

@@ -98,8 +98,9 @@ _FIXED_ORDER_ONLY = frozenset({"xent_prob", "softmax_backward", "log_softmax_bac
 
 
 def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g):
-    # the small-C kernels (tiles) or the large-C ones (rows): each compiles its path alone
-    args = (z, y, w, wsum, ignore, eps, scale, loss, g)
+    # the small-C kernels (tiles) or the large-C ones (rows): each compiles its path
+    # alone; eps None when there is no smoothing: no smoothing code compiled for it
+    args = (z, y, w, wsum, ignore, None if eps == 0.0 else eps, scale, loss, g)
     if z.shape[1] > SMALL_C_MAX:
         serial, parallel = _k.xent_index_wide_serial, _k.xent_index_wide
     else:

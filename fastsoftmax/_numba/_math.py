@@ -30,12 +30,20 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from ._ir_only import ir_only
+
 # Flags for functions whose loops reduce: `reassoc` lets LLVM split a sum over vector
 # lanes; `contract` allows FMA.  Deliberately absent: nnan, ninf (NaN/-inf rows must
 # stay exact) and afn (approximate log).
 REDUCE_FLAGS = {"reassoc", "contract", "nsz"}
 # The exp polynomial must not be reassociated (that would undo the Cody-Waite split).
 EXP_FLAGS = {"contract"}
+# Called only from compiled code: no CPython or C wrapper, and (ir_only below) no
+# machine code of their own: their callers' copies run.
+_HELPER = {
+    "fastmath": EXP_FLAGS, "error_model": "numpy",
+    "no_cpython_wrapper": True, "no_cfunc_wrapper": True,
+}  # fmt: skip
 
 
 @intrinsic
@@ -169,7 +177,7 @@ _F64_C10 = 2.7626296554217169468e-7
 _F64_C11 = 2.298131153883436429e-8
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def _poly_f32(r):
     p = _F32_C6
     p = p * r + _F32_C5
@@ -180,7 +188,7 @@ def _poly_f32(r):
     return p * r + _F32_ONE
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def _poly_f64(r):
     p = _F64_C11
     p = p * r + _F64_C10
@@ -196,7 +204,7 @@ def _poly_f64(r):
     return p * r + 1.0
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def _fexp_neg_f32(t):
     kf = np.floor(t * _F32_LOG2E + _F32_HALF)
     # NaN and -inf fail the comparison and are clamped too: the integer conversion below
@@ -208,7 +216,7 @@ def _fexp_neg_f32(t):
     return _F32_ZERO if t < _F32_UNDERFLOW else res
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def _fexp_f32(t):
     kf = np.floor(t * _F32_LOG2E + _F32_HALF)
     kf = kf if kf > _F32_KMIN else _F32_KMIN
@@ -222,7 +230,7 @@ def _fexp_f32(t):
     return _F32_ZERO if t < _F32_UNDERFLOW else res
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def _fexp_neg_f64(t):
     kf = np.floor(t * _F64_LOG2E + 0.5)
     kf = kf if kf > _F64_KMIN else _F64_KMIN
@@ -232,7 +240,7 @@ def _fexp_neg_f64(t):
     return 0.0 if t < _F64_UNDERFLOW else res
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def _fexp_f64(t):
     kf = np.floor(t * _F64_LOG2E + 0.5)
     kf = kf if kf > _F64_KMIN else _F64_KMIN
@@ -297,7 +305,7 @@ _L_C = tuple(1.0 / (2 * k + 1) for k in range(11))
 _L_C0, _L_C1, _L_C2, _L_C3, _L_C4, _L_C5, _L_C6, _L_C7, _L_C8, _L_C9, _L_C10 = _L_C
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def flog(x):
     """Natural log of a float64, vectorisable (libm's log is not, without SVML).
 
@@ -329,10 +337,13 @@ def flog(x):
     return np.nan if x < 0.0 else res
 
 
-@njit(fastmath=EXP_FLAGS, error_model="numpy")
+@njit(**_HELPER)
 def flog1p(u):
     """log(1 + u) for u >= 0, vectorisable, accurate for tiny u (Kahan's trick: the
     rounding of 1 + u is undone by scaling with u / ((1 + u) - 1))."""
     u = np.float64(u)
     w = 1.0 + u
     return u if w == 1.0 else flog(w) * (u / (w - 1.0))
+
+
+ir_only(globals())

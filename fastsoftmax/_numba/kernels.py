@@ -69,6 +69,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ._ir_only import ir_only
 from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog1p, funkey, like
 from ._team import atomic_add
 from ._transpose import block_width, transpose_block
@@ -569,9 +570,12 @@ _target_stats_helper = njit(**_F)(_target_stats)
 # --------------------------------------------------------------------------------------
 @njit(**_F)
 def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
-    """Large-C path over rows [r0, r1).  g is None for the forward-only kernel."""
+    """Large-C path over rows [r0, r1).  g is None for the forward-only kernel; eps is
+    None without label smoothing (see _smoothing)."""
     n = z.shape[1]
-    eps_c = eps / n
+    # eps None (no smoothing) is a type: the smoothing sums below are then not compiled
+    eps_f = 0.0 if eps is None else float(eps)
+    eps_c = eps_f / n
     inplace = _same_memory(z, g)
     # a row's max is found during the previous row's exp pass where that pass stores
     # into a separate g (see _row_expsum_into_next_max), else at the row itself
@@ -588,9 +592,12 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             continue
         m = m_next if have_next else _row_max(z, i)
         have_next = False
-        coef_y = (1.0 - eps) * (1.0 if w is None else float(w[yi]))
+        coef_y = (1.0 - eps_f) * (1.0 if w is None else float(w[yi]))
         ty = float(z[i, yi]) - float(m)
-        smooth = _row_smooth_sum(z, i, m, w) if eps_c != 0.0 else 0.0
+        smooth = 0.0
+        if eps is not None:
+            if eps_c != 0.0:
+                smooth = _row_smooth_sum(z, i, m, w)
         # all of z[i] has been read: g may now overwrite it (in-place mode)
         if g is None:
             k, d = _row_expsum(z, i, m)
@@ -629,7 +636,9 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
     did it all per row (bench: same bits)."""
     n = z.shape[1]
     R = TILE_ROWS
-    eps_c = eps / n
+    # eps None (no smoothing) is a type: _tile_smooth_sum is then not compiled
+    eps_f = 0.0 if eps is None else float(eps)
+    eps_c = eps_f / n
     zero = like(z, 0.0)
     zt, m, ga, gb, acc, ones = _tile_views(buf, n)  # gb: scale (eps/C) w_c
     s, logs = _f64_row(f64, 0), _f64_row(f64, 1)
@@ -651,15 +660,16 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
         yt = y[a : a + nr]
         _tile_transfer(z, a, nr, zt, INTO_TILE)
         _tile_max(zt, nr, n, m)
-        if eps_c != 0.0:
-            _tile_smooth_sum(zt, nr, n, m, w, smooth)
+        if eps is not None:
+            if eps_c != 0.0:
+                _tile_smooth_sum(zt, nr, n, m, w, smooth)
         for r in range(nr):
             yi = yt[r]
             ok = yi != ignore
             wy = 1.0 if w is None else float(w[yi if ok else 0])
             valid[r] = 1.0 if ok else 0.0
             w_y[r] = wy
-            coef[r] = (1.0 - eps) * wy if ok else 0.0
+            coef[r] = (1.0 - eps_f) * wy if ok else 0.0
         _tile_expsum(zt, nr, n, m, s, logs, acc, ones)
         # the target's logit (from z: zt now holds the exps) and its exp
         for r in range(nr):
@@ -810,7 +820,7 @@ def xent_index_minibatch(z, y, ignore, mean, g):
     if bad >= 0:
         return bad, 0.0
     loss = np.empty(z.shape[0])
-    total = _tiles_serial(z, y, None, float(z.shape[1]), ignore, 0.0, scale, loss, g)
+    total = _tiles_serial(z, y, None, float(z.shape[1]), ignore, None, scale, loss, g)
     return -1, _minibatch_loss(total, denom, mean)
 
 
@@ -821,7 +831,7 @@ def xent_index_minibatch_wide(z, y, ignore, mean, g):
     if bad >= 0:
         return bad, 0.0
     loss = np.empty(z.shape[0])
-    total = _rows_serial(z, y, None, float(z.shape[1]), ignore, 0.0, scale, loss, g)
+    total = _rows_serial(z, y, None, float(z.shape[1]), ignore, None, scale, loss, g)
     return -1, _minibatch_loss(total, denom, mean)
 
 
@@ -1228,3 +1238,9 @@ def log_softmax_backward(logp, gout, out, nthreads):
 @njit(**_KW)
 def log_softmax_backward_serial(logp, gout, out):
     _log_softmax_backward_run(logp, gout, out, None, 0)
+
+
+# The helpers above are linked into their callers as IR and never run on their own, so a
+# process that compiles the kernels computes the same bits as one that loads them from
+# Numba's cache (see _ir_only).
+ir_only(globals())

@@ -51,6 +51,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._threads import pool_size
+from ._ir_only import ir_only
 from ._math import REDUCE_FLAGS, like
 from ._team import (
     ABORTED,
@@ -333,9 +334,9 @@ def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
         zz = z[:nr]
         # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
         if row_path is None:  # C <= SMALL_C_MAX (a type: see kernels.row_path_for)
-            xent_index_tiles(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr, buf, f64)
+            xent_index_tiles(zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr, buf, f64)
         else:
-            xent_index_rows(zz, yb[:nr], None, 0.0, -1, 0.0, inv_b, lrow, zz, 0, nr)
+            xent_index_rows(zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr)
         if sw is not None:  # a type test: settled at compile time
             for q in range(nr):
                 wq = sw[order[s0 + q]]
@@ -644,3 +645,9 @@ def all_finite(X):
     for c in range(nchunks):
         total += bad[c]
     return total == 0
+
+
+# The helpers above are linked into their callers as IR and never run on their own, so a
+# process that compiles the kernels computes the same bits as one that loads them from
+# Numba's cache (see _ir_only).
+ir_only(globals())

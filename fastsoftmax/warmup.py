@@ -39,6 +39,12 @@ def _forced(policy, parallel: bool) -> Iterator[None]:
 def _op_calls(z: np.ndarray, y: np.ndarray, mode: str) -> list[tuple[str, Callable[[], object]]]:
     calls = [
         ("cross_entropy_with_grad", lambda: _api.cross_entropy_with_grad(z, y)),
+        # label smoothing is a specialisation of its own (the kernels compile no
+        # smoothing code for the calls without it)
+        (
+            "cross_entropy_with_grad label_smoothing",
+            lambda: _api.cross_entropy_with_grad(z, y, label_smoothing=0.1),
+        ),
         ("cross_entropy", lambda: _api.cross_entropy(z, y)),
         ("softmax", lambda: _api.softmax(z)),
         ("log_softmax", lambda: _api.log_softmax(z)),

@@ -49,11 +49,14 @@ def test_warm_up_compiles_each_op_serial_and_parallel(monkeypatch):
     monkeypatch.setattr(warmup, "DTYPES", (np.float32,))
     heard = []
     warmup.warm_up(lambda name, seconds: heard.append(name), train=False)
-    assert len(heard) == 9  # 4 ops x serial, parallel; the torch minibatch call (serial)
+    assert len(heard) == 11  # 5 calls x serial, parallel; the torch minibatch call (serial)
     assert {h.split()[-1] for h in heard} == {"serial", "parallel"}
     kernels = (k.xent_index_serial, k.xent_index, k.softmax_serial, k.softmax)
     for fn in (*kernels, k.xent_index_minibatch):
         assert fn.overloads, fn
+    # with and without label smoothing (eps None): two specialisations of the fused op
+    for fn in (k.xent_index_serial, k.xent_index):
+        assert len({sig[5] for sig in fn.overloads}) >= 2, fn.overloads.keys()
 
 
 def test_cli_has_the_warmup_command():

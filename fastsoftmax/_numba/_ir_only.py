@@ -46,6 +46,7 @@ def _codegen():
     return codegen
 
 
+@functools.cache  # each kernel module asks; the answer cannot change in a process
 def supported() -> bool:
     """Whether this Numba has the internals the mark relies on (checked by name and by
     the source of the one dispatcher method it replaces)."""

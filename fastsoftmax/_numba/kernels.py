@@ -571,7 +571,7 @@ _target_stats_helper = njit(**_F)(_target_stats)
 @njit(**_F)
 def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
     """Large-C path over rows [r0, r1).  g is None for the forward-only kernel; eps is
-    None without label smoothing (see _smoothing)."""
+    None without label smoothing (see fastsoftmax._numba.xent_index)."""
     n = z.shape[1]
     # eps None (no smoothing) is a type: the smoothing sums below are then not compiled
     eps_f = 0.0 if eps is None else float(eps)
@@ -714,6 +714,16 @@ def xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f6
 
 
 @njit(**_F, inline="always")
+def _chunk_loss(loss, partial, c, per):
+    """partial[c] = the sum of chunk c's row losses (rows [c per, c per + per)), added in
+    row order."""
+    acc = 0.0
+    for i in range(c * per, min(c * per + per, loss.shape[0])):
+        acc += loss[i]
+    partial[c] = acc
+
+
+@njit(**_F, inline="always")
 def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, work, t):
     """Thread t on the small-C path: the tiles it claims (_next_chunk), one partial loss
     sum per tile."""
@@ -724,10 +734,7 @@ def _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, work, t
         r0 = c * per
         r1 = min(r0 + per, z.shape[0])
         xent_index_tiles(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64)
-        acc = 0.0
-        for i in range(r0, r1):
-            acc += loss[i]
-        partial[c] = acc
+        _chunk_loss(loss, partial, c, per)
         c, k = _next_chunk(work, t, c, k, nchunks)
 
 
@@ -741,10 +748,7 @@ def _xent_index_wide_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, rq
     while a >= 0:
         xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1)
         for c in range(c0, c1):
-            acc = 0.0
-            for i in range(c * per, min(c * per + per, z.shape[0])):
-                acc += loss[i]
-            partial[c] = acc
+            _chunk_loss(loss, partial, c, per)
         a, k, r0, r1, c0, c1 = _next_rows(z, rq, t, a, k)
 
 

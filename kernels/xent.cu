@@ -161,6 +161,38 @@ __device__ __forceinline__ double index_row_loss(double logs, double ty, double 
   return row + (eps_c != 0.0 ? eps_c * (wsum * logs + smooth) : 0.0);
 }
 
+// A class-index row once its statistics (m, k, d) are merged (see the header): d is
+// poisoned to NaN for a non-finite max; ga and gb are pass 2's factors of e_c =
+// exp(z_c - m) and of w_c; the rest is what the target's gradient and the loss need.
+template <class Cmp> struct IndexRow {
+  double k, d, w_y, coef_y;
+  Cmp ga, gb;
+  // scale * dloss/dz_y, stored over its own pass-2 store by the thread that read z_y
+  __device__ __forceinline__ Cmp target_grad(Cmp e_y, double eps_c, double wsum,
+                                             double scale) const {
+    return Cmp(true_class_grad((double)e_y, k, d, coef_y, eps_c, wsum, w_y, scale));
+  }
+  // ty = z_y - m; smooth: the row's smoothing sum (0 without smoothing)
+  __device__ __forceinline__ double loss(double ty, double eps_c, double wsum,
+                                         double smooth) const {
+    return index_row_loss(log_kd(k, d), ty, coef_y, eps_c, wsum, smooth);
+  }
+};
+
+template <class T, class Cmp, class Acc>
+__device__ __forceinline__ IndexRow<Cmp> index_row(const XentArgs<T>& a, long long yi,
+                                                   double eps_c, Cmp m, Acc k, Acc& d) {
+  poison_nonfinite(m, d);
+  IndexRow<Cmp> r;
+  r.k = (double)k;
+  r.d = (double)d;
+  r.w_y = a.w ? (double)a.w[yi] : 1.0;
+  r.coef_y = (1.0 - a.eps) * r.w_y;
+  r.ga = Cmp(a.scale * (r.coef_y + eps_c * a.wsum) / (r.k + r.d));
+  r.gb = Cmp(a.scale * eps_c);
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------
 // xent_kernel1: class-index targets, G lanes per row, kLaneElems per lane in registers
 // ---------------------------------------------------------------------------------------
@@ -216,29 +248,21 @@ __device__ void xent_kernel1(const XentArgs<T>& a) {
     d = group_sum(d, mask, G);
     if (lin) smooth = group_sum(smooth, mask, G);
     zy = __shfl_sync(mask, zy, y % G, G);
-    poison_nonfinite(m, d);
-    const double kk = (double)k, dd = (double)d;
-    const double w_y = a.w ? (double)a.w[y] : 1.0;
-    const double coef_y = (1.0 - a.eps) * w_y;
+    const IndexRow<cmp> r = index_row(a, yi, eps_c, m, k, d);
     if (GRAD) {  // first, so that v[] is dead before the log below needs its registers
-      const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / (kk + dd));
-      const cmp gb = cmp(a.scale * eps_c);
       cmp ey = cmp(0);
 #pragma unroll
       for (int i = 0; i < E; ++i) {
         const int j = gl + G * i;
         if (j < c) {
           if (j == y) ey = v[i];
-          Traits<T>::store(gr + j, v[i] * ga - gb * (a.w ? a.w[j] : cmp(1)));
+          Traits<T>::store(gr + j, v[i] * r.ga - r.gb * (a.w ? a.w[j] : cmp(1)));
         }
       }
       if (gl == y % G)  // the lane that holds z_y overwrites its own store
-        Traits<T>::store(gr + y, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
-                                                     a.wsum, w_y, a.scale)));
+        Traits<T>::store(gr + y, r.target_grad(ey, eps_c, a.wsum, a.scale));
     }
-    if (gl == 0)
-      a.loss[row] = index_row_loss(log_kd(kk, dd), (double)zy - (double)m, coef_y, eps_c,
-                                   a.wsum, (double)smooth);
+    if (gl == 0) a.loss[row] = r.loss((double)zy - (double)m, eps_c, a.wsum, (double)smooth);
   }
 }
 
@@ -315,23 +339,16 @@ __device__ void xent_kernel2(const XentArgs<T>& a) {
     s.init();
     for_each_in_row<kPipelineStats>(zr, C, t, nt, XentStats<T>{s, w, lin});
     s = team.merge(s);  // every read of pass 1 is done after this
-    poison_nonfinite(s.m, s.d);
-    const double kk = (double)s.k, dd = (double)s.d, ss = kk + dd;
-    const double w_y = w ? (double)w[yi] : 1.0;
-    const double coef_y = (1.0 - a.eps) * w_y;
+    const IndexRow<cmp> r = index_row(a, yi, eps_c, s.m, s.k, s.d);
     if (GRAD) {
       bool owner = false;
       cmp ey = cmp(0);
-      const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
-      const cmp gb = cmp(a.scale * eps_c);
-      for_each_in_row<kPipelineOut>(zr, C, t, nt, XentGrad<T>{gr, w, s.m, ga, gb, yi, g_vec, owner, ey});
+      for_each_in_row<kPipelineOut>(zr, C, t, nt,
+                                    XentGrad<T>{gr, w, s.m, r.ga, r.gb, yi, g_vec, owner, ey});
       if (owner)  // the thread that read z_y in this pass overwrites its own store
-        Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
-                                                      a.wsum, w_y, a.scale)));
+        Traits<T>::store(gr + yi, r.target_grad(ey, eps_c, a.wsum, a.scale));
     }
-    if (t == 0)
-      a.loss[row] = index_row_loss(log_kd(kk, dd), (double)zy - (double)s.m, coef_y, eps_c,
-                                   a.wsum, (double)s.lin);
+    if (t == 0) a.loss[row] = r.loss((double)zy - (double)s.m, eps_c, a.wsum, (double)s.lin);
   }
 }
 
@@ -413,23 +430,15 @@ __device__ void xent_kernel3(const XentArgs<T>& a) {
     s.init();
     for_each_in_image(srow, pad, sp, C, t, nt, XentStats<T>{s, w, lin});
     s = block_merge(s);
-    poison_nonfinite(s.m, s.d);
-    const double kk = (double)s.k, dd = (double)s.d, ss = kk + dd;
-    const double w_y = w ? (double)w[yi] : 1.0;
-    const double coef_y = (1.0 - a.eps) * w_y;
+    const IndexRow<cmp> r = index_row(a, yi, eps_c, s.m, s.k, s.d);
     bool owner = false;
     cmp ey = cmp(0);
-    const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
-    const cmp gb = cmp(a.scale * eps_c);
     for_each_in_image(srow, pad, sp, C, t, nt,
-                      XentGrad<T>{gr, w, s.m, ga, gb, yi, g_vec, owner, ey});
-    if (owner)
-      Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
-                                                    a.wsum, w_y, a.scale)));
+                      XentGrad<T>{gr, w, s.m, r.ga, r.gb, yi, g_vec, owner, ey});
+    if (owner) Traits<T>::store(gr + yi, r.target_grad(ey, eps_c, a.wsum, a.scale));
     if (t == 0) {
       const double zy = (double)Traits<T>::load(srow + yi + pad);
-      a.loss[row] = index_row_loss(log_kd(kk, dd), zy - (double)s.m, coef_y, eps_c, a.wsum,
-                                   (double)s.lin);
+      a.loss[row] = r.loss(zy - (double)s.m, eps_c, a.wsum, (double)s.lin);
     }
     __syncthreads();  // every read of the image is done before the next row's copy
   }
@@ -593,22 +602,15 @@ __device__ void xent_kernel4(const XentArgs<T>& a) {
       p.wsum = acc(peer_f64(published + 4, r));
       merge(all, p);
     }
-    poison_nonfinite(all.m, all.d);
-    const double kk = (double)all.k, dd = (double)all.d, ss = kk + dd;
-    const double w_y = w ? (double)w[yi] : 1.0;
-    const double coef_y = (1.0 - a.eps) * w_y;
+    const IndexRow<cmp> r = index_row(a, yi, eps_c, all.m, all.k, all.d);
     bool owner = false;
     cmp ey = cmp(0);
-    const cmp ga = cmp(a.scale * (coef_y + eps_c * a.wsum) / ss);
-    const cmp gb = cmp(a.scale * eps_c);
     for_each_in_slice(zr, sv, sp, sl, C, t, nt,
-                      XentGrad<T>{gr, w, all.m, ga, gb, yi, g_vec, owner, ey});
-    if (owner)
-      Traits<T>::store(gr + yi, cmp(true_class_grad((double)ey, kk, dd, coef_y, eps_c,
-                                                    a.wsum, w_y, a.scale)));
+                      XentGrad<T>{gr, w, all.m, r.ga, r.gb, yi, g_vec, owner, ey});
+    if (owner) Traits<T>::store(gr + yi, r.target_grad(ey, eps_c, a.wsum, a.scale));
     if (rank == 0 && t == 0)
-      a.loss[row] = index_row_loss(log_kd(kk, dd), (double)Traits<T>::load(zr + yi) -
-                                   (double)all.m, coef_y, eps_c, a.wsum, (double)all.lin);
+      a.loss[row] = r.loss((double)Traits<T>::load(zr + yi) - (double)all.m, eps_c, a.wsum,
+                           (double)all.lin);
     cluster_barrier();  // every block has read `published` and its slice image
   }
 }

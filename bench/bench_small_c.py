@@ -24,9 +24,8 @@ def _rows_path(z, y, loss, g):
 @numba.njit(error_model="numpy")
 def _tiles_path(z, y, loss, g):
     buf, f64 = k.scratch_for(z.shape[1], z.dtype)
-    k.xent_index_tiles(
-        z, y, None, float(z.shape[1]), -100, 0.0, 1.0, loss, g, 0, z.shape[0], buf, f64
-    )
+    n, c = z.shape
+    k.xent_index_tiles(z, y, None, float(c), -100, 0.0, 1.0, loss, g, 0, n, buf, f64, None, None, 0)
 
 
 def _problem(rows, c):

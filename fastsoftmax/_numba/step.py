@@ -334,7 +334,9 @@ def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
         zz = z[:nr]
         # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
         if row_path is None:  # C <= SMALL_C_MAX (a type: see kernels.row_path_for)
-            xent_index_tiles(zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr, buf, f64)
+            xent_index_tiles(
+                zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr, buf, f64, None, None, 0
+            )
         else:
             xent_index_rows(zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr)
         if sw is not None:  # a type test: settled at compile time

@@ -403,3 +403,51 @@ def test_numba_backend_sets_a_short_openmp_spin_unless_the_user_chose(user_env, 
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == [str(expected), "True"]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"), [(np.float32, (520, 32771)), (np.float64, (40, 216001))]
+)
+def test_streamed_gradient_keeps_the_bits(dtype, shape, rng):
+    """Above STREAM_MIN_BYTES the fused kernel writes a separate gradient with
+    non-temporal stores from a scratch row (and prefetches the row after next where
+    rows are small): the same bits as the in-place mode, which never streams, with
+    masked logits, ignored rows (first, consecutive, last), a NaN row and smoothing;
+    rows of odd length, so most start off a 64-byte boundary; one thread and all."""
+    from fastsoftmax._numba.kernels import STREAM_MIN_BYTES
+
+    n, c = shape
+    z = random_logits(rng, shape, dtype)
+    assert z.nbytes >= STREAM_MIN_BYTES
+    z[0, :3] = -np.inf
+    z[5, 9] = np.nan
+    z[-2, -1] = 1e4
+    y = rng.integers(0, c, n)
+    y[[0, 7, 8, n - 1]] = -100
+    threads = numba.get_num_threads()
+    try:
+        for nt in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nt)
+            for kw in [{}, {"label_smoothing": 0.1}]:
+                loss, grad = fs.cross_entropy_with_grad(z, y, **kw)
+                out = np.full_like(z, 7.0)
+                loss_out, _ = fs.cross_entropy_with_grad(z, y, out=out, **kw)
+                z_in = z.copy()
+                loss_in, _ = fs.cross_entropy_with_grad(z_in, y, inplace=True, **kw)
+                assert np.isnan(loss) and np.isnan(loss_out) and np.isnan(loss_in)
+                np.testing.assert_array_equal(grad, z_in)
+                np.testing.assert_array_equal(out, z_in)
+                keep = (y != -100) & ~np.isnan(z).any(axis=1)
+                assert np.all(grad[y == -100] == 0) and np.all(np.isnan(grad[5]))
+                _, ref = fs.cross_entropy_with_grad(
+                    z[keep][:64], y[keep][:64], reduction="sum", backend="numpy", **kw
+                )
+                g = grad[keep][:64] * (y != -100).sum()  # "mean" -> "sum"
+                np.testing.assert_allclose(
+                    g,
+                    ref,
+                    rtol=2e-5 if dtype is np.float32 else 1e-12,
+                    atol=1e-6 if dtype is np.float32 else 1e-15,
+                )
+    finally:
+        numba.set_num_threads(threads)

@@ -1,6 +1,5 @@
 """The Numba kernels' building blocks: exp, log and the float keys against NumPy's libm,
-ulp by ulp; the register transpose against NumPy's; the streamed row store against a
-plain loop."""
+ulp by ulp; the register transpose against NumPy's."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import pytest
 
 numba = pytest.importorskip("numba")
 from fastsoftmax._numba._math import fexp, fexp_neg, fkey, flog, funkey  # noqa: E402
-from fastsoftmax._numba._stream import store_fence, stream_row  # noqa: E402
 from fastsoftmax._numba._transpose import block_width, transpose_block  # noqa: E402
 
 
@@ -158,54 +156,3 @@ def test_transpose_block_moves_exactly_the_block(dtype, layout, tail, rng):
             )
             out[...] = block.T
             np.testing.assert_array_equal(dst, expected, err_msg=f"m={m} k={k}")
-
-
-_F = {"fastmath": {"contract"}, "error_model": "numpy"}
-
-
-@numba.njit(**_F)
-def _streamed(src, dst, a, b, jfix, vfix, ahead):
-    if ahead.shape[0]:
-        stream_row(src, dst, a, b, jfix, vfix, ahead)
-    else:
-        stream_row(src, dst, a, b, jfix, vfix, None)
-    store_fence()
-
-
-@numba.njit(**_F)
-def _looped(src, dst, a, b, jfix, vfix):
-    for j in range(dst.shape[0]):
-        dst[j] = src[j] * a - b
-    if 0 <= jfix < dst.shape[0]:
-        dst[jfix] = vfix
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stream_row_writes_what_a_plain_loop_writes(dtype, rng):
-    """stream_row (non-temporal stores on whole 64-byte lines, regular ones before the
-    first boundary and after the last) gives a Numba loop's bits, with the same `contract`
-    flag, for lengths around the line size, every offset from a line boundary, the fixed
-    element before, inside and after the lined-up part or absent, with and without a row
-    to prefetch; nothing outside dst is written; a strided dst takes the plain path."""
-    lanes = 64 // np.dtype(dtype).itemsize
-    a, b = dtype(0.37), dtype(-1.25e-3)
-    for n in sorted({1, 2, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, 1000}):
-        src = rng.standard_normal(n).astype(dtype)
-        for offset in range(lanes):
-            buf = np.full(n + 2 * lanes + 2, np.nan, dtype)
-            start = (-buf.ctypes.data // buf.itemsize) % lanes + offset
-            dst = buf[start : start + n]
-            for jfix in sorted({-1, 0, n // 2, n - 1}):
-                for ahead in (np.empty(0, dtype), src.copy()):
-                    dst[:] = np.nan
-                    _streamed(src, dst, a, b, jfix, dtype(9.5), ahead)
-                    want = np.empty_like(dst)
-                    _looped(src, want, a, b, jfix, dtype(9.5))
-                    np.testing.assert_array_equal(dst, want, err_msg=f"n={n} at {offset}")
-            assert np.isnan(buf[:start]).all() and np.isnan(buf[start + n :]).all()
-    strided = np.zeros(2 * 70, dtype)[::2]
-    src = rng.standard_normal(70).astype(dtype)
-    _streamed(src, strided, a, b, 3, dtype(9.5), np.empty(0, dtype))
-    want = np.empty(70, dtype)
-    _looped(src, want, a, b, 3, dtype(9.5))
-    np.testing.assert_array_equal(strided, want)

@@ -71,7 +71,6 @@ from numba import njit, prange
 
 from ._ir_only import ir_only
 from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog1p, funkey, like
-from ._stream import store_fence, stream_row
 from ._team import atomic_add
 from ._transpose import block_width, transpose_block
 
@@ -84,17 +83,6 @@ SMALL_C_MAX = 32
 TILE_ROWS = 128
 # Elements per chunk on the large-C path (whole rows; at least one row).
 ROW_CHUNK_ELEMENTS = 1 << 14
-# The fused cross-entropy streams its gradient past the cache (non-temporal stores, see
-# xent_index_rows) from this size of logits on.  With out=, float32, 2 threads,
-# alternated processes: 4096 x 32000 0.93x the time (AVX-512 and AVX2 code), 1024 x
-# 128256 0.86x (AVX-512) and 1.03x (AVX2, within the noise).  Smaller gradients may
-# still be in cache when the caller reads them (a matmul of the next layer).
-STREAM_MIN_BYTES = 64 << 20
-# ... and prefetches the row after next while it streams, for rows of at most this
-# many bytes (three rows and the scratch row stay in a 2 MB L2; at 128256 float32
-# classes the prefetch made AVX-512 code 1.05x slower than streaming alone and gave
-# AVX2 code nothing).
-PREFETCH_MAX_ROW_BYTES = 256 << 10
 # Partial sums in the storage type are flushed to float64 every SUM_BLOCK elements:
 # each vector lane then adds at most SUM_BLOCK/16 float32 numbers.
 SUM_BLOCK = 256
@@ -381,9 +369,9 @@ def _same_memory(a, b):
 
 
 @njit(**_F)
-def _row_expsum_into(z, i, m, e, ie, inplace):
-    """e[ie, j] = exp(z[i, j] - m); returns their sum as (k, d) (_row_blocked_sum).  e
-    may be z (inplace, ie = i); ie = 0 for a scratch row.
+def _row_expsum_into(z, i, m, e, inplace):
+    """e[i, j] = exp(z[i, j] - m); returns their sum as (k, d) (_row_blocked_sum).  e
+    may be z (inplace).
 
     The exp pass and the sum pass are separate loops (the second over e in L1/L2) so
     that the sum's order, which LLVM's vectoriser picks, is the same function of e in
@@ -396,13 +384,13 @@ def _row_expsum_into(z, i, m, e, ie, inplace):
             e[i, j] = fexp_neg(e[i, j] - m)
     else:
         for j in range(n):
-            e[ie, j] = fexp_neg(z[i, j] - m)
-    return _row_blocked_sum(e, ie)
+            e[i, j] = fexp_neg(z[i, j] - m)
+    return _row_blocked_sum(e, i)
 
 
 @njit(**_F)
-def _row_expsum_into_next_max(z, i, m, e, ie):
-    """_row_expsum_into(z, i, m, e, ie, False) (e not z) and, in the same loop, the max of
+def _row_expsum_into_next_max(z, i, m, e):
+    """_row_expsum_into(z, i, m, e, False) (e not z) and, in the same loop, the max of
     row i + 1 (as _row_max), which must exist.  The exps are compute-bound and reading
     the next row from memory is not: side by side, the core overlaps them (vocabulary
     rows, fused with out=, 2 threads: 0.83x the time of a separate max pass; the same
@@ -410,10 +398,10 @@ def _row_expsum_into_next_max(z, i, m, e, ie):
     n = z.shape[1]
     mk = fkey(z[i + 1, 0])
     for j in range(n):
-        e[ie, j] = fexp_neg(z[i, j] - m)
+        e[i, j] = fexp_neg(z[i, j] - m)
         k = fkey(z[i + 1, j])
         mk = k if k > mk else mk
-    k, d = _row_blocked_sum(e, ie)
+    k, d = _row_blocked_sum(e, i)
     return k, d, funkey(mk)
 
 
@@ -583,23 +571,14 @@ _target_stats_helper = njit(**_F)(_target_stats)
 @njit(**_F)
 def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
     """Large-C path over rows [r0, r1).  g is None for the forward-only kernel; eps is
-    None without label smoothing (see fastsoftmax._numba.xent_index).
-
-    A large gradient (STREAM_MIN_BYTES) in an array of its own, without class weights,
-    is written with non-temporal stores (see _stream): each row's exps go to a scratch
-    row in L2 and the finished row to g, so g's lines are never read.  The same
-    arithmetic in the same order as the other modes: the same bits."""
+    None without label smoothing (see fastsoftmax._numba.xent_index)."""
     n = z.shape[1]
     # eps None (no smoothing) is a type: the smoothing sums below are then not compiled
     eps_f = 0.0 if eps is None else float(eps)
     eps_c = eps_f / n
     inplace = _same_memory(z, g)
-    stream = w is None and g is not None and not inplace and z.nbytes >= STREAM_MIN_BYTES
-    e = np.empty((1, n if stream else 0), z.dtype)  # the streamed row's exps
-    ahead = stream and n * z.itemsize <= PREFETCH_MAX_ROW_BYTES
     # a row's max is found during the previous row's exp pass where that pass stores
-    # into a separate g or the scratch row (see _row_expsum_into_next_max), else at the
-    # row itself
+    # into a separate g (see _row_expsum_into_next_max), else at the row itself
     m_next = like(z, 0.0)
     have_next = False
     for i in range(r0, r1):
@@ -622,39 +601,27 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
         # all of z[i] has been read: g may now overwrite it (in-place mode)
         if g is None:
             k, d = _row_expsum(z, i, m)
+        elif i + 1 < r1 and not inplace:
+            k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
+            have_next = True
         else:
-            dst = e if stream else g
-            ie = 0 if stream else i
-            if i + 1 < r1 and not inplace:
-                k, d, m_next = _row_expsum_into_next_max(z, i, m, dst, ie)
-                have_next = True
-            else:
-                k, d = _row_expsum_into(z, i, m, dst, ie, inplace)
+            k, d = _row_expsum_into(z, i, m, g, inplace)
         s = k + d
         logs = _log_kd(k, d)
         row = coef_y * (logs - ty) if coef_y != 0.0 else 0.0
         loss[i] = row + (eps_c * (wsum * logs + smooth) if eps_c != 0.0 else 0.0)
         if g is not None:
-            e_y = float(dst[ie, yi])
+            e_y = float(g[i, yi])
             ga = like(g, scale * (coef_y + eps_c * wsum) / s)
             gb = like(g, scale * eps_c)
-            w_y = 1.0 if w is None else float(w[yi])
-            g_y = like(g, _true_class_grad(e_y, k, d, coef_y, eps_c, wsum, w_y, scale))
-            if stream:
-                if ahead and i + 2 < r1:
-                    stream_row(e[0], g[i], ga, gb, yi, g_y, z[i + 2])
-                else:
-                    stream_row(e[0], g[i], ga, gb, yi, g_y, None)
-                continue
             if w is None:
                 for j in range(n):
                     g[i, j] = g[i, j] * ga - gb
             else:
                 for j in range(n):
                     g[i, j] = g[i, j] * ga - gb * w[j]
-            g[i, yi] = g_y
-    if stream:
-        store_fence()
+            w_y = 1.0 if w is None else float(w[yi])
+            g[i, yi] = like(g, _true_class_grad(e_y, k, d, coef_y, eps_c, wsum, w_y, scale))
 
 
 @njit(**_F)
@@ -943,7 +910,7 @@ def _prob_chunk(z, q, w, scale, loss, g, partial, keep, eps_c, inplace, c, per):
         if g is None:
             k, d = _row_expsum(z, i, m)
         else:
-            k, d = _row_expsum_into(z, i, m, g, i, inplace)
+            k, d = _row_expsum_into(z, i, m, g, inplace)
         s = k + d
         row = a * _log_kd(k, d) + lin
         loss[i] = row
@@ -1025,9 +992,9 @@ def _softmax_rows(x, out, r0, r1):
         m = m_next if have_next else _row_max(x, i)
         have_next = i + 1 < r1 and not inplace
         if have_next:
-            k, d, m_next = _row_expsum_into_next_max(x, i, m, out, i)
+            k, d, m_next = _row_expsum_into_next_max(x, i, m, out)
         else:
-            k, d = _row_expsum_into(x, i, m, out, i, inplace)
+            k, d = _row_expsum_into(x, i, m, out, inplace)
         inv = like(out, 1.0 / (k + d))
         for j in range(n):
             out[i, j] *= inv

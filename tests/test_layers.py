@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastsoftmax"
 LAYERS = {
     "kernels": (
         "reference", "_numba", "_cupy", "_validate", "_backends", "_threads", "_version", "_files",
+        "_cpu_target",
     ),
     "op API": ("_api", "_linear"),
     "training": ("train",),

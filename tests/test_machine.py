@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fastsoftmax import machine
+from fastsoftmax._cpu_target import simd_of_feature_string
 
 
 def test_numba_target_describes_this_process():
@@ -32,11 +33,11 @@ def test_numba_target_describes_this_process():
         assert "probe" in info["simd_from"]
         # on the host's own features the probe agrees with reading the feature string
         if info["numba_cpu_features_from"].startswith("host") and config.ENABLE_AVX:
-            assert info["simd"] == machine._simd_of_feature_string(info["numba_cpu_features"])
+            assert info["simd"] == simd_of_feature_string(info["numba_cpu_features"])
 
 
 def test_simd_of_feature_string():
-    f = machine._simd_of_feature_string
+    f = simd_of_feature_string
     assert f("+sse2,+avx,+avx2,+avx512f,+fma") == "avx512"
     assert f("+avx2,-avx512f") == "avx2"
     assert f("+avx512f,-avx512f,+avx2") == "avx2"  # the last mention wins
@@ -91,7 +92,7 @@ def test_numba_target_with_only_a_cpu_name_keeps_the_host_features():
     assert info["numba_cpu_features_from"].startswith("host")
     if platform.machine().lower() in ("x86_64", "amd64"):
         # what the host's features give: avx512 on an AVX-512 host, though znver3 has none
-        assert info["simd"] == machine._simd_of_feature_string(get_host_cpu_features())
+        assert info["simd"] == simd_of_feature_string(get_host_cpu_features())
 
 
 def test_gpu_name_asks_only_gpu_rows():

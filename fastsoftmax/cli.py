@@ -204,7 +204,7 @@ def train(args: argparse.Namespace) -> int:
 
     backend = resolve_step_backend(model.backend)
     if backend == "numba":
-        _say_if_compiling()
+        _say_if_compiling(len(np.unique(y_train)), model.batch_size)
     # JIT compilation stays out of the first epoch's samples/s
     warm_up(
         x_train, backend, weighted=model.class_weight is not None,
@@ -350,18 +350,20 @@ def _check_resume_epochs(path: str, model, epochs: int) -> None:
         )
 
 
-def _trainer_kernel():
-    """The trainer's compiled kernel (the Numba dispatcher whose cache tells a first run)."""
-    from ._numba.step import team_steps
+def _trainer_kernel(num_classes: int = 10, batch_size: int = 64):
+    """The trainer's compiled kernel for this many classes and this batch size on this
+    process's pool (the Numba dispatcher whose cache tells a first run)."""
+    from ._numba.step import step_kernel
+    from ._threads import pool_size
 
-    return team_steps
+    return step_kernel(num_classes, pool_size(), batch_size)
 
 
-def _say_if_compiling() -> None:
+def _say_if_compiling(num_classes: int, batch_size: int) -> None:
     """One line on stderr when the trainer's kernel is not in Numba's cache yet."""
     from ._numba._cache import compiled_for_this_cpu
 
-    if compiled_for_this_cpu(_trainer_kernel()) is False:
+    if compiled_for_this_cpu(_trainer_kernel(num_classes, batch_size)) is False:
         print(
             "compiling kernels for this CPU, first run only (`fastsoftmax warmup` does it "
             "ahead of time)",

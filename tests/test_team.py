@@ -180,6 +180,78 @@ def test_step_bits_do_not_depend_on_the_thread_count(nthreads, threads):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def _run_weighted(X, y, order, C, nparts, nthreads, batch=100, per_call=4):
+    """Every option of the step at once (momentum, decay, a rate per step, row weights,
+    averaging from step 2), in calls of per_call steps over one epoch."""
+    n, d = X.shape
+    steps = -(-n // batch)
+    rng = np.random.default_rng(5)
+    W = (0.01 * rng.standard_normal((C, d))).astype(np.float32)
+    b = np.zeros(C, np.float32)
+    vW, vb = np.zeros_like(W), np.zeros_like(b)
+    Wa, ba = np.zeros_like(W), np.zeros_like(b)
+    k = np.arange(steps) - 1.0
+    coef = np.where(k >= 1, 1.0 / np.maximum(k, 1), 0.0)
+    sw = rng.random(n) * 2.0
+    lrs = np.linspace(0.5, 0.1, steps)
+    losses = np.zeros(steps)
+    a = 1 / 255 if X.dtype == np.uint8 else 1.0
+    for s in range(0, steps, per_call):
+        status = _numba_step.sgd_steps(
+            StepData(X, y, a, sw), StepParams(W, b, vW, vb, (Wa, ba, coef)),
+            StepPlan(order, batch, lrs, 0.9, 1e-3), s, min(s + per_call, steps), losses,
+            nparts, nthreads,
+        )  # fmt: skip
+        assert status == 0
+    return {"W": W, "b": b, "vW": vW, "vb": vb, "Wa": Wa, "ba": ba, "losses": losses}
+
+
+def test_which_kernel_splits_the_classes():
+    """The class split needs five classes per thread of the pool and a batch of one
+    block (the thread count plays no part, so neither does it in the bits)."""
+    split = _numba_step.splits_classes
+    assert split(10, 2, 64) and split(10, 1, 1) and split(40, 8, 50)
+    assert not split(10, 3, 64) and not split(4, 1, 64) and not split(10, 2, 65)
+    assert _numba_step.step_kernel(40, 8, 64) is _numba_step.team_steps_by_class
+    assert _numba_step.step_kernel(10, 4, 64) is _numba_step.team_steps
+
+
+@pytest.mark.parametrize("C", [10, 13, 40])
+@pytest.mark.parametrize("x_kind", ["uint8", "float32"])
+@pytest.mark.parametrize("batch", [50, 100])
+def test_class_split_gives_the_bits_of_the_rows_in_one_part(C, x_kind, batch, threads, monkeypatch):
+    """team_steps_by_class (two parts: each thread owns about half the classes)
+    against team_steps with the whole batch in one part (each kernel forced): the
+    same parameter bits with 1, 2 and 3 threads, and the same objectives but for their
+    last bit (LLVM fuses one product or the other of mean + wd/2 ||W||^2 into the sum,
+    as the code around it goes); among thread counts the objectives too are the same
+    bits.  C = 13 has three classes outside the five-class groups; C = 40 takes the
+    Core kernel's row path; batches of 100 rows are two 64-row blocks (sgd_steps picks
+    the class split for one-block batches only, but the kernel takes any)."""
+    rng = np.random.default_rng(C)
+    n, d = 998, 37
+    if x_kind == "uint8":
+        X = rng.integers(0, 256, (n, d)).astype(np.uint8)
+    else:
+        X = rng.standard_normal((n, d)).astype(np.float32)
+    y = rng.integers(0, C, n).astype(np.int64)
+    order = rng.permutation(n)
+    assert _numba_step.splits_classes(C, 2, batch) == (batch <= 64)
+    monkeypatch.setattr(_numba_step, "splits_classes", lambda C, nparts, batch: False)
+    want = _run_weighted(X, y, order, C, 1, 1, batch)
+    monkeypatch.setattr(_numba_step, "splits_classes", lambda C, nparts, batch: True)
+    alone = _run_weighted(X, y, order, C, 2, 1, batch)
+    for nthreads in (1, 2, 3):
+        got = _run_weighted(X, y, order, C, 2, nthreads, batch)
+        for name in want:
+            np.testing.assert_array_equal(got[name], alone[name], err_msg=f"{name}, {nthreads}")
+            if name == "losses":
+                np.testing.assert_allclose(got[name], want[name], rtol=4e-16, atol=0)
+            else:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}")
+    assert np.isfinite(want["losses"]).all() and np.abs(want["Wa"]).max() > 0
+
+
 @njit
 def _lonely_barriers(ctl, members, rounds, results):
     for k in range(rounds):

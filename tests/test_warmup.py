@@ -37,7 +37,7 @@ def test_cache_state_of_something_else_is_unknown():
 @pytest.mark.parametrize(("cached", "says"), [(False, True), (True, False), (None, False)])
 def test_cli_says_it_compiles_only_on_a_cold_cache(monkeypatch, capsys, cached, says):
     monkeypatch.setattr(_cache, "compiled_for_this_cpu", lambda dispatcher: cached)
-    cli._say_if_compiling()
+    cli._say_if_compiling(10, 64)
     err = capsys.readouterr().err
     assert ("compiling kernels for this CPU, first run only" in err) is says
 

@@ -21,6 +21,8 @@ from fastsoftmax._numba import step as _numba_step  # noqa: E402
 from fastsoftmax._numba._team import (  # noqa: E402
     ARRIVALS,
     CLOSED,
+    COUNT,
+    RESULT,
     atomic_add,
     atomic_load,
     new_control,
@@ -250,6 +252,42 @@ def test_class_split_gives_the_bits_of_the_rows_in_one_part(C, x_kind, batch, th
             else:
                 np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}")
     assert np.isfinite(want["losses"]).all() and np.abs(want["Wa"]).max() > 0
+
+
+@pytest.mark.parametrize("batch", [64, 128])
+def test_a_short_team_runs_a_few_steps_then_forms_one_new_team(batch, monkeypatch):
+    """The pool's thread is busy (a task waits on an event) when sgd_steps forms its
+    team: the leader alone runs `solo` steps and returns, sgd_steps forms one new team
+    (still short here) which runs the rest; both kernels, and the bits of a lone run."""
+    import threading as _threading
+
+    rng = np.random.default_rng(4)
+    n, d, C = 2000, 30, 10
+    X = rng.integers(0, 256, (n, d)).astype(np.uint8)
+    y = rng.integers(0, C, n).astype(np.int64)
+    order = rng.permutation(n)
+    want = _run_weighted(X, y, order, C, 2, 1, batch, per_call=100)
+    teams = []
+    new_control = _numba_step.new_control
+
+    def counted_control():
+        teams.append(new_control())
+        return teams[-1]
+
+    monkeypatch.setattr(_numba_step, "new_control", counted_control)
+    monkeypatch.setattr(_numba_step, "SOLO_MACS", 5 * batch * d * C)  # 5 steps alone
+    release = _threading.Event()
+    busy = _numba_step._pool().submit(release.wait, 10.0)
+    try:
+        got = _run_weighted(X, y, order, C, 2, 2, batch, per_call=100)
+    finally:
+        release.set()
+        busy.result(timeout=10.0)
+    steps = -(-n // batch)
+    assert [int(t[RESULT]) for t in teams] == [5, steps]  # 5 steps, then the rest
+    assert all(int(t[COUNT]) == 1 for t in teams)  # both teams were the leader alone
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 @njit

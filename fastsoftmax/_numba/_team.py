@@ -55,6 +55,8 @@ COUNT = 16
 BARRIER = 32
 ABORTED = 48
 TIMEOUT_NS = 49
+# Written by a team's leader as it returns, for the caller: e.g. the step it reached.
+RESULT = 56
 CONTROL_WORDS = 64
 # A wait longer than this is taken for a member that will never come.  Waits normally
 # last microseconds; a descheduled member on an oversubscribed machine, milliseconds.

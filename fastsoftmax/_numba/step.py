@@ -75,6 +75,7 @@ from ._math import REDUCE_FLAGS, like
 from ._team import (
     ABORTED,
     DEFAULT_TIMEOUT_S,
+    RESULT,
     item_pointer,
     new_control,
     team_barrier,
@@ -103,6 +104,12 @@ PF_LOCALITY = 2
 # _logits_pair).  Numba's cache is keyed by that CPU and its features, so a cached
 # kernel was compiled with the same value.
 NARROW_REGISTERS = numba_target()["simd"] in ("avx2", "sse")
+# A leader whose team is short (a pool thread was not awake when the team formed: this
+# VM can take milliseconds to wake one) runs about this many multiply-adds' worth of
+# steps (~1 ms) and returns; sgd_steps then forms one new team for the rest, which the
+# thread, awake by then, joins.  Without it the call's remaining steps (half an MNIST
+# epoch) ran on one thread.  A team's bits do not depend on who joined.
+SOLO_MACS = 1 << 24
 # A thread gets at least this many rows of a batch (fewer are not worth a wake-up).
 MIN_ROWS_PER_THREAD = 16
 
@@ -557,7 +564,11 @@ def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row
     r, m = team_join(ctl, size)
     if r < 0:
         return
-    s0, s1, batch, lrs, mu, wd = steps
+    s0, s1, batch, lrs, mu, wd, solo = steps
+    if m < size:  # a thread came too late to join: stop early, the caller forms a new team
+        s1 = min(s1, s0 + solo)
+    if r == 0:
+        ctl[RESULT] = s1  # written before any step: members return only after the last
     W, b = model[0], model[1]
     gW, gb, part_loss, sqc = partials
     xbs, zs, ybs, rowss, lrows, bufs, f64s = scratch
@@ -630,7 +641,11 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
     if r < 0:
         return
     X, y, order, a = data
-    s0, s1, batch, lrs, mu, wd = steps
+    s0, s1, batch, lrs, mu, wd, solo = steps
+    if m < size:  # a thread came too late to join: stop early, the caller forms a new team
+        s1 = min(s1, s0 + solo)
+    if r == 0:
+        ctl[RESULT] = s1  # written before any step: members return only after the last
     W, b = model[0], model[1]
     zt, gW, gb, sqc = shared
     xbs, zs, ybs, rowss, lrows, bufs, f64s = scratch
@@ -749,28 +764,40 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
     C, d = W.shape
     NP = max(1, nparts)
     P = max(1, min(nthreads, NP))
-    ctl = new_control()
     lrs = np.asarray(lr, np.float64)
     if lrs.ndim == 0:
         lrs = np.full(max(s1, 1), float(lr))
-    common = ((X, y, order, a), (s0, s1, batch, lrs, mu, wd), (W, b, vW, vb), losses)
+    solo = max(1, SOLO_MACS // max(1, batch * d * C))
     kernel = step_kernel(C, NP, batch)
     if kernel is team_steps_by_class:
         zt = np.empty((2, C, BLOCK + PAD), W.dtype)
         shared = (zt, *_thread_partials(P, C, d, W.dtype), np.zeros((2, C + PAD)))
-        args = (ctl, P, *common, shared, _thread_scratch(P, W), row_path_for(C), sw, avg)
     else:
-        partials = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
-        args = (ctl, P, NP, *common, partials, _thread_scratch(P, W), row_path_for(C), sw, avg)
-    others = [_pool().submit(kernel, *args) for _ in range(P - 1)]
-    kernel(*args)
-    for f in others:
-        # a task that has not started (its thread busy with another caller's team)
-        # would only be turned away by the closed roster: cancel it; a started one is
-        # returning, or a member of a team that is done (every wait is bounded anyway)
-        if not f.cancel():
-            f.result(timeout=2 * DEFAULT_TIMEOUT_S)
-    return 1 if ctl[ABORTED] != 0 else 0  # every member has returned: a plain read
+        shared = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
+    scratch = _thread_scratch(P, W)
+    s = s0
+    while s < s1:
+        ctl = new_control()
+        common = ((X, y, order, a), (s, s1, batch, lrs, mu, wd, solo), (W, b, vW, vb), losses)
+        solo = s1  # one new team at most: threads busy with another caller's team would
+        # cost each new team the leader's wait for them
+        if kernel is team_steps_by_class:
+            args = (ctl, P, *common, shared, scratch, row_path_for(C), sw, avg)
+        else:
+            args = (ctl, P, NP, *common, shared, scratch, row_path_for(C), sw, avg)
+        others = [_pool().submit(kernel, *args) for _ in range(P - 1)]
+        kernel(*args)
+        for f in others:
+            # a task that has not started (its thread busy with another caller's team,
+            # or not awake yet) would only be turned away by the closed roster: cancel
+            # it; a started one is returning, or a member of a team that is done
+            # (every wait is bounded anyway)
+            if not f.cancel():
+                f.result(timeout=2 * DEFAULT_TIMEOUT_S)
+        if ctl[ABORTED] != 0:  # every member has returned: plain reads
+            return 1
+        s = int(ctl[RESULT])
+    return 0
 
 
 @njit(**_KW)

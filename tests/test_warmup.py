@@ -62,3 +62,26 @@ def test_warm_up_compiles_each_op_serial_and_parallel(monkeypatch):
 def test_cli_has_the_warmup_command():
     args = cli.build_parser().parse_args(["warmup", "--no-train", "--quiet"])
     assert args.func is cli.warmup and args.no_train and args.quiet
+
+
+def test_the_trainers_warm_up_compiles_the_kernel_the_epochs_run():
+    """train.loop.warm_up (which the CLI runs before its first epoch) runs no step, yet
+    compiles the step kernel that the epochs will run, so that the first epoch's time
+    holds no compilation.  In a fresh process: this one may have compiled it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from fastsoftmax._numba import step\n"
+        "from fastsoftmax._threads import pool_size\n"
+        "from fastsoftmax.train import loop\n"
+        "X = np.zeros((100, 784), np.uint8)\n"
+        "loop.warm_up(X, 'numba')\n"
+        "kernel = step.step_kernel(10, pool_size(), 64)\n"
+        "print(len(kernel.overloads))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
+    )
+    assert int(out.stdout.split()[-1]) >= 1, out.stderr

@@ -776,7 +776,7 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
         shared = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
     scratch = _thread_scratch(P, W)
     s = s0
-    while s < s1:
+    while True:  # at least one call, even for no steps: that compiles the kernel (warm_up)
         ctl = new_control()
         common = ((X, y, order, a), (s, s1, batch, lrs, mu, wd, solo), (W, b, vW, vb), losses)
         solo = s1  # one new team at most: threads busy with another caller's team would
@@ -797,7 +797,8 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
         if ctl[ABORTED] != 0:  # every member has returned: plain reads
             return 1
         s = int(ctl[RESULT])
-    return 0
+        if s >= s1:
+            return 0
 
 
 @njit(**_KW)

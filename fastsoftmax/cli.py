@@ -203,12 +203,13 @@ def train(args: argparse.Namespace) -> int:
     from .train.loop import resolve_step_backend, warm_up
 
     backend = resolve_step_backend(model.backend)
+    num_classes = len(np.unique(y_train))
     if backend == "numba":
-        _say_if_compiling(len(np.unique(y_train)), model.batch_size)
+        _say_if_compiling(num_classes, model.batch_size)
     # JIT compilation stays out of the first epoch's samples/s
     warm_up(
-        x_train, backend, weighted=model.class_weight is not None,
-        averaged=bool(model.average),
+        x_train, backend, num_classes=num_classes, batch_size=model.batch_size,
+        weighted=model.class_weight is not None, averaged=bool(model.average),
     )  # fmt: skip
     print(
         f"{dataset}: {len(x_train)} training and {len(x_test)} test images; backend "

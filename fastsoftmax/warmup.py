@@ -83,8 +83,10 @@ def warm_up(progress: Callable[[str, float], None] | None = None, *, train: bool
         for x_dtype in (np.uint8, np.float32, np.float64):
             X = np.zeros((2, 784), x_dtype)
             w_dtype = np.float64 if x_dtype == np.float64 else np.float32
-            timed(
-                f"training step, {np.dtype(x_dtype).name} inputs",
-                lambda X=X, w_dtype=w_dtype: warm_up_step(X, "numba", w_dtype),
-            )
+            # both step kernels: batches of one 64-row block and of more (10 classes)
+            for batch in (64, 128):
+                timed(
+                    f"training step, {np.dtype(x_dtype).name} inputs, batch {batch}",
+                    lambda X=X, w=w_dtype, b=batch: warm_up_step(X, "numba", w, batch_size=b),
+                )
     return time.perf_counter() - start

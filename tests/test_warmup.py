@@ -64,10 +64,12 @@ def test_cli_has_the_warmup_command():
     assert args.func is cli.warmup and args.no_train and args.quiet
 
 
-def test_the_trainers_warm_up_compiles_the_kernel_the_epochs_run():
+@pytest.mark.parametrize("batch", [64, 128])
+def test_the_trainers_warm_up_compiles_the_kernel_the_epochs_run(batch):
     """train.loop.warm_up (which the CLI runs before its first epoch) runs no step, yet
-    compiles the step kernel that the epochs will run, so that the first epoch's time
-    holds no compilation.  In a fresh process: this one may have compiled it already."""
+    compiles the step kernel that the epochs will run (which depends on the batch size),
+    so that the first epoch's time holds no compilation.  In a fresh process: this one
+    may have compiled it already."""
     import subprocess
     import sys
 
@@ -77,8 +79,8 @@ def test_the_trainers_warm_up_compiles_the_kernel_the_epochs_run():
         "from fastsoftmax._threads import pool_size\n"
         "from fastsoftmax.train import loop\n"
         "X = np.zeros((100, 784), np.uint8)\n"
-        "loop.warm_up(X, 'numba')\n"
-        "kernel = step.step_kernel(10, pool_size(), 64)\n"
+        f"loop.warm_up(X, 'numba', batch_size={batch})\n"
+        f"kernel = step.step_kernel(10, pool_size(), {batch})\n"
         "print(len(kernel.overloads))\n"
     )
     out = subprocess.run(

@@ -91,12 +91,14 @@ def warm_up(
     dtype=np.float32,
     num_classes: int = 10,
     *,
+    batch_size: int = 1,
     weighted: bool = False,
     averaged: bool = False,
 ) -> None:
     """Compile (or load from Numba's cache) the step kernel for X's dtype, with or
     without row weights and averaging, running no step, so that timings of the first
-    epoch do not include it."""
+    epoch do not include it.  The kernel depends on the class count and the batch size
+    too (the numba backend splits the classes for one-block batches): pass the run's."""
     if backend != "numba":
         return
     d = X.shape[1]
@@ -108,7 +110,7 @@ def warm_up(
     avg = (W.copy(), b.copy(), np.zeros(1)) if averaged else None
     params = StepParams(W, b, W.copy(), b.copy(), avg)
     step_function(backend)(
-        StepData(X, y, 1.0, sw), params, StepPlan(order, 1, 0.0), 0, 0, np.zeros(1)
+        StepData(X, y, 1.0, sw), params, StepPlan(order, batch_size, 0.0), 0, 0, np.zeros(1)
     )
 
 

@@ -744,13 +744,16 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
     StepData, StepParams, StepPlan); params are updated in place; losses[s] gets step
     s's objective (mean cross-entropy + wd/2 ||W||^2, before its update).
 
-    All the steps run in one call of team_steps per thread: this thread's and
-    min(nthreads, nparts) - 1 others (Python threads; the kernel releases the GIL).
-    They form a team (see _team) and meet at two barriers per step.  A step's rows are
-    cut into at most `nparts` parts (the pool's size, whatever `nthreads` is); member r
-    computes parts r, r + m, ... (m members) into part-indexed partials, and after the
-    first barrier updates its share of the classes.  So the bits depend neither on
-    `nthreads` nor on how many threads joined in time.
+    All the steps run in one call of the kernel (step_kernel: team_steps_by_class or
+    team_steps) per thread: this thread's and min(nthreads, nparts) - 1 others (Python
+    threads; the kernel releases the GIL).  They form a team (see _team).  With
+    team_steps a step's rows are cut into at most `nparts` parts (the pool's size,
+    whatever `nthreads` is); member r computes parts r, r + m, ... (m members) into
+    part-indexed partials, and after the first barrier updates its share of the
+    classes; with team_steps_by_class each member owns classes, whose arithmetic is the
+    same whoever owns them.  So the bits depend neither on `nthreads` nor on how many
+    threads joined in time.  A team that formed short stops after SOLO_MACS' worth of
+    steps, and one new team does the rest.
 
     Why Python threads and not a prange: Numba compiles a parfor's body as a function
     of its own and then its caller, and each optimises and generates code for the whole

@@ -17,9 +17,10 @@ batch size: see ``splits_classes``):
   thread owns a fixed range of classes for the whole call and computes their logits,
   gradient and update over all the batch's rows.  Its W rows and dW stay in its own
   cache and no gradient crosses to another core; the threads meet once per block of
-  rows, to exchange the block's logits (each then runs the Core kernel on the whole
-  block itself).  A class's arithmetic does not depend on which thread owns it, so the
-  parameters' bits are those of one thread, whatever the counts.
+  rows, to exchange the block's logits (each then runs the Core kernel's tile
+  arithmetic on the whole block itself, on the exchanged class-major logits).  A
+  class's arithmetic does not depend on which thread owns it, so the parameters' bits
+  are those of one thread, whatever the counts.
 * ``team_steps`` otherwise: the batch's rows are cut into ``nparts`` contiguous parts
   (``nparts``: the pool's size), computed by the threads round-robin into per-part dW
   partials, which are added in part order before the update (split by classes); a

@@ -726,6 +726,49 @@ def xent_index_tiles(
         tile, used = _next_chunk(work, t, tile, used, ntiles)
 
 
+@njit(**_F)
+def xent_tile_class_major(zp, nr, y, scale, loss, buf, f64):
+    """One tile of xent_index_tiles (without class weights, label smoothing or ignored
+    rows: the same operations, so the same bits) on logits that are already
+    class-major, as the trainer's class split exchanges them: zp (C, >= nr), zp[c, r]
+    the logit of row r < nr <= TILE_ROWS for class c; y the rows' labels.  loss[r]
+    gets row r's loss; returns the (C, TILE_ROWS) class-major gradient, scale (softmax -
+    onehot), in buf (scratch_for(C)).  The logits go straight into the tile: no
+    transposes into rows and back."""
+    C = zp.shape[0]
+    R = TILE_ROWS
+    zt, m, ga, _, acc, ones = _tile_views(buf, C)
+    s, logs = _f64_row(f64, 0), _f64_row(f64, 1)
+    ty = _f64_row(f64, 2)  # z[y] - max
+    g_y = _f64_row(f64, 6)  # exp(z[y] - max), then the gradient at the target
+    for c in range(C):
+        src = zp[c]
+        dst = zt[c * R : c * R + nr]
+        for r in range(nr):
+            dst[r] = src[r]
+    _tile_max(zt, nr, C, m)
+    _tile_expsum(zt, nr, C, m, s, logs, acc, ones)
+    for r in range(nr):
+        yc = y[r]
+        ty[r] = float(zp[yc, r]) - float(m[r])
+        g_y[r] = float(zt[np.uintp(yc * R + r)])
+    for r in range(nr):
+        # as xent_index_tiles with coefficient 1, no smoothing (its "+ 0.0" included)
+        row = 1.0 * (logs[r] - ty[r])
+        row += 0.0
+        loss[r] = row
+        ga[r] = like(zt, scale / s[r])
+        e_y = like(zt, g_y[r])
+        g_y[r] = _true_class_grad(e_y, float(ones[r]), float(acc[r]), 1.0, 0.0, 0.0, 1.0, scale)
+    for c in range(C):
+        zc = zt[c * R : c * R + nr]
+        for r in range(nr):
+            zc[r] = zc[r] * ga[r]
+    for r in range(nr):
+        zt[np.uintp(y[r] * R + r)] = like(zt, g_y[r])
+    return zt.reshape((C, R))
+
+
 @njit(**_F, inline="always")
 def _chunk_loss(loss, partial, c, per):
     """partial[c] = the sum of chunk c's row losses (rows [c per, c per + per)), in a

@@ -84,16 +84,11 @@ from ._team import (
 )
 from .kernels import (
     SMALL_C_MAX,
-    TILE_ROWS,
-    _f64_row,
-    _tile_expsum,
-    _tile_max,
-    _tile_views,
-    _true_class_grad,
     row_path_for,
     scratch_for,
     xent_index_rows,
     xent_index_tiles,
+    xent_tile_class_major,
 )
 
 # Rows gathered into a thread's scratch block at a time (64 x 784 x 4 B = 196 KiB: L2).
@@ -623,49 +618,6 @@ def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row
             return
 
 
-@njit(**_F)
-def _xent_by_class(zp, nr, y, scale, loss, buf, f64):
-    """The Core kernel's small-C tile (xent_index_tiles without class weights, label
-    smoothing or ignored rows: the same operations, so the same bits) on one block
-    whose logits are already class-major, as the class split exchanges them: zp (C,
-    >= nr), zp[c, r] the logit of row r for class c; y the block's labels.  loss[r]
-    gets row r's loss; returns the (C, TILE_ROWS) class-major gradient in buf,
-    scale (softmax - onehot).  Reading the exchange straight into the tile skips
-    transposing it into rows and back (and the tile kernel's own transposes)."""
-    C = zp.shape[0]
-    R = TILE_ROWS
-    zt, m, ga, _, acc, ones = _tile_views(buf, C)
-    s, logs = _f64_row(f64, 0), _f64_row(f64, 1)
-    ty = _f64_row(f64, 2)  # z[y] - max
-    g_y = _f64_row(f64, 6)  # exp(z[y] - max), then the gradient at the target
-    for c in range(C):
-        src = zp[c]
-        dst = zt[c * R : c * R + nr]
-        for r in range(nr):
-            dst[r] = src[r]
-    _tile_max(zt, nr, C, m)
-    _tile_expsum(zt, nr, C, m, s, logs, acc, ones)
-    for r in range(nr):
-        yc = y[r]
-        ty[r] = float(zp[yc, r]) - float(m[r])
-        g_y[r] = float(zt[np.uintp(yc * R + r)])
-    for r in range(nr):
-        # as xent_index_tiles with coefficient 1, no smoothing (its "+ 0.0" included)
-        row = 1.0 * (logs[r] - ty[r])
-        row += 0.0
-        loss[r] = row
-        ga[r] = like(zt, scale / s[r])
-        e_y = like(zt, g_y[r])
-        g_y[r] = _true_class_grad(e_y, float(ones[r]), float(acc[r]), 1.0, 0.0, 0.0, 1.0, scale)
-    for c in range(C):
-        zc = zt[c * R : c * R + nr]
-        for r in range(nr):
-            zc[r] = zc[r] * ga[r]
-    for r in range(nr):
-        zt[np.uintp(y[r] * R + r)] = like(zt, g_y[r])
-    return zt.reshape((C, R))
-
-
 @njit(**_KW)
 def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, row_path, sw, avg):
     """One of the `size` threads of a call of sgd_steps that splits the classes (see
@@ -742,7 +694,7 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
             par ^= 1
             # the Core kernel: gr = inv_b * (softmax - onehot(y)) of this member's classes
             if row_path is None:  # C <= SMALL_C_MAX (a type: see kernels.row_path_for)
-                gr = _xent_by_class(zp, nr, yb, inv_b, lrow, buf, f64)[c0:c1].T
+                gr = xent_tile_class_major(zp, nr, yb, inv_b, lrow, buf, f64)[c0:c1].T
             else:
                 zz = z[:nr]
                 for q in range(nr):

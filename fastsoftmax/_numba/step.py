@@ -405,6 +405,55 @@ def _prefetch_next(X, order, pf, i1, n0, n1):
     return pf + PF_ROWS
 
 
+@njit(**_F)
+def _logits_block(x, rows, nr, W, b, a, z, ahead, pf):
+    """z[:nr] = a x[rows[:nr]] W^T + b, QUAD rows a pass (the last nr % QUAD one at a
+    time), with PF_ROWS rows of ahead = (X, order, i1, n0, n1) prefetched before each
+    pass (_prefetch_next from position pf); returns the new position."""
+    _wide_vectors()
+    X, order, i1, n0, n1 = ahead
+    full = nr - nr % QUAD
+    for q in range(0, full, QUAD):
+        pf = _prefetch_next(X, order, pf, i1, n0, n1)
+        _logits_quad(x, rows, q, W, b, a, z)
+    for q in range(full, nr):
+        _logits_row(x, rows, q, W, b, a, z)
+    return pf
+
+
+@njit(**_F)
+def _grad_block(x, rows, nr, g, a, gW, ahead, pf):
+    """gW += a g[:nr]^T x[rows[:nr]], passed and prefetching as _logits_block."""
+    _wide_vectors()
+    X, order, i1, n0, n1 = ahead
+    full = nr - nr % QUAD
+    for q in range(0, full, QUAD):
+        pf = _prefetch_next(X, order, pf, i1, n0, n1)
+        _grad_quad(x, rows, q, g, a, gW)
+    for q in range(full, nr):
+        _grad_row(x, rows, q, g, a, gW)
+    return pf
+
+
+@njit(**_F)
+def _weigh_and_add(g, lrow, sw, rows_at, nr, gb, total):
+    """A block's nr rows after the Core kernel: where row weights sw are given, lrow[q]
+    and g[q] times sw[rows_at[q]] (rows_at: the rows' indices in X); then gb[c] += the
+    sum of g[:, c], and returns total + lrow[0] + ... + lrow[nr - 1] (added in turn)."""
+    if sw is not None:  # a type test: settled at compile time
+        for q in range(nr):
+            wq = sw[rows_at[q]]
+            lrow[q] *= wq
+            wg = like(g, wq)
+            for c in range(g.shape[1]):
+                g[q, c] *= wg
+    for q in range(nr):
+        total += lrow[q]
+        for c in range(g.shape[1]):
+            gb[c] += g[q, c]
+    return total
+
+
 @njit(**_F, inline="always")
 def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
     """One thread's rows order[i0:i1]: logits, Core cross-entropy, dW and db partials
@@ -421,20 +470,15 @@ def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
     i0, i1, n0, n1 = span
     gW, gb = grads
     xb, rows, z, yb, lrow, buf, f64 = scr
-    C = W.shape[0]
     total = 0.0
     pf = i0 + BLOCK  # the next row to prefetch (the first block came with the last step)
+    ahead = (X, order, i1, n0, n1)
     for s0 in range(i0, i1, BLOCK):
         nr = min(BLOCK, i1 - s0)
         for q in range(nr):
             yb[q] = y[order[s0 + q]]
         x = _block(X, order, s0, nr, xb, rows)
-        full = nr - nr % QUAD
-        for q in range(0, full, QUAD):
-            pf = _prefetch_next(X, order, pf, i1, n0, n1)
-            _logits_quad(x, rows, q, W, b, a, z)
-        for q in range(full, nr):
-            _logits_row(x, rows, q, W, b, a, z)
+        pf = _logits_block(x, rows, nr, W, b, a, z, ahead, pf)
         zz = z[:nr]
         # the Core kernel, in place: z becomes inv_b * (softmax(z) - onehot(y))
         if row_path is None:  # C <= SMALL_C_MAX (a type: see kernels.row_path_for)
@@ -443,22 +487,8 @@ def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
             )
         else:
             xent_index_rows(zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr)
-        if sw is not None:  # a type test: settled at compile time
-            for q in range(nr):
-                wq = sw[order[s0 + q]]
-                lrow[q] *= wq
-                wz = like(zz, wq)
-                for c in range(C):
-                    zz[q, c] *= wz
-        for q in range(nr):
-            total += lrow[q]
-            for c in range(C):
-                gb[c] += zz[q, c]
-        for q in range(0, full, QUAD):
-            pf = _prefetch_next(X, order, pf, i1, n0, n1)
-            _grad_quad(x, rows, q, zz, a, gW)
-        for q in range(full, nr):
-            _grad_row(x, rows, q, zz, a, gW)
+        total = _weigh_and_add(zz, lrow, sw, order[s0 : s0 + nr], nr, gb, total)
+        pf = _grad_block(x, rows, nr, zz, a, gW, ahead, pf)
     return total
 
 
@@ -553,6 +583,19 @@ def _thread_partials(P, C, d, dtype):
     return np.zeros((P, C + 1, d), dtype), np.zeros((P, C + PAD), dtype)
 
 
+@njit(**_F)
+def _last_step(ctl, r, m, size, s0, s1, solo):
+    """Where a team's call stops: s1, or after `solo` steps when fewer than `size`
+    threads joined (a thread came too late: sgd_steps forms a new team for the rest);
+    the leader (r == 0) writes it to ctl[RESULT] for sgd_steps before any step (the
+    members return only after the last)."""
+    if m < size:
+        s1 = min(s1, s0 + solo)
+    if r == 0:
+        ctl[RESULT] = s1
+    return s1
+
+
 @njit(**_KW)
 def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row_path, sw, avg):
     """One of the `size` threads of a call of sgd_steps: joins the team (see _team) and,
@@ -567,10 +610,7 @@ def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row
     if r < 0:
         return
     s0, s1, batch, lrs, mu, wd, solo = steps
-    if m < size:  # a thread came too late to join: stop early, the caller forms a new team
-        s1 = min(s1, s0 + solo)
-    if r == 0:
-        ctl[RESULT] = s1  # written before any step: members return only after the last
+    s1 = _last_step(ctl, r, m, size, s0, s1, solo)
     W, b = model[0], model[1]
     gW, gb, part_loss, sqc = partials
     xbs, zs, ybs, rowss, lrows, bufs, f64s = scratch
@@ -644,10 +684,7 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
         return
     X, y, order, a = data
     s0, s1, batch, lrs, mu, wd, solo = steps
-    if m < size:  # a thread came too late to join: stop early, the caller forms a new team
-        s1 = min(s1, s0 + solo)
-    if r == 0:
-        ctl[RESULT] = s1  # written before any step: members return only after the last
+    s1 = _last_step(ctl, r, m, size, s0, s1, solo)
     W, b = model[0], model[1]
     zt, gW, gb, sqc = shared
     xbs, zs, ybs, rowss, lrows, bufs, f64s = scratch
@@ -667,7 +704,8 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
         r0 = s * batch
         r1 = min(r0 + batch, n)
         inv_b = 1.0 / (r1 - r0)
-        nxt1 = min(r1 + batch, n)  # the next step's rows, order[r1:nxt1], prefetched
+        # this step's later blocks, then the next step's rows order[r1:...], prefetched
+        ahead = (X, order, r1, r1, min(r1 + batch, n))
         gWr[...] = 0
         gbr[...] = 0
         total = 0.0
@@ -676,13 +714,8 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
         for b0 in range(r0, r1, BLOCK):
             nr = min(BLOCK, r1 - b0)
             x = _block(X, order, b0, nr, xb, rows)
-            full = nr - nr % QUAD
             zr = zt[par][c0:c1].T  # (BLOCK + PAD, c1 - c0): this member's columns
-            for q in range(0, full, QUAD):
-                pf = _prefetch_next(X, order, pf, r1, r1, nxt1)
-                _logits_quad(x, rows, q, Wr, br, a, zr)
-            for q in range(full, nr):
-                _logits_row(x, rows, q, Wr, br, a, zr)
+            pf = _logits_block(x, rows, nr, Wr, br, a, zr, ahead, pf)
             for q in range(nr):
                 yb[q] = y[order[b0 + q]]
             if not team_barrier(ctl, m):  # every member's logits columns are in zt[par]
@@ -702,22 +735,8 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
                         zz[q, c] = zp[c, q]
                 xent_index_rows(zz, yb[:nr], None, 0.0, -1, None, inv_b, lrow, zz, 0, nr)
                 gr = zz[:, c0:c1]
-            if sw is not None:  # a type test: settled at compile time
-                for q in range(nr):
-                    wq = sw[order[b0 + q]]
-                    lrow[q] *= wq
-                    wz = like(gr, wq)
-                    for c in range(c1 - c0):
-                        gr[q, c] *= wz
-            for q in range(nr):
-                total += lrow[q]
-                for c in range(c1 - c0):
-                    gbr[c] += gr[q, c]
-            for q in range(0, full, QUAD):
-                pf = _prefetch_next(X, order, pf, r1, r1, nxt1)
-                _grad_quad(x, rows, q, gr, a, gWr)
-            for q in range(full, nr):
-                _grad_row(x, rows, q, gr, a, gWr)
+            total = _weigh_and_add(gr, lrow, sw, order[b0 : b0 + nr], nr, gbr, total)
+            pf = _grad_block(x, rows, nr, gr, a, gWr, ahead, pf)
         if r == 0:
             losses[s] = total * inv_b + 0.5 * wd * sq
         rates = (lrs[s], mu, wd)
@@ -774,8 +793,10 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
     if kernel is team_steps_by_class:
         zt = np.empty((2, C, BLOCK + PAD), W.dtype)
         shared = (zt, *_thread_partials(P, C, d, W.dtype), np.zeros((2, C + PAD)))
+        parts = ()
     else:
         shared = (*_thread_partials(NP, C, d, W.dtype), np.zeros(NP), np.zeros(C))
+        parts = (NP,)  # team_steps takes the part count after the team's size
     scratch = _thread_scratch(P, W)
     s = s0
     while True:  # at least one call, even for no steps: that compiles the kernel (warm_up)
@@ -783,10 +804,7 @@ def sgd_steps(data, params, plan, s0, s1, losses, nparts, nthreads) -> int:
         common = ((X, y, order, a), (s, s1, batch, lrs, mu, wd, solo), (W, b, vW, vb), losses)
         solo = s1  # one new team at most: threads busy with another caller's team would
         # cost each new team the leader's wait for them
-        if kernel is team_steps_by_class:
-            args = (ctl, P, *common, shared, scratch, row_path_for(C), sw, avg)
-        else:
-            args = (ctl, P, NP, *common, shared, scratch, row_path_for(C), sw, avg)
+        args = (ctl, P, *parts, *common, shared, scratch, row_path_for(C), sw, avg)
         others = [_pool().submit(kernel, *args) for _ in range(P - 1)]
         kernel(*args)
         for f in others:

@@ -105,3 +105,12 @@ def numba_target() -> dict:
         info["simd"] = simd_of_feature_string(features)
         info["simd_from"] = f"feature string (the LLVM probe failed: {err})"
     return info
+
+
+def narrow_registers() -> bool:
+    """Whether the CPU Numba compiles for has 16 vector registers (AVX2 and below)
+    rather than 32 (AVX-512; arm64's NEON): some kernels then lay out their loops
+    differently (``_numba/step.py``, ``_numba/kernels.py``, ``_numba/_transpose.py``).
+    Numba's cache is keyed by that CPU and its features, so a cached kernel was compiled
+    with the same answer."""
+    return numba_target()["simd"] in ("avx2", "sse")

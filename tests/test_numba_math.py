@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 numba = pytest.importorskip("numba")
+from numba.extending import intrinsic  # noqa: E402
+
+from fastsoftmax._cpu_target import narrow_registers  # noqa: E402
 from fastsoftmax._numba._math import fexp, fexp_neg, fkey, flog, funkey  # noqa: E402
-from fastsoftmax._numba._transpose import block_width, transpose_block  # noqa: E402
+from fastsoftmax._numba._transpose import (  # noqa: E402
+    _transpose_block,
+    block_width,
+    block_width_in,
+    transpose_block,
+)
 
 
 @numba.njit(error_model="numpy")
@@ -126,19 +134,47 @@ def _width(a):
     return block_width(a)
 
 
+@intrinsic
+def _transpose_block_32(typingctx, src, so, ss, m, k, dst, do, ds):
+    """The copy into tiles with 16 vector registers (AVX2: transpose_block_in's W),
+    whatever CPU runs the tests."""
+    return _transpose_block(32, src, so, ss, m, k, dst, do, ds)
+
+
+@numba.njit
+def _transpose_32(src, so, ss, m, k, dst, do, ds):
+    _transpose_block_32(src, so, ss, m, k, dst, do, ds)
+
+
+@numba.njit
+def _width_in(a):
+    return block_width_in(a)
+
+
+def test_the_copy_into_tiles_is_half_as_wide_with_16_vector_registers():
+    a = np.zeros(1, np.float32)
+    assert _width(a) == 16
+    assert _width_in(a) == (8 if narrow_registers() else 16)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("layout", "tail"), [("gaps", 0), ("packed", 0), ("packed", 40), ("gaps", 40)]
 )
-def test_transpose_block_moves_exactly_the_block(dtype, layout, tail, rng):
+@pytest.mark.parametrize("vector_bytes", [64, 32])
+def test_transpose_block_moves_exactly_the_block(dtype, layout, tail, vector_bytes, rng):
     """Every m x k block (m, k <= W) lands transposed; nothing else is written, and a
     block that ends at the last element of either array is fine (masked lanes are not
     touched, so this would fault or corrupt if they were).  Rows with gaps between them
     (strides wider than the block) and packed rows (stride = row length, as the tile
     kernels use them: whole-vector loads and stores that spill into the next row),
-    with and without `tail` elements after the blocks (NaN sentinels in the output)."""
-    w = _width(np.zeros(1, dtype))
-    assert w == 64 // np.dtype(dtype).itemsize
+    with and without `tail` elements after the blocks (NaN sentinels in the output).
+    W = 64 bytes (transpose_block) and 32 (transpose_block_in with AVX2)."""
+    if vector_bytes == 64:
+        w, transpose = _width(np.zeros(1, dtype)), _transpose
+    else:
+        w, transpose = 32 // np.dtype(dtype).itemsize, _transpose_32
+    assert w == vector_bytes // np.dtype(dtype).itemsize
     sizes = sorted({1, 2, 3, w // 2 + 1, w - 1, w})
     for m in sizes:
         for k in sizes:
@@ -146,7 +182,7 @@ def test_transpose_block_moves_exactly_the_block(dtype, layout, tail, rng):
             so, do = 2, 1
             src = rng.standard_normal(so + (m - 1) * ss + k + tail).astype(dtype)
             dst = np.full(do + (k - 1) * ds + m + tail, np.nan, dtype)
-            _transpose(src, so, ss, m, k, dst, do, ds)
+            transpose(src, so, ss, m, k, dst, do, ds)
             expected = np.full_like(dst, np.nan)
             block = np.lib.stride_tricks.as_strided(
                 src[so:], shape=(m, k), strides=(ss * src.itemsize, src.itemsize)

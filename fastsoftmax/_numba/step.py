@@ -69,7 +69,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .._cpu_target import numba_target
+from .._cpu_target import narrow_registers
 from .._threads import pool_size
 from ._ir_only import ir_only
 from ._math import REDUCE_FLAGS, like
@@ -101,11 +101,9 @@ QUAD = 4
 # 30 paired epochs, three runs); without prefetching, 1.06x.
 PF_ROWS = 2
 PF_LOCALITY = 2
-# Whether the CPU Numba compiles for has 16 vector registers (AVX2 and below) rather
-# than 32 (AVX-512, and arm64's NEON): the logits then go 2 rows at a time (see
-# _logits_pair).  Numba's cache is keyed by that CPU and its features, so a cached
-# kernel was compiled with the same value.
-NARROW_REGISTERS = numba_target()["simd"] in ("avx2", "sse")
+# 16 vector registers (AVX2 and below), not 32: the logits then go 2 rows at a time
+# (see _logits_pair).
+NARROW_REGISTERS = narrow_registers()
 # A leader whose team is short (a pool thread was not awake when the team formed: this
 # VM can take milliseconds to wake one) runs about this many multiply-adds' worth of
 # steps (~1 ms) and returns; sgd_steps then forms one new team for the rest, which the

@@ -157,6 +157,49 @@ def test_the_copy_into_tiles_is_half_as_wide_with_16_vector_registers():
     assert _width_in(a) == (8 if narrow_registers() else 16)
 
 
+@intrinsic
+def _transpose_block_out_32(typingctx, src, so, ss, m, k, dst, do, ds, end):
+    """transpose_block_out with AVX2's W, whatever CPU runs the tests."""
+    return _transpose_block(32, src, so, ss, m, k, dst, do, ds, end)
+
+
+@numba.njit
+def _out_of_tile_32(zt, rows_per_tile, x, a, nr):
+    """_tile_transfer's copy out of a tile with 16 vector registers (transpose_block_out
+    bands, the last column block first), from a class-major zt of rows_per_tile
+    columns into rows [a, a + nr) of x."""
+    n = x.shape[1]
+    xf = x.reshape(x.size)
+    w = 32 // x.itemsize
+    end = (a + nr) * n
+    last = ((n - 1) // w) * w
+    for b in range(0, nr, w):
+        rows = min(w, nr - b)
+        for cb in range(last, -1, -w):
+            cols = min(w, n - cb)
+            _transpose_block_out_32(
+                zt, cb * rows_per_tile + b, rows_per_tile, cols, rows, xf, (a + b) * n + cb, n, end
+            )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_copy_out_of_a_tile_writes_its_rows_and_nothing_else(dtype, rng):
+    """transpose_block_out's whole-vector stores run into the next row, which the same
+    copy writes later; never past the tile's last row (another thread's tile may be
+    there, already written).  NaN sentinels around the tile's rows, every class count of
+    the tile path, tiles of 1 to R rows."""
+    rows_per_tile = 128
+    for n in range(1, 33):
+        for nr in (1, 3, 7, 8, 9, 31, 128):
+            for a, after in ((0, 0), (3, 2)):
+                zt = rng.standard_normal((n, rows_per_tile)).astype(dtype)
+                x = np.full((a + nr + after, n), np.nan, dtype)
+                _out_of_tile_32(zt.reshape(-1), rows_per_tile, x, a, nr)
+                expected = np.full_like(x, np.nan)
+                expected[a : a + nr] = zt[:, :nr].T
+                np.testing.assert_array_equal(x, expected, err_msg=f"n={n} nr={nr} a={a}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("layout", "tail"), [("gaps", 0), ("packed", 0), ("packed", 40), ("gaps", 40)]

@@ -17,10 +17,11 @@ ones only at the edges.
 
 W = 64 bytes / itemsize: 16 float32 or 8 float64 lanes, one AVX-512 register.  With 16
 vector registers (AVX2), a 16 x 16 float32 block is 32 ymm halves, half of them on the
-stack between the shuffle stages; there the copy *into* a tile goes in 8 x 8 blocks
-(:func:`transpose_block_in`, W = 32 bytes / itemsize).  The copy back out keeps W = 16:
-with 8-wide blocks the last 2 of 10 classes are 2-lane rows, stored masked.  Fused
-60000 x 10 float32, AVX2 code, one thread: 0.95-0.97x the time (pool: 0.95-0.97x).
+stack between the shuffle stages; there the tiles are copied in 8 x 8 blocks
+(:func:`transpose_block_in`, W = 32 bytes / itemsize) and out in 8 x 8 blocks whose
+short rows (the last 2 of 10 classes) are whole-vector stores into the next row, which
+the caller writes afterwards (:func:`transpose_block_out`).  Fused 60000 x 10 float32,
+AVX2 code: 0.95-0.97x the time for the copy in (docs/performance.md, The ops).
 """
 
 from __future__ import annotations
@@ -91,14 +92,32 @@ def transpose_block_in(typingctx, src, src_off, src_stride, m, k, dst, dst_off, 
     return _transpose_block(VECTOR_BYTES_IN, *args)
 
 
-def _transpose_block(vector_bytes, src, src_off, src_stride, m, k, dst, dst_off, dst_stride):
-    """The typing and code of transpose_block(_in), W = vector_bytes / itemsize.
+@intrinsic
+def transpose_block_out(
+    typingctx, src, src_off, src_stride, m, k, dst, dst_off, dst_stride, spill_end
+):
+    """transpose_block with transpose_block_in's W, for the copy out of a tile: an
+    output row's store may run past its m lanes (a whole vector where a masked store
+    would be needed otherwise) as long as it ends by dst[spill_end].  The caller writes
+    those elements again after this call (_tile_transfer: the next rows' first columns,
+    with each band of rows stored last column block first)."""
+    args = (src, src_off, src_stride, m, k, dst, dst_off, dst_stride, spill_end)
+    return _transpose_block(VECTOR_BYTES_IN, *args)
+
+
+def _transpose_block(
+    vector_bytes, src, src_off, src_stride, m, k, dst, dst_off, dst_stride, spill_end=None
+):
+    """The typing and code of transpose_block(_in, _out), W = vector_bytes / itemsize;
+    spill_end (transpose_block_out): see there.
 
     src and dst are 1-D contiguous arrays of one float dtype.  Nothing outside the two
     blocks is read or written (masked loads and stores: lanes and rows past k and m are
     not touched), so the blocks may end at their arrays' last element.  No bounds are
     checked: the caller keeps both blocks inside their arrays."""
     ints = (src_off, src_stride, m, k, dst_off, dst_stride)
+    if spill_end is not None:
+        ints += (spill_end,)
     if not (
         isinstance(src, types.Array)
         and isinstance(dst, types.Array)
@@ -109,7 +128,8 @@ def _transpose_block(vector_bytes, src, src_off, src_stride, m, k, dst, dst_off,
         and all(isinstance(v, types.Integer) for v in ints)
     ):
         return None
-    sig = types.void(src, src_off, src_stride, m, k, dst, dst_off, dst_stride)
+    sig_args = (src, src_off, src_stride, m, k, dst, dst_off, dst_stride)
+    sig = types.void(*sig_args, *(() if spill_end is None else (spill_end,)))
     w = _width(src.dtype, vector_bytes)
 
     def codegen(context, builder, signature, args):
@@ -201,12 +221,15 @@ def _transpose_block(vector_bytes, src, src_off, src_stride, m, k, dst, dst_off,
         last_end = builder.add(builder.mul(builder.sub(kk, i64(1)), ds), mm)
         packed = builder.icmp_signed("<=", ds, mm)
         full = builder.icmp_signed("==", mm, i64(w))
+        if spill_end is not None:  # the caller rewrites [do, spill_end) after this call
+            send = context.cast(builder, args[8], signature.args[8], types.int64)
         for j in range(w):
             ptr = address(darr, do, ds, j)
-            spill_ok = builder.and_(
-                packed,
-                builder.icmp_signed("<=", builder.add(builder.mul(i64(j), ds), i64(w)), last_end),
-            )
+            store_end = builder.add(builder.mul(i64(j), ds), i64(w))
+            spill_ok = builder.and_(packed, builder.icmp_signed("<=", store_end, last_end))
+            if spill_end is not None:
+                later = builder.icmp_signed("<=", builder.add(do, store_end), send)
+                spill_ok = builder.or_(spill_ok, later)
             in_block = builder.icmp_signed("<", i64(j), kk)
             with builder.if_then(in_block, likely=True):
                 with builder.if_else(builder.or_(full, spill_ok), likely=True) as (plain, other):

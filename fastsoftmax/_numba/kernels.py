@@ -73,7 +73,13 @@ from .._cpu_target import narrow_registers
 from ._ir_only import ir_only
 from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog1p, funkey, like
 from ._team import atomic_add
-from ._transpose import block_width, block_width_in, transpose_block, transpose_block_in
+from ._transpose import (
+    block_width,
+    block_width_in,
+    transpose_block,
+    transpose_block_in,
+    transpose_block_out,
+)
 
 # 16 vector registers (AVX2 and below), not 32: see _tile_expsum.
 NARROW_REGISTERS = narrow_registers()
@@ -460,6 +466,18 @@ def _tile_transfer(x, a, nr, zt, direction):
             for cb in range(0, n, W):
                 cols = min(W, n - cb)
                 transpose_block_in(xf, (a + b) * n + cb, n, rows, cols, zt, cb * R + b, R)
+    elif NARROW_REGISTERS:
+        # 8 x 8 blocks, each W-row band's last column block first: its rows' stores may
+        # then run on into the next row, which a later store of this call rewrites (up to
+        # the tile's last row: past it may be another thread's tile)
+        W = block_width_in(zt)
+        end = (a + nr) * n
+        last = ((n - 1) // W) * W
+        for b in range(0, nr, W):
+            rows = min(W, nr - b)
+            for cb in range(last, -1, -W):
+                cols = min(W, n - cb)
+                transpose_block_out(zt, cb * R + b, R, cols, rows, xf, (a + b) * n + cb, n, end)
     else:
         W = block_width(zt)
         for b in range(0, nr, W):

@@ -6,6 +6,7 @@ and errors that name the argument.  CUDA cases skip without a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -466,6 +467,35 @@ def test_minibatch_path_gives_the_general_paths_bits(monkeypatch, dtype, reducti
     torch.testing.assert_close(fast_nograd, general[0], rtol=0, atol=0)
     torch.testing.assert_close(fast_all_ignored, general_all_ignored, rtol=0, atol=0)
     assert float(fast_all_ignored) == 0.0
+
+
+def test_minibatch_direct_apply_is_the_functions_apply(monkeypatch):
+    """The minibatch path's route past Function.apply's Python layer (_direct_apply)
+    gives what Function.apply gives: the loss, the graph node and the gradient, bit for
+    bit; under a functorch transform it hands the call to Function.apply."""
+    x = logits(64, 10, torch.float32)
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+    real = ft._MinibatchFunction.apply
+    routed = []
+
+    def recorded(*args):
+        routed.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(ft._MinibatchFunction, "apply", recorded)
+    direct_x = x.clone().requires_grad_()
+    direct = ft.cross_entropy(direct_x, y)
+    direct.backward()
+    assert routed == [], "the direct route went through Function.apply"
+    via_x = x.clone().requires_grad_()
+    via = real(via_x, y, True, -100)
+    via.backward()
+    assert type(direct.grad_fn) is type(via.grad_fn)
+    torch.testing.assert_close(direct, via, rtol=0, atol=0)
+    torch.testing.assert_close(direct_x.grad, via_x.grad, rtol=0, atol=0)
+    with contextlib.suppress(RuntimeError):  # PyTorch's: a Function without setup_context
+        torch.func.grad(lambda z: ft.cross_entropy(z, y))(x)
+    assert len(routed) == 1, "under a functorch transform the call skipped Function.apply"
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])  # the minibatch path, the general one

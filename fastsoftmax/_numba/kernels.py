@@ -666,10 +666,10 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             g[i, yi] = like(g, _true_class_grad(e_y, k, d, coef_y, eps_c, wsum, w_y, scale))
 
 
-@njit(**_F)
-def xent_index_tiles(
-    z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1, buf, f64, partial, work, t
-):
+def _xent_index_tiles(
+    z, y, w, wsum, ignore, eps, scale, loss, g,
+    r0=0, r1=0, buf=None, f64=None, partial=None, work=None, t=0,
+):  # fmt: skip
     """Small-C path over rows [r0, r1), TILE_ROWS rows at a time, transposed.
 
     Thread t does the tiles it claims (_next_chunk; work None: every tile, in order).
@@ -677,6 +677,12 @@ def xent_index_tiles(
     call's chunks: r0 = 0, r1 = all rows).
     The tiles of a call go through one call of this function, which builds its views
     and constants once: one call per tile cost 10% more time at 60000 x 10 (1 thread).
+
+    Called with the first nine arguments alone it is the serial kernel
+    (xent_index_serial): every row, with scratch and one partial loss sum per tile of
+    its own, returning their sum in tile order (as xent_index adds them).  Compiled as
+    the entry itself rather than a callee of a serial wrapper, the first call compiles
+    the tile path one level less deep (see docs/threads-and-cold-start.md).
 
     The per-row work is written so that LLVM vectorises it: target lookups (gathers)
     sit in one short scalar loop of their own, rows are indexed through slices and
@@ -686,18 +692,25 @@ def xent_index_tiles(
     did it all per row (bench: same bits)."""
     n = z.shape[1]
     R = TILE_ROWS
+    # buf None (the serial kernel) is a type: each case compiles alone
+    if buf is None:
+        rows0, rows1 = 0, z.shape[0]
+        tile_buf, tile_f64 = _scratch(z)
+        sums = np.empty(_chunking(rows1, n)[1])
+    else:
+        rows0, rows1, tile_buf, tile_f64 = r0, r1, buf, f64
     # eps None (no smoothing) is a type: _tile_smooth_sum is then not compiled
     eps_f = 0.0 if eps is None else float(eps)
     eps_c = eps_f / n
     zero = like(z, 0.0)
-    zt, m, ga, gb, acc, ones = _tile_views(buf, n)  # gb: scale (eps/C) w_c
-    s, logs = _f64_row(f64, 0), _f64_row(f64, 1)
-    ty = _f64_row(f64, 2)  # z[y] - max
-    coef = _f64_row(f64, 3)  # (1 - eps) w_y; 0 for ignored rows
-    valid = _f64_row(f64, 4)  # 1.0 unless the row is ignored
-    smooth = _f64_row(f64, 5)
-    g_y = _f64_row(f64, 6)  # exp(z[y] - max), then the gradient at the target
-    w_y = _f64_row(f64, 7)  # w[y] (1 without weights)
+    zt, m, ga, gb, acc, ones = _tile_views(tile_buf, n)  # gb: scale (eps/C) w_c
+    s, logs = _f64_row(tile_f64, 0), _f64_row(tile_f64, 1)
+    ty = _f64_row(tile_f64, 2)  # z[y] - max
+    coef = _f64_row(tile_f64, 3)  # (1 - eps) w_y; 0 for ignored rows
+    valid = _f64_row(tile_f64, 4)  # 1.0 unless the row is ignored
+    smooth = _f64_row(tile_f64, 5)
+    g_y = _f64_row(tile_f64, 6)  # exp(z[y] - max), then the gradient at the target
+    w_y = _f64_row(tile_f64, 7)  # w[y] (1 without weights)
     # Read by the vectorised loop even without smoothing (whose term it then discards):
     # uninitialised memory there could hold subnormals, ~100x slower arithmetic.
     for r in range(R):
@@ -706,11 +719,11 @@ def xent_index_tiles(
         gb[c] = like(z, scale * eps_c * (1.0 if w is None else float(w[c])))
     zf = z.reshape(z.size)
     gf = zf if g is None else g.reshape(g.size)
-    ntiles = (r1 - r0 + R - 1) // R
+    ntiles = (rows1 - rows0 + R - 1) // R
     tile, used = _next_chunk(work, t, -1, 0, ntiles)
     while tile >= 0:
-        a = r0 + tile * R
-        nr = min(R, r1 - a)
+        a = rows0 + tile * R
+        nr = min(R, rows1 - a)
         yt = y[a : a + nr]
         _tile_transfer(z, a, nr, zt, INTO_TILE)
         _tile_max(zt, nr, n, m)
@@ -763,9 +776,17 @@ def xent_index_tiles(
                 else:
                     for c in range(n):
                         gf[np.uintp(row0 + c)] = zero
-        if partial is not None:
+        if buf is None:
+            _chunk_loss(loss, sums, tile, R)
+        elif partial is not None:
             _chunk_loss(loss, partial, tile, R)
         tile, used = _next_chunk(work, t, tile, used, ntiles)
+    if buf is None:
+        return _ordered_sum(sums)
+    return 0.0
+
+
+xent_index_tiles = njit(**_F)(_xent_index_tiles)
 
 
 @njit(**_F)
@@ -893,8 +914,10 @@ def _xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
     return _ordered_sum(partial)
 
 
-# the serial kernels, and their bodies inlined into the minibatch kernels below
-xent_index_serial = njit(**_KW)(_xent_index_serial)
+# the serial kernels (on the small-C path the tile kernel itself, called with nine
+# arguments: one level less to compile), and the serial bodies inlined into the
+# minibatch kernels below
+xent_index_serial = njit(**_KW)(_xent_index_tiles)
 xent_index_wide_serial = njit(**_KW)(_xent_index_wide_serial)
 _tiles_serial = njit(**_F, inline="always")(_xent_index_serial)
 _rows_serial = njit(**_F, inline="always")(_xent_index_wide_serial)

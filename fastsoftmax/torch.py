@@ -40,6 +40,12 @@ How a call runs
   forward without grad mode costs ~10 us at 64 x 10, PyTorch's ~13 us; in a training
   step the autograd node's Python is the rest of the difference (docs/performance.md).
 
+* Under torch.func transforms (``grad``, ``vjp``, ``jacrev``, ``vmap`` and their
+  compositions, such as per-sample gradients) ``cross_entropy`` runs through
+  ``_TransformableFunction``, which has the form torch.func asks of a Function; its
+  vmap rule makes one kernel call per sample.  ``linear_cross_entropy`` does not
+  support them yet.
+
 ``linear_cross_entropy`` runs PyTorch's GEMMs (MKL, cuBLAS) on chunks of rows and the
 fused kernel on each chunk's logits in place, so at most ``chunk_size x V`` logits exist
 at a time (default: 1/16 of the N x V logits, 64 rows at least, 256 MiB at most); dinput,
@@ -88,6 +94,11 @@ SERIAL_LOGITS = 16384
 CHUNK_FRACTION = 16
 CHUNK_MIN_ROWS = 64
 CHUNK_MAX_BYTES = 256 * 2**20
+
+
+# Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is active: our kernels
+# then run through _TransformableFunction, whose forward sees plain tensors
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 # --------------------------------------------------------------------------------------
@@ -293,6 +304,7 @@ def _is_one(go: Tensor) -> bool:
         and go.dim() == 0
         and not go.requires_grad
         and not torch.compiler.is_compiling()
+        and not _transforms_active()  # go may be batched (vmap): no .item()
         and go.item() == 1.0
     )
 
@@ -408,6 +420,46 @@ class _CrossEntropyFunction(torch.autograd.Function):
         return _scaled(g, go, ctx.rows), None, None, None
 
 
+class _TransformableFunction(torch.autograd.Function):
+    """cross_entropy under torch.func transforms (grad, vjp, jacrev, vmap and their
+    compositions, such as per-sample gradients): the form torch.func asks of a Function
+    (a forward without ctx, setup_context, a vmap rule).  The forward returns the
+    gradient beside the loss (non-differentiable) so that setup_context can save it.
+    The vmap rule runs each sample's call through this Function again (at the level
+    below, where an outer transform may still wrap the tensors), so it composes with
+    any nesting; one kernel call per sample."""
+
+    @staticmethod
+    def forward(input, target, weight, red, ignore, eps):
+        return _xent(input, target, weight, red, ignore, eps, True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+        ctx.rows = inputs[3] == "none"
+
+    @staticmethod
+    def backward(ctx, go, _go_grad):
+        (g,) = ctx.saved_tensors
+        return _scaled(g, go, ctx.rows), None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, input, target, weight, red, ignore, eps):
+        def sample(x, dim, i):
+            return x if dim is None else x.select(dim, i)
+
+        d_input, d_target, d_weight = in_dims[:3]
+        losses, grads = [], []
+        for i in range(info.batch_size):
+            w = None if weight is None else sample(weight, d_weight, i)
+            x_i, t_i = sample(input, d_input, i), sample(target, d_target, i)
+            loss, g = _TransformableFunction.apply(x_i, t_i, w, red, ignore, eps)
+            losses.append(loss)
+            grads.append(g)
+        return (torch.stack(losses), torch.stack(grads)), (0, 0)
+
+
 class _MinibatchFunction(torch.autograd.Function):
     """The common classifier call in eager mode, with as little Python as possible
     (PyTorch's own cross-entropy is ~12 us of C++ at 64 x 10; the general path's checks
@@ -432,20 +484,18 @@ class _MinibatchFunction(torch.autograd.Function):
 
 def _direct_apply(function: type[torch.autograd.Function]):
     """``function.apply`` without its Python layer, for the eager calls of a small
-    minibatch: outside functorch transforms that layer only unwraps dead functorch
-    wrappers, which it does through a generator over the arguments, and calls the C++
-    apply; done here for the tensors directly, 3.3 us less per call (14.3 -> 10.9 us at
-    64 x 10, alone).  function.apply itself where this PyTorch lacks what it uses."""
+    minibatch outside torch.func transforms (the caller checks: _minibatch_call).
+    There that layer only unwraps dead functorch wrappers, which it does through a
+    generator over the arguments, and calls the C++ apply; done here for the two
+    tensors directly, 3.3 us less per call (14.3 -> 10.9 us at 64 x 10, alone).
+    function.apply itself where this PyTorch lacks what it uses."""
     try:
         raw = torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
-        transforms_active = torch._C._are_functorch_transforms_active
         unwrap = torch._C._functorch.unwrap_if_dead
     except (AttributeError, KeyError):
         return function.apply
 
     def apply(input: Tensor, target: Tensor, *options):
-        if transforms_active():  # vmap, grad, ...: PyTorch's own route
-            return function.apply(input, target, *options)
         return raw(unwrap(input), unwrap(target), *options)
 
     return apply
@@ -483,6 +533,7 @@ def _minibatch_call(input, target, weight, ignore_index, reduction, label_smooth
         and target.is_contiguous()
         and not target.requires_grad
         and not torch.compiler.is_compiling()
+        and not _transforms_active()
     ):
         return None
     mean = _MEAN[reduction]
@@ -548,7 +599,9 @@ def cross_entropy(
         x = input.movedim(1, -1).reshape(-1, c)
         t = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
     grad = torch.is_grad_enabled() and input.requires_grad
-    if torch.compiler.is_compiling() or not EAGER_FUNCTION:
+    if _transforms_active() and not torch.compiler.is_compiling():
+        loss = _TransformableFunction.apply(x, t, weight, red, ignore, eps)[0]
+    elif torch.compiler.is_compiling() or not EAGER_FUNCTION:
         if grad:
             loss = torch.ops.fastsoftmax.cross_entropy_fwd(x, t, weight, red, ignore, eps)[0]
         else:

@@ -678,9 +678,9 @@ def _xent_index_tiles(
     The tiles of a call go through one call of this function, which builds its views
     and constants once: one call per tile cost 10% more time at 60000 x 10 (1 thread).
 
-    Called with the first nine arguments alone it is the serial kernel
-    (xent_index_serial): every row, with scratch and one partial loss sum per tile of
-    its own, returning their sum in tile order (as xent_index adds them).  Compiled as
+    With buf None (the defaults after the first nine arguments) it is the serial
+    kernel (xent_index_serial): every row, with scratch and one partial loss sum per
+    tile of its own, returning their sum in tile order (as xent_index adds them).  Compiled as
     the entry itself rather than a callee of a serial wrapper, the first call compiles
     the tile path one level less deep (see docs/threads-and-cold-start.md).
 
@@ -914,9 +914,8 @@ def _xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
     return _ordered_sum(partial)
 
 
-# the serial kernels (on the small-C path the tile kernel itself, called with nine
-# arguments: one level less to compile), and the serial bodies inlined into the
-# minibatch kernels below
+# the serial kernels (on the small-C path the tile kernel itself, buf None: one level
+# less to compile), and the serial bodies inlined into the minibatch kernels below
 xent_index_serial = njit(**_KW)(_xent_index_tiles)
 xent_index_wide_serial = njit(**_KW)(_xent_index_wide_serial)
 _tiles_serial = njit(**_F, inline="always")(_xent_index_serial)

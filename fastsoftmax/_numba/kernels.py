@@ -907,18 +907,10 @@ def xent_index(z, y, w, wsum, ignore, eps, scale, loss, g, nthreads):
     return _ordered_sum(partial)
 
 
-def _xent_index_serial(z, y, w, wsum, ignore, eps, scale, loss, g):
-    partial = np.empty(_chunking(z.shape[0], z.shape[1])[1])
-    if partial.shape[0]:
-        _xent_index_run(z, y, w, wsum, ignore, eps, scale, loss, g, partial, None, 0)
-    return _ordered_sum(partial)
-
-
 # the serial kernels (on the small-C path the tile kernel itself, buf None: one level
-# less to compile), and the serial bodies inlined into the minibatch kernels below
+# less to compile); the large-C body is also inlined into its minibatch kernel below
 xent_index_serial = njit(**_KW)(_xent_index_tiles)
 xent_index_wide_serial = njit(**_KW)(_xent_index_wide_serial)
-_tiles_serial = njit(**_F, inline="always")(_xent_index_serial)
 _rows_serial = njit(**_F, inline="always")(_xent_index_wide_serial)
 
 
@@ -948,7 +940,8 @@ def xent_index_minibatch(z, y, ignore, mean, g):
     if bad >= 0:
         return bad, 0.0
     loss = np.empty(z.shape[0])
-    total = _tiles_serial(z, y, None, float(z.shape[1]), ignore, None, scale, loss, g)
+    # the tile kernel with buf None: xent_index_serial's work
+    total = xent_index_tiles(z, y, None, float(z.shape[1]), ignore, None, scale, loss, g)
     return -1, _minibatch_loss(total, denom, mean)
 
 

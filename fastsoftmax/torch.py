@@ -427,7 +427,9 @@ class _TransformableFunction(torch.autograd.Function):
     gradient beside the loss (non-differentiable) so that setup_context can save it.
     The vmap rule runs each sample's call through this Function again (at the level
     below, where an outer transform may still wrap the tensors), so it composes with
-    any nesting; one kernel call per sample."""
+    any nesting; one kernel call per sample.  Eager calls keep _CrossEntropyFunction:
+    for a Function with setup_context, Function.apply binds the arguments through
+    inspect.signature on every call (fwd + bwd at 64 x 10: ~155 against ~103 us)."""
 
     @staticmethod
     def forward(input, target, weight, red, ignore, eps):

@@ -547,7 +547,7 @@ def test_minibatch_path_gives_the_general_paths_bits(monkeypatch, dtype, reducti
 def test_minibatch_direct_apply_is_the_functions_apply(monkeypatch):
     """The minibatch path's route past Function.apply's Python layer (_direct_apply)
     gives what Function.apply gives: the loss, the graph node and the gradient, bit for
-    bit (torch.func transforms take _TransformableFunction: tests below)."""
+    bit (torch.func transforms take _TransformableFunction: tested above)."""
     x = logits(64, 10, torch.float32)
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
     real = ft._MinibatchFunction.apply

@@ -45,6 +45,13 @@ How a call runs
   ``_TransformableFunction``, which has the form torch.func asks of a Function; its
   vmap rule makes one kernel call per sample.  ``linear_cross_entropy`` does not
   support them yet.
+* Second order: the saved gradient is an output of the Function (not returned to the
+  caller), so a gradient flowing into it (double backward with ``create_graph=True``,
+  ``torch.func.jacrev`` of ``grad``, ``hessian``) gets the softmax's Jacobian, computed
+  from that gradient alone (``_SecondOrder``); forward-mode AD (dual tensors,
+  ``torch.func.jvp``) has a jvp rule.  The minibatch path holds its small input and, in
+  a backward with ``create_graph=True``, runs the call again through that Function.
+  ``linear_cross_entropy`` raises instead: its gradients are not differentiable.
 
 ``linear_cross_entropy`` runs PyTorch's GEMMs (MKL, cuBLAS) on chunks of rows and the
 fused kernel on each chunk's logits in place, so at most ``chunk_size x V`` logits exist
@@ -60,6 +67,7 @@ import math
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import _api
@@ -99,6 +107,13 @@ CHUNK_MAX_BYTES = 256 * 2**20
 # Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is active: our kernels
 # then run through _TransformableFunction, whose forward sees plain tensors
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _dual_level_active() -> bool:
+    """Whether forward-mode AD (torch.autograd.forward_ad.dual_level) is on: an input
+    may then carry a tangent without requiring grad, and only the Function computes the
+    loss's (jvp)."""
+    return getattr(_forward_ad, "_current_level", 0) >= 0
 
 
 # --------------------------------------------------------------------------------------
@@ -322,6 +337,81 @@ def _scaled(g: Tensor, go: Tensor | None, rows: bool) -> Tensor | None:
 
 
 # --------------------------------------------------------------------------------------
+# second order: the derivative of the gradient the forward computed
+# --------------------------------------------------------------------------------------
+# Row i of the gradient is g_i = a_i p_i - b_i, p_i = softmax(x_i).  b_i holds the target
+# row's class coefficients times the reduction's scale s: s ((1 - eps) w_y e_y + eps/C w)
+# for a class index y (0 for an ignored row), s w * ((1 - eps) q_i + eps/C) for
+# probabilities q_i (w: the class weights, or ones); it does not depend on x, and
+# a_i = sum_c b_ic (differentiate the loss row -sum_c b_ic log p_ic).  So
+#     d g_i / d x_i = a_i (diag(p_i) - p_i p_i^T),
+# a symmetric matrix: J v = a_i (p_i * v_i - p_i (p_i . v_i)) for a tangent v and for a
+# cotangent alike.  p_i = (g_i + b_i) / a_i gives the probabilities back from the saved
+# gradient (a row with a_i = 0 has g_i = 0 and J = 0), so second order needs nothing kept
+# beyond the gradient, and as these are PyTorch ops on it, any order works.
+def _target_coefficients(g: Tensor, target: Tensor, weight, red: str, ignore: int, eps: float):
+    """b (the rows' target coefficients times the reduction scale, see above) for the
+    gradient g (M, C) of the loss of target (M,) or (M, C), in g's compute dtype."""
+    m, c = g.shape[-2:]
+    work = _WORK[g.dtype]
+    w = torch.ones(c, dtype=work, device=g.device) if weight is None else weight.to(work)
+    if target.is_floating_point():
+        b = w * ((1.0 - eps) * target.to(work) + eps / c)
+        denom = torch.tensor(float(m), dtype=work, device=g.device)
+    else:
+        valid = target != ignore
+        y = torch.where(valid, target, 0).to(torch.int64)
+        wy = torch.where(valid, w[y], 0.0)
+        b = torch.zeros(g.shape, dtype=work, device=g.device)
+        b = b.scatter(-1, y.unsqueeze(-1), ((1.0 - eps) * wy).unsqueeze(-1))
+        b = b + (eps / c) * w * valid.unsqueeze(-1).to(work)
+        denom = wy.sum()
+    if red == "mean":  # a denominator of 0 (nothing kept) gives a zero gradient
+        b = b * torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, 1.0), 0.0)
+    return b
+
+
+def _curvature(g: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    """J v for the gradient rows g = a p - b (see above) and v of g's shape."""
+    dtype, work = g.dtype, _WORK[g.dtype]
+    g, b, v = g.to(work), b.to(work), v.to(work)
+    a = b.sum(-1, keepdim=True)
+    p = (g + b) / torch.where(a != 0, a, 1.0)
+    return (a * p * (v - (p * v).sum(-1, keepdim=True))).to(dtype)
+
+
+def _loss_tangent(g: Tensor, t: Tensor, rows: bool) -> Tensor:
+    """The forward-mode derivative of the loss along t, the input's tangent (M, C)."""
+    prod = g * t.to(g.dtype)
+    return prod.sum(-1) if rows else prod.sum()
+
+
+class _SecondOrder:
+    """The backward and jvp of a Function whose forward returns (loss, g) with g a
+    differentiable output and saves g: the first-order backward is go * g as before
+    (nothing recomputed); a gradient flowing into g (a double backward: create_graph=True,
+    torch.func.jacrev of grad, hessian) adds J of it.  ctx.xent = (target, weight, red,
+    ignore, eps) of the (M, C) call."""
+
+    @staticmethod
+    def input_grad(ctx, go, go_g):
+        (g,) = ctx.saved_tensors
+        target, weight, red, *_ = ctx.xent
+        d = _scaled(g, go, red == "none")
+        if go_g is not None:
+            h = _curvature(g, _target_coefficients(g, target, weight, *ctx.xent[2:]), go_g)
+            d = h if d is None else d + h
+        return d
+
+    @staticmethod
+    def tangents(ctx, t):
+        (g,) = ctx.saved_tensors
+        target, weight, red, *_ = ctx.xent
+        b = _target_coefficients(g, target, weight, *ctx.xent[2:])
+        return _loss_tangent(g, t, red == "none"), _curvature(g, b, t)
+
+
+# --------------------------------------------------------------------------------------
 # custom ops: cross-entropy on (M, C)
 # --------------------------------------------------------------------------------------
 def _loss_like(x: Tensor, red: str) -> Tensor:
@@ -389,14 +479,16 @@ def _unused_outputs(ctx, outputs) -> None:
 
 
 def _setup_cross_entropy_fwd(ctx, inputs, output):
-    _unused_outputs(ctx, output[1:])
+    if torch.compiler.is_compiling():  # no double backward of compiled graphs anyway:
+        _unused_outputs(ctx, output[1:])  # keep J out of the traced backward
+    else:  # eager (tests): as _CrossEntropyFunction
+        ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1])
-    ctx.rows = inputs[3] == "none"
+    ctx.xent = inputs[1:]
 
 
-def _backward_cross_entropy_fwd(ctx, go, _go_grad):
-    (g,) = ctx.saved_tensors
-    return _scaled(g, go, ctx.rows), None, None, None, None, None
+def _backward_cross_entropy_fwd(ctx, go, go_g):
+    return _SecondOrder.input_grad(ctx, go, go_g), None, None, None, None, None
 
 
 _op_cross_entropy_fwd.register_autograd(
@@ -405,19 +497,25 @@ _op_cross_entropy_fwd.register_autograd(
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
-    """cross_entropy_fwd's autograd for eager calls, without the custom op's dispatch."""
+    """cross_entropy_fwd's autograd for eager calls, without the custom op's dispatch:
+    (loss, g), g differentiable for second order (_SecondOrder)."""
 
     @staticmethod
     def forward(ctx, input, target, weight, opts):
         loss, g = _xent(input, target, weight, *opts, True)
         ctx.save_for_backward(g)
-        ctx.rows = opts[0] == "none"
-        return loss
+        ctx.save_for_forward(g)
+        ctx.set_materialize_grads(False)
+        ctx.xent = (target, weight, *opts)
+        return loss, g
 
     @staticmethod
-    def backward(ctx, go):
-        (g,) = ctx.saved_tensors
-        return _scaled(g, go, ctx.rows), None, None, None
+    def backward(ctx, go, go_g):
+        return _SecondOrder.input_grad(ctx, go, go_g), None, None, None
+
+    @staticmethod
+    def jvp(ctx, t, *_):
+        return _SecondOrder.tangents(ctx, t)
 
 
 class _TransformableFunction(torch.autograd.Function):
@@ -437,14 +535,18 @@ class _TransformableFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(output[1])
-        ctx.rows = inputs[3] == "none"
+        ctx.save_for_forward(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.xent = inputs[1:]
 
     @staticmethod
-    def backward(ctx, go, _go_grad):
-        (g,) = ctx.saved_tensors
-        return _scaled(g, go, ctx.rows), None, None, None, None, None
+    def backward(ctx, go, go_g):
+        return _SecondOrder.input_grad(ctx, go, go_g), None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t, *_):
+        return _SecondOrder.tangents(ctx, t)
 
     @staticmethod
     def vmap(info, in_dims, input, target, weight, red, ignore, eps):
@@ -476,12 +578,32 @@ class _MinibatchFunction(torch.autograd.Function):
         # after PyTorch's backward, this costs ~2x less than torch.empty and .numpy())
         loss = _api.cross_entropy_index_rows(z, target.numpy(), mean, ignore, g)
         ctx.save_for_backward(torch.from_numpy(g))
+        # for a second order only (the input is small): see _minibatch_second_order
+        ctx.call = (input, input._version, target, mean, ignore)
         return torch.from_numpy(np.asarray(loss))
 
     @staticmethod
     def backward(ctx, go):
+        if torch.is_grad_enabled():  # create_graph=True
+            return _minibatch_second_order(ctx.call, go), None, None, None
         (g,) = ctx.saved_tensors
         return _scaled(g, go, False), None, None, None
+
+
+def _minibatch_second_order(call, go):
+    """_MinibatchFunction's gradient in a backward with create_graph=True: the call
+    again through _CrossEntropyFunction (the same bits), whose gradient is
+    differentiable (a few us more on a small input, only in such a backward).  The input
+    is held for this; the saved gradient needs no input, so an input modified in place
+    after the forward is only an error here."""
+    input, version, target, mean, ignore = call
+    if input._version != version:
+        raise RuntimeError(
+            "fastsoftmax.torch.cross_entropy: its input was modified in place after the "
+            "forward, and a backward with create_graph=True needs it"
+        )
+    g = _CrossEntropyFunction.apply(input, target, None, (_REDUCTION[mean], ignore, 0.0))[1]
+    return _scaled(g, go, False)
 
 
 def _direct_apply(function: type[torch.autograd.Function]):
@@ -507,6 +629,7 @@ _apply_minibatch = _direct_apply(_MinibatchFunction)
 
 _MINIBATCH_DTYPES = (torch.float32, torch.float64)
 _MEAN = {"mean": True, "sum": False}
+_REDUCTION = {True: "mean", False: "sum"}
 
 
 def _minibatch_call(input, target, weight, ignore_index, reduction, label_smoothing):
@@ -536,6 +659,7 @@ def _minibatch_call(input, target, weight, ignore_index, reduction, label_smooth
         and not target.requires_grad
         and not torch.compiler.is_compiling()
         and not _transforms_active()
+        and not _dual_level_active()
     ):
         return None
     mean = _MEAN[reduction]
@@ -600,7 +724,7 @@ def cross_entropy(
     else:  # classes last, one row per position (a copy: the gradient comes back strided)
         x = input.movedim(1, -1).reshape(-1, c)
         t = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
-    grad = torch.is_grad_enabled() and input.requires_grad
+    grad = (torch.is_grad_enabled() and input.requires_grad) or _dual_level_active()
     if _transforms_active() and not torch.compiler.is_compiling():
         loss = _TransformableFunction.apply(x, t, weight, red, ignore, eps)[0]
     elif torch.compiler.is_compiling() or not EAGER_FUNCTION:
@@ -609,7 +733,7 @@ def cross_entropy(
         else:
             loss = torch.ops.fastsoftmax.cross_entropy(x, t, weight, red, ignore, eps)
     elif grad:
-        loss = _CrossEntropyFunction.apply(x, t, weight, (red, ignore, eps))
+        loss = _CrossEntropyFunction.apply(x, t, weight, (red, ignore, eps))[0]
     else:
         loss = _xent(x, t, weight, red, ignore, eps, False)[0]
     return loss.reshape(batch) if red == "none" else loss
@@ -760,7 +884,21 @@ def _setup_linear(ctx, inputs, output):
     ctx.opts = opts
 
 
+def _first_order_only() -> None:
+    """linear_cross_entropy's gradients are not differentiable: its backward refuses
+    create_graph=True rather than return gradients that a second derivative would treat
+    as constants (silently dropping the terms through the loss's Hessian)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            "fastsoftmax.torch.linear_cross_entropy has no second derivative (a backward "
+            "with create_graph=True); for higher-order gradients use "
+            "fastsoftmax.torch.cross_entropy(F.linear(input, linear_weight, linear_bias), "
+            "target)"
+        )
+
+
 def _backward_linear(ctx, go):
+    _first_order_only()
     input, linear_weight, target, linear_bias, weight = ctx.saved_tensors
     want = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
     dh, dw, db = torch.ops.fastsoftmax.linear_cross_entropy_bwd(
@@ -830,6 +968,7 @@ def _setup_linear_fwd(ctx, inputs, output):
 
 
 def _backward_linear_fwd(ctx, go, *_):
+    _first_order_only()
     grads = [
         _scaled(g, go, False) if w else None
         for g, w in zip(ctx.saved_tensors, ctx.want, strict=True)

@@ -514,6 +514,179 @@ def test_torch_func_vmap_and_per_sample_gradients(dtype):
 
 
 # --------------------------------------------------------------------------------------
+# second order: double backward, torch.func.hessian, forward-mode AD
+# --------------------------------------------------------------------------------------
+SECOND_ORDER_OPTIONS = [
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none"},
+    {"label_smoothing": 0.1, "weight": "w"},
+    {"ignore_index": 2, "weight": "w"},
+    {"probabilities": True, "label_smoothing": 0.2, "weight": "w"},
+]
+
+
+def _second_order_case(kw, n=6, c=5):
+    """(x, target, options) in float64: class indices with an ignored row, or
+    probabilities."""
+    kw = _func_options(kw)
+    gen = torch.Generator().manual_seed(4)
+    x = logits(n, c, torch.float64)
+    if kw.pop("probabilities", False):
+        y = torch.softmax(torch.randn(n, c, generator=gen, dtype=torch.float64), -1)
+    else:
+        y = torch.randint(0, c, (n,), generator=gen)
+        y[3] = kw.get("ignore_index", -100)
+    return x, y, kw
+
+
+@pytest.mark.parametrize("kw", SECOND_ORDER_OPTIONS, ids=lambda kw: ",".join(kw) or "plain")
+def test_gradgradcheck(path, kw):
+    """The gradient's own derivative (the backward's J of the softmax) against finite
+    differences of the gradient."""
+    x, y, kw = _second_order_case(kw)
+    x.requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda z: ft.cross_entropy(z, y, **kw), (x,))
+
+
+def _penalty_grad(fn, x, y, kw):
+    """d/dx of |d loss/dx|^2 (create_graph=True), with loss the summed fn(x, y)."""
+    x = x.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(fn(x, y, **kw).sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad((g * g).sum(), x)
+    return h
+
+
+@pytest.mark.parametrize("kw", SECOND_ORDER_OPTIONS, ids=lambda kw: ",".join(kw) or "plain")
+def test_second_order_matches_pytorch(kw):
+    """Double backward (create_graph=True), torch.func.jacrev of grad and torch.func.hessian
+    (forward over reverse) of the loss, against F.cross_entropy's, float64."""
+    x, y, kw = _second_order_case(kw)
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    ours, theirs = (
+        _penalty_grad(ft.cross_entropy, x, y, kw),
+        _penalty_grad(F.cross_entropy, x, y, kw),
+    )
+    torch.testing.assert_close(ours, theirs, **tol)
+    assert ours.abs().max() > 1e-3  # a real second-order term, not zeros
+
+    def summed(fn):
+        return lambda z: fn(z, y, **kw).sum()
+
+    want = torch.func.hessian(summed(F.cross_entropy))(x)
+    got_rev = torch.func.jacrev(torch.func.grad(summed(ft.cross_entropy)))(x)
+    torch.testing.assert_close(got_rev, want, **tol)
+    torch.testing.assert_close(torch.func.hessian(summed(ft.cross_entropy))(x), want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_second_order_through_a_model_step(dtype):
+    """A second-order meta-gradient (MAML's): one inner SGD step of a linear model
+    (x @ w.T, 20 -> 10 classes) with create_graph=True, the loss after it differentiated
+    with respect to the initial weights, on the plain 64 x 10 classifier call (the minibatch path) and on a (N, C, d)
+    input (the general one), against F.cross_entropy."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 20, generator=gen, dtype=dtype)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    w0 = (torch.randn(10, 20, generator=gen, dtype=dtype) * 0.3).requires_grad_()
+
+    def meta_grad(loss_fn, reshape):
+        def loss_at(w):
+            z = x @ w.T
+            return (
+                loss_fn(z.reshape(16, 4, 10).transpose(1, 2), y.reshape(16, 4))
+                if reshape
+                else loss_fn(z, y)
+            )
+
+        (g,) = torch.autograd.grad(loss_at(w0), w0, create_graph=True)
+        (meta,) = torch.autograd.grad(loss_at(w0 - 0.5 * g), w0)
+        return meta
+
+    tol = {"rtol": 2e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    for reshape in (False, True):
+        ours, theirs = meta_grad(ft.cross_entropy, reshape), meta_grad(F.cross_entropy, reshape)
+        torch.testing.assert_close(ours, theirs, **tol)
+        first_order = torch.autograd.grad(F.cross_entropy(x @ w0.T, y), w0)[0]  # not it
+        assert (theirs - first_order).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_second_order_in_other_dtypes(dtype):
+    """Per-sample Hessians (vmap of hessian) with label smoothing: float32, and bfloat16
+    and float16 (computed in float32), against F.cross_entropy's in float64."""
+    x = logits(4, 6, torch.float64).reshape(2, 2, 6)
+    y = torch.randint(0, 6, (2, 2), generator=torch.Generator().manual_seed(11))
+
+    def hessians(fn, z):
+        loss = functools.partial(fn, label_smoothing=0.1)
+        return torch.func.vmap(torch.func.hessian(loss))(z, y)
+
+    got = hessians(ft.cross_entropy, x.to(dtype))
+    assert got.dtype == dtype
+    close(got, hessians(F.cross_entropy, x), dtype, "hessian")
+
+
+@pytest.mark.parametrize("kw", SECOND_ORDER_OPTIONS, ids=lambda kw: ",".join(kw) or "plain")
+def test_forward_mode_ad_matches_pytorch(kw):
+    """Tangents of the loss under torch.autograd.forward_ad (dual tensors, which need no
+    requires_grad) and torch.func.jvp, against F.cross_entropy's; the plain classifier
+    call included."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y, kw = _second_order_case(kw)
+    t = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=x.dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    for fn_kw in (kw, {}):
+        yy = (
+            y
+            if fn_kw is kw
+            else torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(9))
+        )
+        tangents = []
+        for fn in (ft.cross_entropy, F.cross_entropy):
+            with fwAD.dual_level():
+                out = fn(fwAD.make_dual(x, t), yy, **fn_kw)
+                tangents.append(fwAD.unpack_dual(out).tangent)
+        assert tangents[0] is not None
+        torch.testing.assert_close(tangents[0], tangents[1], **tol)
+        jvps = [
+            torch.func.jvp(functools.partial(fn, target=yy, **fn_kw), (x,), (t,))[1]
+            for fn in (ft.cross_entropy, F.cross_entropy)
+        ]
+        torch.testing.assert_close(jvps[0], jvps[1], **tol)
+
+
+def test_second_order_errors_instead_of_wrong_results():
+    """A second derivative that cannot be right raises: linear_cross_entropy's (its
+    gradients are computed in the forward), and the minibatch path's after its input
+    was modified in place (a first-order backward does not need the input)."""
+    gen = torch.Generator().manual_seed(10)
+    h = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    lw = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (6,), generator=gen)
+    for reduction in ("mean", "none"):
+        loss = ft.linear_cross_entropy(h, lw, y, reduction=reduction).sum()
+        with pytest.raises(RuntimeError, match="linear_cross_entropy has no second derivative"):
+            torch.autograd.grad(loss, h, create_graph=True)
+    assert torch.autograd.grad(ft.linear_cross_entropy(h, lw, y), h)[0].shape == h.shape
+
+    x = logits(64, 10, torch.float32).requires_grad_()
+    t = torch.randint(0, 10, (64,), generator=gen)
+    for create_graph in (False, True):
+        z = x * 1.0
+        loss = ft.cross_entropy(z, t)
+        z.add_(1.0)
+        if create_graph:
+            with pytest.raises(RuntimeError, match="modified in place"):
+                torch.autograd.grad(loss, x, create_graph=True)
+        else:  # as F.cross_entropy: the gradient at the logits the forward saw
+            (g,) = torch.autograd.grad(loss, x)
+            want = torch.autograd.grad(F.cross_entropy((x * 1.0), t), x)[0]
+            torch.testing.assert_close(g, want, rtol=2e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------
 # zero copy, threads, errors, import without torch
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -583,8 +583,9 @@ def test_second_order_matches_pytorch(kw):
 def test_second_order_through_a_model_step(dtype):
     """A second-order meta-gradient (MAML's): one inner SGD step of a linear model
     (x @ w.T, 20 -> 10 classes) with create_graph=True, the loss after it differentiated
-    with respect to the initial weights, on the plain 64 x 10 classifier call (the minibatch path) and on a (N, C, d)
-    input (the general one), against F.cross_entropy."""
+    with respect to the initial weights, on the plain 64 x 10 classifier call (the
+    minibatch path) and on a (N, C, d) input (the general one), against
+    F.cross_entropy."""
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(64, 20, generator=gen, dtype=dtype)
     y = torch.randint(0, 10, (64,), generator=gen)

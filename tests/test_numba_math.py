@@ -1,9 +1,10 @@
 """The Numba kernels' building blocks: exp, log and the float keys against NumPy's libm,
-ulp by ulp; the register transpose against NumPy's."""
+ulp by ulp; the register transpose against NumPy's; the row prefetch."""
 
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from numba.extending import intrinsic  # noqa: E402
 
 from fastsoftmax._cpu_target import narrow_registers  # noqa: E402
 from fastsoftmax._numba._math import fexp, fexp_neg, fkey, flog, funkey  # noqa: E402
+from fastsoftmax._numba._prefetch import prefetch_row  # noqa: E402
 from fastsoftmax._numba._transpose import (  # noqa: E402
     _transpose_block,
     block_width,
@@ -235,3 +237,39 @@ def test_transpose_block_moves_exactly_the_block(dtype, layout, tail, vector_byt
             )
             out[...] = block.T
             np.testing.assert_array_equal(dst, expected, err_msg=f"m={m} k={k}")
+
+
+@numba.njit
+def _prefetch_for_reading(a):
+    for i in range(a.shape[0]):
+        prefetch_row(a, i, False)
+
+
+@numba.njit
+def _prefetch_for_writing(a):
+    for i in range(a.shape[0]):
+        prefetch_row(a, i, True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [1, 15, 16, 17, 1000])
+def test_prefetch_row_emits_one_prefetch_per_line_and_changes_nothing(dtype, cols, rng):
+    """prefetch_row on every row (the last included) of odd widths: the array is left as
+    it was, and the code holds LLVM's prefetch (read, or write: PREFETCHW on x86) in a
+    loop over the row's 64-byte lines."""
+    a = rng.standard_normal((5, cols)).astype(dtype)
+    before = a.copy()
+    _prefetch_for_reading(a)
+    _prefetch_for_writing(a)
+    np.testing.assert_array_equal(a, before)
+    for fn, rw in ((_prefetch_for_reading, 0), (_prefetch_for_writing, 1)):
+        (sig,) = [s for s in fn.signatures if s[0].dtype == numba.from_dtype(np.dtype(dtype))]
+        llvm = fn.inspect_llvm(sig)
+        assert "call void @llvm.prefetch.p0(" in llvm
+        assert f"i32 {rw}, i32 3, i32 1)" in llvm
+        if platform.machine() in ("x86_64", "AMD64"):
+            asm = fn.inspect_asm(sig).lower()
+            if rw:
+                assert "prefetchw" in asm
+            else:
+                assert "prefetcht0" in asm and "prefetchw" not in asm

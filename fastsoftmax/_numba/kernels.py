@@ -30,7 +30,9 @@ Layout of the work
   online softmax (Milakov & Gimelshein 2018, arXiv:1805.02867) was tried: it saves a
   read of the row, but the row is cache-resident after pass 1 here, and the per-block
   rescaling made it 1.5-2x slower at C = 32000 and 128256 (prototype, not kept).
-  Software prefetch of the next row during pass 2 made no measurable difference.
+  Software prefetch of the next row during pass 2 made no measurable difference at
+  vocabulary rows; rows of up to 16 KB (C = 1000) prefetch the row after next and
+  the next gradient row after pass 2, which their look-ahead alone leaves idle.
 * Small C (``C <= SMALL_C_MAX``, MNIST's 10 classes): a row is too short for a
   vectorised loop (LLVM's AVX-512 loop needs at least 16 iterations) and per-row
   reductions would run as scalar dependency chains.  So a tile of ``TILE_ROWS`` rows is
@@ -72,6 +74,7 @@ from numba import njit, prange
 from .._cpu_target import narrow_registers
 from ._ir_only import ir_only
 from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog1p, funkey, like
+from ._prefetch import prefetch_row
 from ._team import atomic_add
 from ._transpose import (
     block_width,
@@ -95,6 +98,9 @@ ROW_CHUNK_ELEMENTS = 1 << 14
 # Partial sums in the storage type are flushed to float64 every SUM_BLOCK elements:
 # each vector lane then adds at most SUM_BLOCK/16 float32 numbers.
 SUM_BLOCK = 256
+# Rows of at most this many bytes are prefetched ahead on the large-C path (see
+# xent_index_rows); longer ones were slower with it (8000 and 16000 float32 classes)
+PREFETCH_MAX_ROW_BYTES = 16384
 
 # Floating-point flags.  Reassociation (which lets LLVM split a sum across vector lanes)
 # is granted only to the small helpers that do nothing but add (_FR): on a whole kernel
@@ -648,6 +654,17 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             have_next = True
         else:
             k, d = _row_expsum_into(z, i, m, g, inplace)
+        if g is not None:
+            # Short rows (C = 1000: 4 KB) give the look-ahead little to overlap with:
+            # the sum and scale passes below run from L1 while memory idles.  Asking
+            # now for the row after next (read) and the next gradient row (owned, for
+            # its stores) keeps memory busy through them: 8192 x 1000 float32 fused,
+            # 2 threads, 0.78-1.0x the time (median of 11 alternated rounds 0.94x;
+            # AVX2 code 0.81-1.08x, median 0.89x); the same bits.  The gradient's
+            # prefetch alone was slower (1.2x).
+            if have_next and i + 2 < r1 and n * z.itemsize <= PREFETCH_MAX_ROW_BYTES:
+                prefetch_row(z, i + 2, False)
+                prefetch_row(g, i + 1, True)
         s = k + d
         logs = _log_kd(k, d)
         row = coef_y * (logs - ty) if coef_y != 0.0 else 0.0

@@ -254,16 +254,20 @@ def _prefetch_for_writing(a):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cols", [1, 15, 16, 17, 1000])
 def test_prefetch_row_emits_one_prefetch_per_line_and_changes_nothing(dtype, cols, rng):
-    """prefetch_row on every row (the last included) of odd widths: the array is left as
-    it was, and the code holds LLVM's prefetch (read, or write: PREFETCHW on x86) in a
-    loop over the row's 64-byte lines."""
+    """prefetch_row on every row (the last included) of odd widths, contiguous or every
+    other column of a wider array: the arrays are left as they were, and the code holds
+    LLVM's prefetch (read, or write: PREFETCHW on x86) in a loop over the row's 64-byte
+    lines."""
     a = rng.standard_normal((5, cols)).astype(dtype)
-    before = a.copy()
-    _prefetch_for_reading(a)
-    _prefetch_for_writing(a)
+    wide = rng.standard_normal((5, 2 * cols)).astype(dtype)
+    before, wide_before = a.copy(), wide.copy()
+    for fn in (_prefetch_for_reading, _prefetch_for_writing):
+        fn(a)
+        fn(wide[:, ::2])
     np.testing.assert_array_equal(a, before)
+    np.testing.assert_array_equal(wide, wide_before)
     for fn, rw in ((_prefetch_for_reading, 0), (_prefetch_for_writing, 1)):
-        (sig,) = [s for s in fn.signatures if s[0].dtype == numba.from_dtype(np.dtype(dtype))]
+        (sig,) = [s for s in fn.signatures if s[0] == numba.typeof(a)]
         llvm = fn.inspect_llvm(sig)
         assert "call void @llvm.prefetch.p0(" in llvm
         assert f"i32 {rw}, i32 3, i32 1)" in llvm

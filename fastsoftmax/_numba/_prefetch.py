@@ -1,8 +1,8 @@
 """Software prefetch for the row kernels: ``prefetch_row(a, i, write)`` asks the CPU to
-bring row i of the C-contiguous 2-D array a into its caches ahead of use, one
-``llvm.prefetch`` per 64-byte line (PREFETCHT0, or PREFETCHW when `write`: the lines
-come in owned, so the stores that follow do not wait for them).  A prefetch is a
-hint: it never faults and changes no result."""
+bring row i of the 2-D array a into its caches ahead of use, one ``llvm.prefetch`` per
+64-byte line (PREFETCHT0, or PREFETCHW when `write`: the lines come in owned, so the
+stores that follow do not wait for them).  A prefetch is a hint: it never faults and
+changes no result."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ LINE_BYTES = 64
 
 @intrinsic
 def prefetch_row(typingctx, a, i, write):
-    """Prefetch row i of a (2-D, C-contiguous), for writing when `write` (a literal
-    bool)."""
+    """Prefetch the bytes of row i of a (2-D; from its start, as many bytes as a
+    contiguous row holds), for writing when `write` (a literal bool)."""
     if not (
         isinstance(a, types.Array)
         and a.ndim == 2
-        and a.layout == "C"
         and isinstance(i, types.Integer)
         and isinstance(write, types.BooleanLiteral)
     ):
@@ -34,8 +33,8 @@ def prefetch_row(typingctx, a, i, write):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         row = context.cast(builder, args[1], signature.args[1], types.int64)
         ncols = builder.extract_value(arr.shape, 1)
-        start = builder.gep(arr.data, [builder.mul(row, ncols)])
-        base = builder.bitcast(start, i8p)
+        row_stride = builder.extract_value(arr.strides, 0)
+        base = builder.gep(builder.bitcast(arr.data, i8p), [builder.mul(row, row_stride)])
         nbytes = builder.mul(ncols, i64(itemsize))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"

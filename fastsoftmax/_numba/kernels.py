@@ -284,6 +284,13 @@ def _scratch(x):
 # --------------------------------------------------------------------------------------
 # Row primitives (large-C path)
 # --------------------------------------------------------------------------------------
+@njit(**_F, inline="always")
+def _short_rows(z):
+    """Whether z's rows are short enough to prefetch the next ones (see
+    xent_index_rows)."""
+    return z.shape[1] * z.itemsize <= PREFETCH_MAX_ROW_BYTES
+
+
 @njit(**_F)
 def _row_max(z, i):
     """max(z[i]) exactly, NaN-propagating for NaNs with a clear sign bit (see _math)."""
@@ -648,6 +655,8 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
                 smooth = _row_smooth_sum(z, i, m, w)
         # all of z[i] has been read: g may now overwrite it (in-place mode)
         if g is None:
+            if i + 1 < r1 and _short_rows(z):  # the next row streams in during the exps
+                prefetch_row(z, i + 1, False)
             k, d = _row_expsum(z, i, m)
         elif i + 1 < r1 and not inplace:
             k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
@@ -662,7 +671,7 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             # 2 threads, 0.78-1.0x the time (median of 11 alternated rounds 0.94x;
             # AVX2 code 0.81-1.08x, median 0.89x); the same bits.  The gradient's
             # prefetch alone was slower (1.2x).
-            if have_next and i + 2 < r1 and n * z.itemsize <= PREFETCH_MAX_ROW_BYTES:
+            if have_next and i + 2 < r1 and _short_rows(z):
                 prefetch_row(z, i + 2, False)
                 prefetch_row(g, i + 1, True)
         s = k + d
@@ -1019,6 +1028,9 @@ def _prob_chunk(z, q, w, scale, loss, g, partial, keep, eps_c, inplace, c, per):
     acc = 0.0
     for i in range(c * per, min(c * per + per, z.shape[0])):
         m = _row_max(z, i)
+        if i + 1 < z.shape[0] and _short_rows(z):  # see xent_index_rows
+            prefetch_row(z, i + 1, False)
+            prefetch_row(q, i + 1, False)
         a, lin = _prob_row_sums(z, q, w, i, m, keep, eps_c)
         if g is None:
             k, d = _row_expsum(z, i, m)
@@ -1106,6 +1118,9 @@ def _softmax_rows(x, out, r0, r1):
         have_next = i + 1 < r1 and not inplace
         if have_next:
             k, d, m_next = _row_expsum_into_next_max(x, i, m, out)
+            if i + 2 < r1 and _short_rows(x):  # see xent_index_rows
+                prefetch_row(x, i + 2, False)
+                prefetch_row(out, i + 1, True)
         else:
             k, d = _row_expsum_into(x, i, m, out, inplace)
         inv = like(out, 1.0 / (k + d))
@@ -1162,6 +1177,8 @@ def _row_lse(x, i):
     code 1.2-1.6x slower (AVX-512: 0.8-0.93x), and reading it before row i's output is
     written, 1.18x at 128k classes (row i leaves L2)."""
     m = _row_max(x, i)
+    if i + 1 < x.shape[0] and _short_rows(x):  # the next row streams in during the exps
+        prefetch_row(x, i + 1, False)
     k, d = _row_expsum(x, i, m)
     return m, _log_kd(k, d)
 

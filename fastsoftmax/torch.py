@@ -396,19 +396,17 @@ class _SecondOrder:
     @staticmethod
     def input_grad(ctx, go, go_g):
         (g,) = ctx.saved_tensors
-        target, weight, red, *_ = ctx.xent
-        d = _scaled(g, go, red == "none")
+        d = _scaled(g, go, ctx.xent[2] == "none")
         if go_g is not None:
-            h = _curvature(g, _target_coefficients(g, target, weight, *ctx.xent[2:]), go_g)
+            h = _curvature(g, _target_coefficients(g, *ctx.xent), go_g)
             d = h if d is None else d + h
         return d
 
     @staticmethod
     def tangents(ctx, t):
         (g,) = ctx.saved_tensors
-        target, weight, red, *_ = ctx.xent
-        b = _target_coefficients(g, target, weight, *ctx.xent[2:])
-        return _loss_tangent(g, t, red == "none"), _curvature(g, b, t)
+        b = _target_coefficients(g, *ctx.xent)
+        return _loss_tangent(g, t, ctx.xent[2] == "none"), _curvature(g, b, t)
 
 
 # --------------------------------------------------------------------------------------

@@ -661,9 +661,6 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
         elif i + 1 < r1 and not inplace:
             k, d, m_next = _row_expsum_into_next_max(z, i, m, g)
             have_next = True
-        else:
-            k, d = _row_expsum_into(z, i, m, g, inplace)
-        if g is not None:
             # Short rows (C = 1000: 4 KB) give the look-ahead little to overlap with:
             # the sum and scale passes below run from L1 while memory idles.  Asking
             # now for the row after next (read) and the next gradient row (owned, for
@@ -671,9 +668,11 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
             # 2 threads, 0.78-1.0x the time (median of 11 alternated rounds 0.94x;
             # AVX2 code 0.81-1.08x, median 0.89x); the same bits.  The gradient's
             # prefetch alone was slower (1.2x).
-            if have_next and i + 2 < r1 and _short_rows(z):
+            if i + 2 < r1 and _short_rows(z):
                 prefetch_row(z, i + 2, False)
                 prefetch_row(g, i + 1, True)
+        else:
+            k, d = _row_expsum_into(z, i, m, g, inplace)
         s = k + d
         logs = _log_kd(k, d)
         row = coef_y * (logs - ty) if coef_y != 0.0 else 0.0

@@ -29,7 +29,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from .._cpu_target import narrow_registers
 
@@ -42,30 +42,29 @@ def _width(dtype: types.Float, vector_bytes: int = VECTOR_BYTES) -> int:
     return vector_bytes // (dtype.bitwidth // 8)
 
 
-def block_width(arr):
+def _width_type(arr, vector_bytes: int):
+    """The signature and code of a block width intrinsic: a constant (an intrinsic, not
+    an overload: see _math.smin)."""
+    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Float):
+        return None
+    w = _width(arr.dtype, vector_bytes)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, w)
+
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def block_width(typingctx, arr):
     """W, the rows and columns of one transpose_block call for arr's dtype."""
-    raise NotImplementedError("block_width is only callable from Numba-compiled code")
+    return _width_type(arr, VECTOR_BYTES)
 
 
-@overload(block_width)
-def _block_width_overload(arr):
-    if isinstance(arr, types.Array) and isinstance(arr.dtype, types.Float):
-        w = _width(arr.dtype)
-        return lambda arr: w
-    return None
-
-
-def block_width_in(arr):
+@intrinsic
+def block_width_in(typingctx, arr):
     """W, the rows and columns of one transpose_block_in call for arr's dtype."""
-    raise NotImplementedError("block_width_in is only callable from Numba-compiled code")
-
-
-@overload(block_width_in)
-def _block_width_in_overload(arr):
-    if isinstance(arr, types.Array) and isinstance(arr.dtype, types.Float):
-        w = _width(arr.dtype, VECTOR_BYTES_IN)
-        return lambda arr: w
-    return None
+    return _width_type(arr, VECTOR_BYTES_IN)
 
 
 def _splat(builder, value, count):

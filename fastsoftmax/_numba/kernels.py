@@ -73,7 +73,7 @@ from numba import njit, prange
 
 from .._cpu_target import narrow_registers
 from ._ir_only import ir_only
-from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog1p, funkey, like
+from ._math import REDUCE_FLAGS, fexp, fexp_neg, fkey, flog1p, funkey, like, smax, smin
 from ._prefetch import prefetch_row
 from ._team import atomic_add
 from ._transpose import (
@@ -123,7 +123,7 @@ _KW = {"cache": True, "nogil": True, "fastmath": {"contract"}, "error_model": "n
 def _row_chunking(nrows, n):
     """(rows per chunk, number of chunks) for chunks of whole rows of about
     ROW_CHUNK_ELEMENTS elements (at least one row): the row path's split."""
-    per = max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
+    per = smax(1, ROW_CHUNK_ELEMENTS // smax(n, 1))
     return per, (nrows + per - 1) // per
 
 
@@ -145,7 +145,7 @@ def row_path_for(num_classes: int):
 def _threads(nchunks, nthreads):
     # nthreads comes from fastsoftmax.get_num_threads() in Python: asking Numba for the
     # thread count in here would make it refuse to cache the kernels.
-    return max(1, min(nthreads, nchunks))
+    return smax(1, smin(nthreads, nchunks))
 
 
 @njit(**_F, inline="always")
@@ -224,7 +224,7 @@ def _row_queue(x, nth):
     """(work queue, chunks per claim) of a parallel large-C call on nth threads: each
     thread's segment cut into about CLAIMS_PER_SEGMENT claims (see _next_chunk)."""
     nchunks = _row_chunking(x.shape[0], x.shape[1])[1]
-    per_claim = max(1, nchunks // (nth * CLAIMS_PER_SEGMENT))
+    per_claim = smax(1, nchunks // (nth * CLAIMS_PER_SEGMENT))
     return _work_queue((nchunks + per_claim - 1) // per_claim, nth), per_claim
 
 
@@ -241,8 +241,8 @@ def _next_rows(x, rq, t, a, k):
     work, per_claim = rq
     a, k = _next_chunk(work, t, a, k, (nchunks + per_claim - 1) // per_claim)
     c0 = a * per_claim
-    c1 = min(c0 + per_claim, nchunks)
-    return a, k, min(c0 * per, nrows), min(c1 * per, nrows), c0, c1
+    c1 = smin(c0 + per_claim, nchunks)
+    return a, k, smin(c0 * per, nrows), smin(c1 * per, nrows), c0, c1
 
 
 @njit(**_F, inline="always")
@@ -475,9 +475,9 @@ def _tile_transfer(x, a, nr, zt, direction):
     if direction is None:
         W = block_width_in(zt)
         for b in range(0, nr, W):
-            rows = min(W, nr - b)
+            rows = smin(W, nr - b)
             for cb in range(0, n, W):
-                cols = min(W, n - cb)
+                cols = smin(W, n - cb)
                 transpose_block_in(xf, (a + b) * n + cb, n, rows, cols, zt, cb * R + b, R)
     elif NARROW_REGISTERS:
         # 8 x 8 blocks, each W-row band's last column block first: its rows' stores may
@@ -487,16 +487,16 @@ def _tile_transfer(x, a, nr, zt, direction):
         end = (a + nr) * n
         last = ((n - 1) // W) * W
         for b in range(0, nr, W):
-            rows = min(W, nr - b)
+            rows = smin(W, nr - b)
             for cb in range(last, -1, -W):
-                cols = min(W, n - cb)
+                cols = smin(W, n - cb)
                 transpose_block_out(zt, cb * R + b, R, cols, rows, xf, (a + b) * n + cb, n, end)
     else:
         W = block_width(zt)
         for b in range(0, nr, W):
-            rows = min(W, nr - b)
+            rows = smin(W, nr - b)
             for cb in range(0, n, W):
-                cols = min(W, n - cb)
+                cols = smin(W, n - cb)
                 transpose_block(zt, cb * R + b, R, cols, rows, xf, (a + b) * n + cb, n)
 
 
@@ -510,7 +510,7 @@ def _tile_max(zt, nr, n, m):
     for c in range(1, n):
         zc = zt[c * TILE_ROWS : c * TILE_ROWS + nr]
         for r in range(nr):
-            m[r] = max(m[r], zc[r])
+            m[r] = smax(m[r], zc[r])
 
 
 @njit(**_F)
@@ -748,7 +748,7 @@ def _xent_index_tiles(
     tile, used = _next_chunk(work, t, -1, 0, ntiles)
     while tile >= 0:
         a = rows0 + tile * R
-        nr = min(R, rows1 - a)
+        nr = smin(R, rows1 - a)
         yt = y[a : a + nr]
         _tile_transfer(z, a, nr, zt, INTO_TILE)
         _tile_max(zt, nr, n, m)
@@ -864,7 +864,7 @@ def _chunk_loss(loss, partial, c, per):
     pairwise.  One running sum is a chain of dependent float64 adds (128 x 4 cycles a
     small-C tile, 7% of a 60000 x 10 call); four overlap."""
     i0 = c * per
-    i1 = min(i0 + per, loss.shape[0])
+    i1 = smin(i0 + per, loss.shape[0])
     full = i0 + (i1 - i0) // 4 * 4
     a0 = a1 = a2 = a3 = 0.0
     for i in range(i0, full, 4):
@@ -1025,7 +1025,7 @@ def _prob_chunk(z, q, w, scale, loss, g, partial, keep, eps_c, inplace, c, per):
     classes no longer stay in L2 (AVX2 code 1.09x slower at 1024 x 128256)."""
     n = z.shape[1]
     acc = 0.0
-    for i in range(c * per, min(c * per + per, z.shape[0])):
+    for i in range(c * per, smin(c * per + per, z.shape[0])):
         m = _row_max(z, i)
         if i + 1 < z.shape[0] and _short_rows(z):  # see xent_index_rows
             prefetch_row(z, i + 1, False)
@@ -1091,7 +1091,7 @@ def _softmax_run(x, out, work, t):
     c, k = _next_chunk(work, t, -1, 0, nchunks)
     while c >= 0:
         r0 = c * per
-        nr = min(r0 + per, nrows) - r0
+        nr = smin(r0 + per, nrows) - r0
         zt, m, s, _ = _tile_softmax(x, r0, nr, buf, f64)
         inv = m  # m is no longer needed
         for r in range(nr):
@@ -1161,7 +1161,7 @@ def softmax_wide_serial(x, out):
 def _lse_block(x, a, r1, buf, f64, shift, logs):
     """shift[r] = max and logs[r] = log(sum(exp(x - max))) for the tile of rows from a
     (small C).  Returns the number of rows done."""
-    nr = min(TILE_ROWS, r1 - a)
+    nr = smin(TILE_ROWS, r1 - a)
     _, m, _, tile_logs = _tile_softmax(x, a, nr, buf, f64)
     for r in range(nr):
         shift[r] = m[r]
@@ -1219,7 +1219,7 @@ def _log_softmax_run(x, out, work, t):
     c, k = _next_chunk(work, t, -1, 0, nchunks)
     while c >= 0:
         a = c * per
-        r1 = min(a + per, nrows)
+        r1 = smin(a + per, nrows)
         while a < r1:
             nr = _lse_block(x, a, r1, buf, f64, shift, logs)
             for r in range(nr):
@@ -1248,7 +1248,7 @@ def _logsumexp_run(x, out, work, t):
     c, k = _next_chunk(work, t, -1, 0, nchunks)
     while c >= 0:
         a = c * per
-        r1 = min(a + per, nrows)
+        r1 = smin(a + per, nrows)
         while a < r1:
             nr = _lse_block(x, a, r1, buf, f64, shift, logs)
             for r in range(nr):

@@ -72,7 +72,7 @@ from numba.extending import intrinsic, overload
 from .._cpu_target import narrow_registers
 from .._threads import pool_size
 from ._ir_only import ir_only
-from ._math import REDUCE_FLAGS, like
+from ._math import REDUCE_FLAGS, like, smin
 from ._team import (
     ABORTED,
     DEFAULT_TIMEOUT_S,
@@ -472,7 +472,7 @@ def _part(data, span, W, b, inv_b, grads, scr, row_path, sw):
     pf = i0 + BLOCK  # the next row to prefetch (the first block came with the last step)
     ahead = (X, order, i1, n0, n1)
     for s0 in range(i0, i1, BLOCK):
-        nr = min(BLOCK, i1 - s0)
+        nr = smin(BLOCK, i1 - s0)
         for q in range(nr):
             yb[q] = y[order[s0 + q]]
         x = _block(X, order, s0, nr, xb, rows)
@@ -588,7 +588,7 @@ def _last_step(ctl, r, m, size, s0, s1, solo):
     the leader (r == 0) writes it to ctl[RESULT] for sgd_steps before any step (the
     members return only after the last)."""
     if m < size:
-        s1 = min(s1, s0 + solo)
+        s1 = smin(s1, s0 + solo)
     if r == 0:
         ctl[RESULT] = s1
     return s1
@@ -620,12 +620,12 @@ def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row
             sqc[c] = _sq(W[c])
     for s in range(s0, s1):
         r0 = s * batch
-        r1 = min(r0 + batch, n)
+        r1 = smin(r0 + batch, n)
         nb = r1 - r0
         nth = _parts(nb, NP)
         # where this member's part of the next step starts: prefetched at the end
-        nr0 = min(r1, n)
-        nnb = min(nr0 + batch, n) - nr0
+        nr0 = smin(r1, n)
+        nnb = smin(nr0 + batch, n) - nr0
         nnth = _parts(nnb, NP)
         nxt0 = nr0 + r * nnb // nnth if r < nnth and nnb > 0 else n
         nxt1 = nr0 + (r + 1) * nnb // nnth if r < nnth and nnb > 0 else n
@@ -647,7 +647,7 @@ def team_steps(ctl, size, NP, data, steps, model, losses, partials, scratch, row
             for t in range(nth):
                 total += part_loss[t]
             losses[s] = total * inv_b + 0.5 * wd * sq
-        nu = min(m, C)
+        nu = smin(m, C)
         if r < nu:
             rates = (lrs[s], mu, wd)
             c0, c1 = r * C // nu, (r + 1) * C // nu
@@ -700,17 +700,17 @@ def team_steps_by_class(ctl, size, data, steps, model, losses, shared, scratch, 
     par = 0
     for s in range(s0, s1):
         r0 = s * batch
-        r1 = min(r0 + batch, n)
+        r1 = smin(r0 + batch, n)
         inv_b = 1.0 / (r1 - r0)
         # this step's later blocks, then the next step's rows order[r1:...], prefetched
-        ahead = (X, order, r1, r1, min(r1 + batch, n))
+        ahead = (X, order, r1, r1, smin(r1 + batch, n))
         gWr[...] = 0
         gbr[...] = 0
         total = 0.0
         sq = 0.0
         pf = r0 + BLOCK  # the next row to prefetch (the first block came with the last step)
         for b0 in range(r0, r1, BLOCK):
-            nr = min(BLOCK, r1 - b0)
+            nr = smin(BLOCK, r1 - b0)
             x = _block(X, order, b0, nr, xb, rows)
             zr = zt[par][c0:c1].T  # (BLOCK + PAD, c1 - c0): this member's columns
             pf = _logits_block(x, rows, nr, Wr, br, a, zr, ahead, pf)
@@ -909,7 +909,7 @@ def all_finite(X):
     bad = np.empty(nchunks)
     for c in prange(nchunks):
         acc = X[0, 0] * 0
-        for i in range(c * 256, min(n, c * 256 + 256)):
+        for i in range(c * 256, smin(n, c * 256 + 256)):
             row = X[i]
             for k in range(row.shape[0]):
                 acc += row[k] * 0

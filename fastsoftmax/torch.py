@@ -43,15 +43,17 @@ How a call runs
 * Under torch.func transforms (``grad``, ``vjp``, ``jacrev``, ``vmap`` and their
   compositions, such as per-sample gradients) ``cross_entropy`` runs through
   ``_TransformableFunction``, which has the form torch.func asks of a Function; its
-  vmap rule makes one kernel call per sample.  ``linear_cross_entropy`` does not
-  support them yet.
+  vmap rule makes one kernel call per sample.  ``linear_cross_entropy`` is then
+  ``F.linear`` followed by ``cross_entropy`` (the logits whole: the custom ops have no
+  vmap or jvp rule), and so under forward-mode AD.
 * Second order: the saved gradient is an output of the Function (not returned to the
   caller), so a gradient flowing into it (double backward with ``create_graph=True``,
   ``torch.func.jacrev`` of ``grad``, ``hessian``) gets the softmax's Jacobian, computed
   from that gradient alone (``_SecondOrder``); forward-mode AD (dual tensors,
   ``torch.func.jvp``) has a jvp rule.  The minibatch path holds its small input and, in
   a backward with ``create_graph=True``, runs the call again through that Function.
-  ``linear_cross_entropy`` raises instead: its gradients are not differentiable.
+  ``linear_cross_entropy``'s backward with ``create_graph=True`` computes the logits
+  again, whole, and differentiates through that Function (``_linear_second_order``).
 
 ``linear_cross_entropy`` runs PyTorch's GEMMs (MKL, cuBLAS) on chunks of rows and the
 fused kernel on each chunk's logits in place, so at most ``chunk_size x V`` logits exist
@@ -882,26 +884,50 @@ def _setup_linear(ctx, inputs, output):
     ctx.opts = opts
 
 
-def _first_order_only() -> None:
-    """linear_cross_entropy's gradients are not differentiable: its backward refuses
-    create_graph=True rather than return gradients that a second derivative would treat
-    as constants (silently dropping the terms through the loss's Hessian)."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise RuntimeError(
-            "fastsoftmax.torch.linear_cross_entropy has no second derivative (a backward "
-            "with create_graph=True); for higher-order gradients use "
-            "fastsoftmax.torch.cross_entropy(F.linear(input, linear_weight, linear_bias), "
-            "target)"
-        )
+def _linear_logits_whole(input, linear_weight, target, linear_bias, weight, red, ignore, eps):
+    """linear_cross_entropy as F.linear, then cross_entropy: for what the chunked ops
+    have no rule for (torch.func transforms and forward-mode AD; cross_entropy has
+    them).  The (N, V) logits exist whole here, as in PyTorch's unfused composition."""
+    logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
+    return cross_entropy(
+        logits, target, weight, ignore_index=ignore, reduction=red, label_smoothing=eps
+    )
+
+
+def _higher_order() -> bool:
+    """A backward with create_graph=True (grad mode on inside it), outside compilation."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def _linear_second_order(inputs, go, want):
+    """linear_cross_entropy's gradients in a backward with create_graph=True, as
+    differentiable tensors: the logits computed again (whole) and their gradient through
+    _CrossEntropyFunction, whose gradient is differentiable (see _SecondOrder); then
+    dinput = G W, dweight = G^T input, dbias = sum_rows G.  The first order is the same
+    math as the chunked path (results agree to rounding)."""
+    input, linear_weight, target, linear_bias, weight, red, ignore, eps = inputs
+    logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
+    g = _CrossEntropyFunction.apply(logits, target, weight, (red, ignore, eps))[1]
+    g = _scaled(g, go, red == "none")
+    if g is None:
+        return None, None, None
+    return (
+        g @ linear_weight if want[0] else None,
+        g.T @ input if want[1] else None,
+        g.sum(0) if want[2] and linear_bias is not None else None,
+    )
 
 
 def _backward_linear(ctx, go):
-    _first_order_only()
     input, linear_weight, target, linear_bias, weight = ctx.saved_tensors
     want = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
-    dh, dw, db = torch.ops.fastsoftmax.linear_cross_entropy_bwd(
-        input, linear_weight, target, linear_bias, weight, go, *ctx.opts, *want
-    )
+    if _higher_order():
+        inputs = (input, linear_weight, target, linear_bias, weight, *ctx.opts[:3])
+        dh, dw, db = _linear_second_order(inputs, go, want)
+    else:
+        dh, dw, db = torch.ops.fastsoftmax.linear_cross_entropy_bwd(
+            input, linear_weight, target, linear_bias, weight, go, *ctx.opts, *want
+        )
     return (
         dh if want[0] else None, dw if want[1] else None, None, db if want[2] else None,
         None, None, None, None, None,
@@ -963,17 +989,32 @@ def _setup_linear_fwd(ctx, inputs, output):
     _unused_outputs(ctx, output[1:])
     ctx.save_for_backward(*output[1:])
     ctx.want = inputs[-3:]
+    if not torch.compiler.is_compiling():
+        # for a backward with create_graph=True only (_linear_second_order): references,
+        # no copies; an input modified in place by then is an error there, not here
+        tensors = inputs[:5]
+        ctx.call = inputs[:8], [None if t is None else t._version for t in tensors]
 
 
 def _backward_linear_fwd(ctx, go, *_):
-    _first_order_only()
-    grads = [
-        _scaled(g, go, False) if w else None
-        for g, w in zip(ctx.saved_tensors, ctx.want, strict=True)
-    ]
+    if _higher_order():
+        inputs, versions = ctx.call
+        for t, version, name in zip(inputs, versions, _LINEAR_NAMES, strict=False):
+            if t is not None and t._version != version:
+                raise RuntimeError(
+                    f"fastsoftmax.torch.linear_cross_entropy: its {name} was modified in "
+                    "place after the forward, and a backward with create_graph=True needs it"
+                )
+        grads = _linear_second_order(inputs, go, ctx.want)
+    else:
+        grads = [
+            _scaled(g, go, False) if w else None
+            for g, w in zip(ctx.saved_tensors, ctx.want, strict=True)
+        ]
     return grads[0], grads[1], None, grads[2], None, None, None, None, None, None, None, None
 
 
+_LINEAR_NAMES = ("input", "linear_weight", "target", "linear_bias", "weight")
 _op_linear_fwd.register_autograd(_backward_linear_fwd, setup_context=_setup_linear_fwd)
 
 
@@ -1046,7 +1087,10 @@ def linear_cross_entropy(
         (a ``torch.nn.LinearCrossEntropyOptions``) when given, else the default (about
         1/16 of the logits).  Other options are ignored: this is always the chunked path.
 
-    Differentiable with respect to input, linear_weight and linear_bias.
+    Differentiable with respect to input, linear_weight and linear_bias, to any order;
+    under torch.func transforms, forward-mode AD and in a backward with
+    create_graph=True the (N, V) logits are computed whole (F.linear, then
+    cross_entropy): the memory saving is first-order training's.
     """
     red = check.reduction_name(reduction)
     eps = check.smoothing(label_smoothing)
@@ -1091,6 +1135,12 @@ def linear_cross_entropy(
     weight = _class_weight(weight, v, input)
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
 
+    if (_transforms_active() or _dual_level_active()) and not torch.compiler.is_compiling():
+        # torch.func transforms and forward-mode AD: the custom ops have no vmap or jvp
+        # rule, cross_entropy's Functions have
+        return _linear_logits_whole(
+            input, linear_weight, target, linear_bias, weight, red, ignore, eps
+        )
     on = torch.is_grad_enabled()
     want = (
         on and input.requires_grad,

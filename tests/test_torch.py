@@ -658,19 +658,118 @@ def test_forward_mode_ad_matches_pytorch(kw):
         torch.testing.assert_close(jvps[0], jvps[1], **tol)
 
 
+def _linear_case(kw, n=6, h=4, v=5):
+    """(hidden, linear_weight, linear_bias, target, options) in float64 for
+    linear_cross_entropy (PyTorch's argument names), and the same options for
+    F.cross_entropy."""
+    _, y, kw = _second_order_case(kw, n=n, c=v)
+    gen = torch.Generator().manual_seed(12)
+    hidden = torch.randn(n, h, generator=gen, dtype=torch.float64)
+    lw = torch.randn(v, h, generator=gen, dtype=torch.float64)
+    lb = torch.randn(v, generator=gen, dtype=torch.float64)
+    return hidden, lw, lb, y, kw
+
+
+def _linear_pair(y, kw):
+    """linear_cross_entropy(h, w, y, linear_bias=b, ...) and PyTorch's composition."""
+
+    def ours(hh, ww, bb, yy=y):
+        return ft.linear_cross_entropy(hh, ww, yy, linear_bias=bb, **kw)
+
+    def theirs(hh, ww, bb, yy=y):
+        return F.cross_entropy(F.linear(hh, ww, bb), yy, **kw)
+
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kw", SECOND_ORDER_OPTIONS, ids=lambda kw: ",".join(kw) or "plain")
+def test_linear_under_torch_func_and_forward_ad(kw):
+    """linear_cross_entropy under torch.func.grad, jacrev, vmap (per-sample gradients),
+    jvp and dual tensors, with respect to the hidden states, the head's weight and its
+    bias, against F.linear + F.cross_entropy under the same transforms (float64).  The
+    chunked custom ops have no rule for these; a tangent must not come back silently
+    wrong."""
+    import torch.autograd.forward_ad as fwAD
+
+    hidden, lw, lb, y, kw = _linear_case(kw)
+    ours, theirs = _linear_pair(y, kw)
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    args = (hidden, lw, lb)
+    grads = [
+        torch.func.grad(lambda *a, f=f: f(*a).sum(), argnums=(0, 1, 2))(*args)
+        for f in (ours, theirs)
+    ]
+    torch.testing.assert_close(grads[0], grads[1], **tol)
+    jacs = [torch.func.jacrev(f, argnums=(0, 1))(*args) for f in (ours, theirs)]
+    torch.testing.assert_close(jacs[0], jacs[1], **tol)
+    tangents = tuple(torch.randn_like(a) for a in args)
+    jvps = [torch.func.jvp(f, args, tangents) for f in (ours, theirs)]
+    torch.testing.assert_close(jvps[0], jvps[1], **tol)
+    duals = []
+    for f in (ours, theirs):
+        with fwAD.dual_level():  # a tangent on the weight alone, nothing requires grad
+            out = f(hidden, fwAD.make_dual(lw, tangents[1]), lb)
+            duals.append(fwAD.unpack_dual(out).tangent)
+    assert duals[0] is not None and duals[0].abs().max() > 1e-6
+    torch.testing.assert_close(duals[0], duals[1], **tol)
+
+    def per_sample(f):
+        def loss(hi, yi, ww, bb):
+            return f(hi.unsqueeze(0), ww, bb, yi.unsqueeze(0)).sum()
+
+        return torch.func.vmap(torch.func.grad(loss, argnums=(2, 3)), in_dims=(0, 0, None, None))(
+            hidden, y, lw, lb
+        )
+
+    samples = [per_sample(f) for f in (ours, theirs)]
+    assert samples[0][0].shape == (hidden.shape[0], *lw.shape)
+    torch.testing.assert_close(samples[0], samples[1], **tol)
+
+
+@pytest.mark.parametrize("kw", SECOND_ORDER_OPTIONS, ids=lambda kw: ",".join(kw) or "plain")
+def test_linear_second_order_matches_pytorch(kw):
+    """linear_cross_entropy's gradients are differentiable: a create_graph=True backward
+    then a gradient of a penalty on them (through both custom ops: the forward that
+    computes the gradients, "mean"/"sum" with grad mode, and the loss alone, "none"),
+    gradgradcheck, and torch.func.hessian, against F.linear + F.cross_entropy."""
+    hidden, lw, lb, y, kw = _linear_case(kw)
+    ours, theirs = _linear_pair(y, kw)
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+
+    def penalty_grads(f):
+        hh, ww, bb = (a.detach().clone().requires_grad_() for a in (hidden, lw, lb))
+        gh, gw, gb = torch.autograd.grad(f(hh, ww, bb).sum(), (hh, ww, bb), create_graph=True)
+        penalty = (gh * gh).sum() + gw.sin().sum() + (gb * gb).sum()
+        return torch.autograd.grad(penalty, (hh, ww, bb))
+
+    got, want = penalty_grads(ours), penalty_grads(theirs)
+    torch.testing.assert_close(got, want, **tol)
+    assert want[0].abs().max() > 1e-3  # a real second-order term
+    leaves = tuple(a.detach().clone().requires_grad_() for a in (hidden, lw, lb))
+    assert torch.autograd.gradgradcheck(ours, leaves)
+    hess = [torch.func.hessian(lambda w, f=f: f(hidden, w, lb).sum())(lw) for f in (ours, theirs)]
+    torch.testing.assert_close(hess[0], hess[1], **tol)
+
+
 def test_second_order_errors_instead_of_wrong_results():
-    """A second derivative that cannot be right raises: linear_cross_entropy's (its
-    gradients are computed in the forward), and the minibatch path's after its input
-    was modified in place (a first-order backward does not need the input)."""
+    """A second derivative that cannot be right raises: after the input was modified in
+    place, linear_cross_entropy's (its forward computed the first-order gradients, so
+    only a create_graph=True backward needs the input) and the minibatch path's."""
     gen = torch.Generator().manual_seed(10)
-    h = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     lw = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 5, (6,), generator=gen)
-    for reduction in ("mean", "none"):
-        loss = ft.linear_cross_entropy(h, lw, y, reduction=reduction).sum()
-        with pytest.raises(RuntimeError, match="linear_cross_entropy has no second derivative"):
-            torch.autograd.grad(loss, h, create_graph=True)
-    assert torch.autograd.grad(ft.linear_cross_entropy(h, lw, y), h)[0].shape == h.shape
+    h0 = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    for create_graph in (False, True):
+        h = h0 * 1.0
+        loss = ft.linear_cross_entropy(h, lw, y)
+        h.add_(1.0)
+        if create_graph:
+            with pytest.raises(RuntimeError, match="its input was modified in place"):
+                torch.autograd.grad(loss, lw, create_graph=True)
+        else:  # the gradient at the hidden states the forward saw
+            got = torch.autograd.grad(loss, lw)[0]
+            want = torch.autograd.grad(F.cross_entropy(F.linear(h0 * 1.0, lw), y), lw)[0]
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
     x = logits(64, 10, torch.float32).requires_grad_()
     t = torch.randint(0, 10, (64,), generator=gen)

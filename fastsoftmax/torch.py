@@ -118,6 +118,18 @@ def _dual_level_active() -> bool:
     return getattr(_forward_ad, "_current_level", 0) >= 0
 
 
+# Under torch.autocast, PyTorch computes its cross-entropy in float32 from float16 and
+# bfloat16 inputs (float64 stays)
+_AUTOCAST_FP32 = (torch.float16, torch.bfloat16)
+
+
+def _autocast_enabled(x: Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # a PyTorch before 2.4: no device_type argument
+        return torch.is_autocast_enabled() if x.is_cuda else torch.is_autocast_cpu_enabled()
+
+
 # --------------------------------------------------------------------------------------
 # argument checks (PyTorch's argument names)
 # --------------------------------------------------------------------------------------
@@ -707,6 +719,10 @@ def cross_entropy(
     eps = check.smoothing(label_smoothing)
     ignore = check.ignore(ignore_index)
     _float_tensor(input, "input")
+    if input.dtype in _AUTOCAST_FP32 and _autocast_enabled(input):
+        # as PyTorch's autocast treats its cross-entropy (an op it runs in float32): the
+        # loss in float32, the gradient cast back to the input's dtype by autograd
+        input = input.float()
     d = input.dim()
     if d == 0:
         raise ValueError("input must have shape (C,), (N, C) or (N, C, d1, ...), got a 0-d tensor")

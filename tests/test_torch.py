@@ -289,6 +289,41 @@ def test_torch_compile_fullgraph_model(backend):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_gives_pytorchs_float32_loss(dtype):
+    """Under torch.autocast PyTorch runs its cross-entropy in float32: a float16 or
+    bfloat16 input gives a float32 loss (not one rounded to the input's dtype) and a
+    gradient in the input's dtype.  The same here, eagerly (the function, with options
+    and probability targets, and the module) and in a torch.compile(fullgraph=True)
+    graph."""
+    x = logits(64, 10, dtype)
+    gen = torch.Generator().manual_seed(13)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    q = torch.softmax(torch.randn(64, 10, generator=gen), -1).to(dtype)
+    w = (torch.rand(10, generator=gen) + 0.5).to(dtype)
+    cases = [
+        (ft.cross_entropy, F.cross_entropy, y, {}),
+        (ft.cross_entropy, F.cross_entropy, y, {"weight": w, "label_smoothing": 0.1}),
+        (ft.cross_entropy, F.cross_entropy, y, {"reduction": "none"}),
+        (ft.cross_entropy, F.cross_entropy, q, {}),
+        (ft.CrossEntropyLoss(), torch.nn.CrossEntropyLoss(), y, {}),
+        (
+            torch.compile(ft.cross_entropy, fullgraph=True, backend="aot_eager"),
+            F.cross_entropy,
+            y,
+            {},
+        ),
+    ]
+    for ours, theirs, target, kw in cases:
+        with torch.autocast("cpu", dtype=dtype):
+            got = run(ours, x, None, target=target, **kw)
+            want = run(theirs, x, None, target=target, **kw)
+        assert got[0].dtype == want[0].dtype == torch.float32
+        assert got[1].dtype == dtype
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)
+        close(got[1], want[1], dtype, "gradient")
+
+
 # --------------------------------------------------------------------------------------
 # linear_cross_entropy
 # --------------------------------------------------------------------------------------

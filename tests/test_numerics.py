@@ -55,6 +55,34 @@ def test_logits_near_float_max(impl, c):
 
 
 @pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("c", [3, 10, 1000])
+def test_float32_losses_beyond_float32_differences(impl, c):
+    """float32 logits of +-3e38, whose differences (6e38) overflow float32 while the
+    losses asked for do not: label smoothing (with and without class weights), the
+    "mean" of a row whose own loss is 6e38, and probability targets.  Against the
+    float64 reference on the same logits, rounded to float32."""
+    z = np.zeros((4, c), np.float32)
+    z[:, 0], z[:, 1] = 3e38, -3e38
+    y = np.array([0, 2, 2, 0])  # losses of 3e37 (smoothing alone) and 3e38
+    q = np.zeros((4, c), np.float32)
+    q[:, 0], q[:, 2] = 0.75, 0.25
+    q[1, :2] = 0.25  # a quarter on the -3e38 class: a loss of 1.5e38
+    w = np.linspace(0.5, 1.5, c).astype(np.float32)
+    cases = [
+        (y, {"label_smoothing": 0.1, "reduction": "none"}),
+        (y, {"label_smoothing": 0.1, "weight": w}),
+        (np.array([1, 0, 2, 0]), {"reduction": "mean"}),
+        (q, {"reduction": "none"}),
+    ]
+    for target, kw in cases:
+        loss, grad = xent(impl, z, target, **kw)
+        want = fs.cross_entropy(z.astype(np.float64), target, backend="numpy", **kw)
+        assert np.all(np.isfinite(loss)), (kw, loss)
+        np.testing.assert_allclose(loss, np.float32(want), rtol=1e-6, err_msg=str(kw))
+        assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("impl", ALL)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("c", [1, 2, 7, 10, 40, 1000])
 def test_equal_logits_give_uniform_softmax(impl, dtype, c):

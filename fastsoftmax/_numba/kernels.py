@@ -429,16 +429,17 @@ def _row_expsum_into_next_max(z, i, m, e):
 
 @njit(**_FR)
 def _row_smooth_sum(z, i, m, w):
-    """sum_c w_c (m - z[i, c]) in float64; classes of zero weight are skipped."""
+    """sum_c w_c (m - z[i, c]) in float64, the differences too (see _tile_smooth_sum);
+    classes of zero weight are skipped."""
     acc = 0.0
     if w is None:
         for j in range(z.shape[1]):
-            acc += m - z[i, j]
+            acc += np.float64(m) - np.float64(z[i, j])
     else:
         zero = like(z, 0.0)
         for j in range(z.shape[1]):
             wj = w[j]
-            acc += wj * (m - z[i, j]) if wj != zero else zero
+            acc += wj * (np.float64(m) - np.float64(z[i, j])) if wj != zero else 0.0
     return acc
 
 
@@ -558,7 +559,10 @@ def _tile_expsum(zt, nr, n, m, s, logs, acc, ones):
 
 @njit(**_F)
 def _tile_smooth_sum(zt, nr, n, m, w, out):
-    """out[r] = sum_c w_c (m[r] - zt[c, r]) in float64 (zero weights skipped)."""
+    """out[r] = sum_c w_c (m[r] - zt[c, r]) in float64 (zero weights skipped).
+
+    The differences too are float64 (np.float64: Numba's float() keeps a float32 a
+    float32): between float32 logits of +-3e38 the difference overflows float32."""
     zero = like(zt, 0.0)
     for r in range(nr):
         out[r] = 0.0
@@ -568,7 +572,7 @@ def _tile_smooth_sum(zt, nr, n, m, w, out):
             continue
         zc = zt[c * TILE_ROWS : c * TILE_ROWS + nr]
         for r in range(nr):
-            out[r] += wc * (m[r] - zc[r])
+            out[r] += wc * (np.float64(m[r]) - np.float64(zc[r]))
 
 
 @njit(**_F)
@@ -648,7 +652,7 @@ def xent_index_rows(z, y, w, wsum, ignore, eps, scale, loss, g, r0, r1):
         m = m_next if have_next else _row_max(z, i)
         have_next = False
         coef_y = (1.0 - eps_f) * (1.0 if w is None else float(w[yi]))
-        ty = float(z[i, yi]) - float(m)
+        ty = np.float64(z[i, yi]) - np.float64(m)  # see _tile_smooth_sum
         smooth = 0.0
         if eps is not None:
             if eps_c != 0.0:
@@ -767,7 +771,7 @@ def _xent_index_tiles(
         for r in range(nr):
             yi = yt[r]
             yc = yi if yi != ignore else 0
-            ty[r] = float(zf[np.uintp((a + r) * n + yc)]) - float(m[r])
+            ty[r] = np.float64(zf[np.uintp((a + r) * n + yc)]) - np.float64(m[r])
             g_y[r] = float(zt[np.uintp(yc * R + r)])
         # per-row loss and gradient factors, vectorised across rows
         lt = loss[a : a + nr]
@@ -838,7 +842,7 @@ def xent_tile_class_major(zp, nr, y, scale, loss, buf, f64):
     _tile_expsum(zt, nr, C, m, s, logs, acc, ones)
     for r in range(nr):
         yc = y[r]
-        ty[r] = float(zp[yc, r]) - float(m[r])
+        ty[r] = np.float64(zp[yc, r]) - np.float64(m[r])
         g_y[r] = float(zt[np.uintp(yc * R + r)])
     for r in range(nr):
         # as xent_index_tiles with coefficient 1, no smoothing (its "+ 0.0" included)
@@ -992,14 +996,15 @@ def _prob_coef(q, w, i, j, keep, eps_c):
 
 @njit(**_FR)
 def _prob_row_sums(z, q, w, i, m, keep, eps_c):
-    """(sum_c wq_c, sum_c wq_c (m - z_c)) in float64; zero coefficients skipped."""
+    """(sum_c wq_c, sum_c wq_c (m - z_c)) in float64, the differences too (see
+    _tile_smooth_sum); zero coefficients skipped."""
     zero = like(z, 0.0)
     a = 0.0
     lin = 0.0
     for j in range(z.shape[1]):
         wq = _prob_coef(q, w, i, j, keep, eps_c)
         a += wq
-        lin += wq * (m - z[i, j]) if wq != zero else zero
+        lin += wq * (np.float64(m) - np.float64(z[i, j])) if wq != zero else 0.0
     return a, lin
 
 

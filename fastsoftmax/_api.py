@@ -104,6 +104,20 @@ class XentProblem(NamedTuple):
         return be.xent_prob(z, y, self.weight, self.eps, self.scale, loss_rows, g)
 
 
+def _unaliased(prob: XentProblem, g: np.ndarray) -> XentProblem:
+    """prob with private copies of the probability targets and class weights that share
+    memory with g, the gradient the kernels write (out= or inplace=True): the kernels
+    support exact in-place operation on the logits only, not on what else they read."""
+    target, weight = prob.target, prob.weight
+    if prob.kind == "prob" and np.may_share_memory(g, target):
+        target = target.copy()
+    if weight is not None and np.may_share_memory(g, weight):
+        weight = weight.copy()
+    if target is prob.target and weight is prob.weight:
+        return prob
+    return prob._replace(target=target, weight=weight)
+
+
 def _index_denominator(be, y, w, c: int, ignore: int, target) -> float:
     """The "mean"'s denominator of class indices y (int64), checking them: the sum of
     the weights of the non-ignored rows' classes (their count without weights)."""
@@ -349,10 +363,11 @@ def _cross_entropy(
             g = zw  # the kernels read each row fully before overwriting it
         elif out is not None:
             check.out_array(out, z.shape, z.dtype)
-            sources = (zw,) if prob.kind == "index" else (zw, prob.target)
-            g = _writable_rows(out, 1, work, *sources)  # out may be logits itself
+            g = _writable_rows(out, 1, work, zw)  # out may be logits itself
         if g is None:
             g = np.empty((n, c), work)
+        else:
+            prob = _unaliased(prob, g)
 
     loss_rows = np.empty(n)
     total = prob.run(zw, loss_rows, g)

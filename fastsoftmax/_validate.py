@@ -10,6 +10,7 @@ import numpy as np
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _I64 = np.dtype(np.int64)
+_I64_MAX = np.uint64(np.iinfo(np.int64).max)
 FLOAT_DTYPES = (_F16, _F32, _F64)
 REDUCTIONS = ("mean", "sum", "none")
 # The checks below test the native dtypes by identity first (NumPy returns these very
@@ -109,6 +110,10 @@ def target(target: object, n: int, c: int, dtype: np.dtype) -> tuple[str, np.nda
             )
         if t.shape[0] != n:
             raise ValueError(f"target has {t.shape[0]} rows but logits has {n} (N mismatch)")
+        if t.dtype == np.uint64 and t.size and t.max() > _I64_MAX:
+            # past int64 a value would wrap around (onto ignore_index, even)
+            row = int(np.argmax(t > _I64_MAX))
+            raise ValueError(f"target[{row}] = {t[row]} is out of range for {c} classes")
         return "index", np.ascontiguousarray(t, dtype=np.int64)
     if kind == "f":
         if t.shape != (n, c):

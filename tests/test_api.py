@@ -63,6 +63,37 @@ def test_strided_views_give_exactly_the_contiguous_result(impl, shape, rng):
 
 @pytest.mark.parametrize("impl", ALL)
 @pytest.mark.parametrize("shape", SHAPES)
+def test_gradient_into_memory_the_kernel_reads(impl, shape, rng):
+    """out= or inplace=True on memory that the call also reads besides the logits (the
+    probability targets, the class weights): the result of the same call on separate
+    arrays, not one computed from half-overwritten inputs."""
+    n, c = shape
+    z = random_logits(rng, shape, np.float32)
+    q = rng.random(shape).astype(np.float32)
+    q /= q.sum(axis=1, keepdims=True)
+    y = rng.integers(0, c, n)
+    w = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    for kw in ({}, {"label_smoothing": 0.1}):
+        want = impl("cross_entropy_with_grad", z, q, **kw)
+        t = q.copy()  # out= the targets
+        got = impl("cross_entropy_with_grad", z, t, out=t, **kw)
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(t, want[1])
+        zz = z.copy()  # the logits as their own targets, in place
+        self_want = impl("cross_entropy_with_grad", z, z.copy(), **kw)
+        got = impl("cross_entropy_with_grad", zz, zz, inplace=True, **kw)
+        assert got[0] == self_want[0]
+        np.testing.assert_array_equal(zz, self_want[1])
+    want = impl("cross_entropy_with_grad", z, y, weight=w)
+    out = np.ones_like(z)  # the class weights in out's first row
+    out[0] = w
+    got = impl("cross_entropy_with_grad", z, y, weight=out[0], out=out)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(out, want[1])
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("shape", SHAPES)
 def test_out_and_inplace(impl, shape, rng):
     z = random_logits(rng, shape, np.float32)
     y = rng.integers(0, shape[1], shape[0])

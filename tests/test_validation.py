@@ -41,6 +41,18 @@ def test_target_out_of_range_names_first_bad_row(impl, op, z, y):
 
 
 @pytest.mark.parametrize("impl", ALL)
+def test_uint64_target_past_int64_is_out_of_range(impl, z, y):
+    """A uint64 class index past int64's range is an error, not a value wrapped around
+    (2**64 - 100 would become -100, the default ignore_index)."""
+    y = y.astype(np.uint64)
+    y[7] = 2**64 - 100
+    with pytest.raises(ValueError, match=re.escape("target[7] = 18446744073709551516 is out")):
+        impl("cross_entropy", z, y)
+    y[7] = 3
+    assert np.isfinite(impl("cross_entropy", z, y))
+
+
+@pytest.mark.parametrize("impl", ALL)
 def test_out_of_range_target_leaves_inputs_and_out_untouched(impl, z, y):
     y = y.copy()
     y[5] = 99

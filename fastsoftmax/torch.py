@@ -350,6 +350,22 @@ def _scaled(g: Tensor, go: Tensor | None, rows: bool) -> Tensor | None:
     return g * go.to(g.dtype)
 
 
+def _given(ctx, saved, go: Tensor | None, rows: bool) -> list:
+    """[_scaled(g, go, rows) for g in saved (None where g is None)] for a backward to
+    return.  Where that is a saved g itself: g the first time (no copy: input.grad is the
+    forward's own gradient), a copy after that (a graph kept with retain_graph=True
+    would otherwise hand the same memory out twice, and a gradient the caller then
+    changes in place would change the other)."""
+    again = getattr(ctx, "given", False)
+    ctx.given = True
+    out = [None if g is None else _scaled(g, go, rows) for g in saved]
+    if again and not torch.compiler.is_compiling():
+        out = [
+            d.clone() if d is not None and d is g else d for d, g in zip(out, saved, strict=True)
+        ]
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # second order: the derivative of the gradient the forward computed
 # --------------------------------------------------------------------------------------
@@ -410,7 +426,7 @@ class _SecondOrder:
     @staticmethod
     def input_grad(ctx, go, go_g):
         (g,) = ctx.saved_tensors
-        d = _scaled(g, go, ctx.xent[2] == "none")
+        (d,) = _given(ctx, (g,), go, ctx.xent[2] == "none")
         if go_g is not None:
             h = _curvature(g, _target_coefficients(g, *ctx.xent), go_g)
             d = h if d is None else d + h
@@ -599,7 +615,12 @@ class _MinibatchFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             return _minibatch_second_order(ctx.call, go), None, None, None
         (g,) = ctx.saved_tensors
-        return _scaled(g, go, False), None, None, None
+        d = _scaled(g, go, False)
+        if d is g:  # _given's rule, inline (this path is never compiled)
+            if getattr(ctx, "given", False):
+                d = g.clone()
+            ctx.given = True
+        return d, None, None, None
 
 
 def _minibatch_second_order(call, go):
@@ -1023,10 +1044,8 @@ def _backward_linear_fwd(ctx, go, *_):
                 )
         grads = _linear_second_order(inputs, go, ctx.want)
     else:
-        grads = [
-            _scaled(g, go, False) if w else None
-            for g, w in zip(ctx.saved_tensors, ctx.want, strict=True)
-        ]
+        saved = [g if w else None for g, w in zip(ctx.saved_tensors, ctx.want, strict=True)]
+        grads = _given(ctx, saved, go, False)
     return grads[0], grads[1], None, grads[2], None, None, None, None, None, None, None, None
 
 

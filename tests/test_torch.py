@@ -786,6 +786,61 @@ def test_linear_second_order_matches_pytorch(kw):
     torch.testing.assert_close(hess[0], hess[1], **tol)
 
 
+def test_retained_graph_hands_out_separate_gradients():
+    """backward(retain_graph=True) more than once on the general path, the minibatch
+    path and linear_cross_entropy: every backward gives PyTorch's gradient, in memory
+    of its own (the first hands out the forward's gradient itself, the later ones
+    copies); changing the first in place before the next backward gives PyTorch's
+    error for a modified saved tensor where the first was the saved gradient, never a
+    wrong gradient."""
+    gen = torch.Generator().manual_seed(14)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    h = torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    lw = torch.randn(10, 6, generator=gen, dtype=torch.float64)
+    cases = [
+        (
+            lambda x: ft.cross_entropy(x, y, label_smoothing=0.1),
+            lambda x: F.cross_entropy(x, y, label_smoothing=0.1),
+            logits(64, 10, torch.float64),
+        ),
+        (
+            lambda x: ft.cross_entropy(x, y),
+            lambda x: F.cross_entropy(x, y),
+            logits(64, 10, torch.float32),
+        ),
+        (
+            lambda w: ft.linear_cross_entropy(h, w, y),
+            lambda w: F.cross_entropy(F.linear(h, w), y),
+            lw,
+        ),
+    ]
+    for ours, theirs, leaf in cases:
+        x = leaf.clone().requires_grad_()
+        want = torch.autograd.grad(theirs(x), x)[0]
+        loss = ours(x)
+        grads = []
+        for _ in range(3):
+            x.grad = None
+            loss.backward(retain_graph=True)
+            grads.append(x.grad)
+            torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-7)
+        assert len({g.data_ptr() for g in grads}) == 3
+        grads[-1].mul_(0.0)  # a copy: the next backward is unaffected
+        x.grad = None
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-7)
+        loss = ours(x)
+        x.grad = None
+        loss.backward(retain_graph=True)
+        x.grad.mul_(0.5)  # the forward's own gradient, if autograd did not copy it
+        try:
+            loss.backward()
+        except RuntimeError as e:  # it was: PyTorch's check of saved tensors
+            assert "modified by an inplace operation" in str(e)
+        else:  # it was copied: the two backwards accumulate
+            torch.testing.assert_close(x.grad, 1.5 * want, rtol=1e-5, atol=1e-7)
+
+
 def test_second_order_errors_instead_of_wrong_results():
     """A second derivative that cannot be right raises: after the input was modified in
     place, linear_cross_entropy's (its forward computed the first-order gradients, so

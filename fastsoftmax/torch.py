@@ -355,14 +355,21 @@ def _given(ctx, saved, go: Tensor | None, rows: bool) -> list:
     return.  Where that is a saved g itself: g the first time (no copy: input.grad is the
     forward's own gradient), a copy after that (a graph kept with retain_graph=True
     would otherwise hand the same memory out twice, and a gradient the caller then
-    changes in place would change the other)."""
+    changes in place would change the other).  In a first-order backward, g detached:
+    the saved gradient is an output of the Function (for second order), and what is
+    handed out must not carry its graph (torch.autograd.grad would return a tensor that
+    requires grad)."""
+    if torch.compiler.is_compiling():
+        return [None if g is None else _scaled(g, go, rows) for g in saved]
     again = getattr(ctx, "given", False)
     ctx.given = True
-    out = [None if g is None else _scaled(g, go, rows) for g in saved]
-    if again and not torch.compiler.is_compiling():
-        out = [
-            d.clone() if d is not None and d is g else d for d, g in zip(out, saved, strict=True)
-        ]
+    first_order = not torch.is_grad_enabled()
+    out = []
+    for g in saved:
+        d = None if g is None else _scaled(g, go, rows)
+        if d is not None and d is g:
+            d = g.clone() if again else g.detach() if first_order else g
+        out.append(d)
     return out
 
 

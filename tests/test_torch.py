@@ -786,6 +786,32 @@ def test_linear_second_order_matches_pytorch(kw):
     torch.testing.assert_close(hess[0], hess[1], **tol)
 
 
+def test_first_order_gradients_carry_no_graph():
+    """torch.autograd.grad without create_graph gives gradients that do not require grad
+    and can be changed in place, as PyTorch's: on the general path (2-D and (N, C, d)),
+    the minibatch path and linear_cross_entropy.  The saved gradient is an output of
+    the Function (for second order); what the backward hands out must not carry that
+    graph along."""
+    gen = torch.Generator().manual_seed(15)
+    y = torch.randint(0, 5, (8,), generator=gen)
+    cases = [
+        (lambda x: ft.cross_entropy(x, y, label_smoothing=0.1), torch.randn(8, 5, generator=gen)),
+        (lambda x: ft.cross_entropy(x, y.reshape(4, 2)), torch.randn(4, 5, 2, generator=gen)),
+        (lambda x: ft.cross_entropy(x, y), torch.randn(8, 5, generator=gen)),
+        (
+            lambda w: ft.linear_cross_entropy(torch.ones(8, 3), w, y),
+            torch.randn(5, 3, generator=gen),
+        ),
+    ]
+    for fn, leaf in cases:
+        x = leaf.requires_grad_()
+        (g,) = torch.autograd.grad(fn(x), x)
+        assert not g.requires_grad and g.grad_fn is None
+        g.mul_(2.0)  # allowed, as for PyTorch's gradients
+        fn(x).backward()
+        assert not x.grad.requires_grad
+
+
 def test_retained_graph_hands_out_separate_gradients():
     """backward(retain_graph=True) more than once on the general path, the minibatch
     path and linear_cross_entropy: every backward gives PyTorch's gradient, in memory

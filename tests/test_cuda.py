@@ -305,6 +305,37 @@ def test_cupy_extremes_and_inplace(lean):
 
 
 @GPU
+def test_cupy_gradient_into_memory_the_kernel_reads():
+    """As tests/test_api.py's NumPy case: out= the probability targets, the logits as
+    their own targets in place, out= sharing memory with the class weights, against the
+    same calls on separate arrays."""
+    import cupy as cp
+
+    import fastsoftmax as fs
+
+    rng = np.random.default_rng(3)
+    z = cp.asarray(rng.standard_normal((64, 10)).astype(np.float32))
+    q = cp.asarray(rng.random((64, 10)).astype(np.float32))
+    q /= q.sum(axis=1, keepdims=True)
+    want = fs.cross_entropy_with_grad(z, q.copy())
+    t = q.copy()
+    got = fs.cross_entropy_with_grad(z, t, out=t)
+    np.testing.assert_array_equal(cp.asnumpy(t), cp.asnumpy(want[1]))
+    zz = z.copy()
+    self_want = fs.cross_entropy_with_grad(z, z.copy())
+    got = fs.cross_entropy_with_grad(zz, zz, inplace=True)
+    np.testing.assert_array_equal(cp.asnumpy(zz), cp.asnumpy(self_want[1]))
+    y = cp.asarray(rng.integers(0, 10, 64))
+    w = cp.asarray(rng.uniform(0.5, 2.0, 10).astype(np.float32))
+    want = fs.cross_entropy_with_grad(z, y, weight=w)
+    out = cp.ones_like(z)
+    out[0] = w
+    got = fs.cross_entropy_with_grad(z, y, weight=out[0], out=out)
+    assert float(got[0]) == float(want[0])
+    np.testing.assert_array_equal(cp.asnumpy(out), cp.asnumpy(want[1]))
+
+
+@GPU
 @pytest.mark.parametrize("path", ["one launch", "one launch, rows staged", "per step"])
 @pytest.mark.parametrize("x_kind", ["uint8", "float32"])
 @pytest.mark.parametrize("options", ["plain", "momentum+decay", "weights+average", "float64"])

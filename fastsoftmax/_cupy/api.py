@@ -189,10 +189,18 @@ def _cross_entropy(
             g = zc
         elif out is not None:
             check.out_array_like(out, z.shape, z.dtype, cp.ndarray)
-            # the kernel writes out directly when it can; else a buffer, copied after
-            g = out if out.flags.c_contiguous and out is not z else cp.empty_like(zc)
+            # the kernel writes out directly when it can (not into the logits it reads:
+            # exact in-place is inplace=True's); else a buffer, copied after
+            direct = out.flags.c_contiguous and not cp.may_share_memory(out, zc)
+            g = out if direct else cp.empty_like(zc)
         else:
             g = cp.empty_like(zc)
+        # probability targets or class weights in the memory the gradient goes to: read
+        # from copies (the kernels read them while writing g)
+        if kind == "prob" and cp.may_share_memory(g, y):
+            y = y.copy()
+        if w is not None and cp.may_share_memory(g, w):
+            w = w.copy()
     value = None
     if n and c:
         check_device_array(zc, "logits", z.dtype, (n, c))

@@ -61,7 +61,10 @@ Probability targets ``q`` use ``wq_c = w_c ((1-eps) q_c + eps/C)``: ``loss = sum
 wq_c (log s - t_c)`` and ``dloss/dz_c = (sum wq) p_c - wq_c``.  A term whose
 coefficient is exactly 0 contributes nothing even where ``log p_c = -inf`` (the usual
 0 log 0 = 0 convention).  Writing the smoothing sum as ``sum (max - z_c)`` keeps it a
-sum of non-negative numbers: no cancellation at logits of 1e4.
+sum of non-negative numbers: no cancellation at logits of 1e4.  Differences of logits
+that enter a loss (``t_y``, ``max - z_c``) are formed in float64 (``np.float64``, not
+``float()``, which leaves a float32 a float32 in Numba): between float32 logits of
++-3e38 they overflow float32.
 """
 
 from __future__ import annotations

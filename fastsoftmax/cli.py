@@ -155,6 +155,8 @@ def train(args: argparse.Namespace) -> int:
         from . import plots  # fail now, not after training, if matplotlib is missing
     load = dict(data_dir=args.data_dir, download=not args.no_download, source=args.source)
     train_size = args.train_size
+    if train_size < 0:
+        raise ValueError(f"--train-size must be >= 0 (0: all images), got {train_size}")
     if args.resume:
         model, meta = load_model(args.resume)
         dataset = meta.get("dataset", args.dataset)

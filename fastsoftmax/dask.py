@@ -179,6 +179,8 @@ def _encode_chunk(yb, classes):
 
 def _logits_chunk(X, W, b):
     xp = _xp(X)
+    if X.dtype.kind == "f" and not bool(xp.isfinite(X).all()):
+        raise ValueError("Input X contains NaN or infinity; every value must be finite")
     a = x_scale_for(X)
     return (X.astype(xp.float64) * a) @ xp.asarray(W).T + xp.asarray(b)
 
@@ -260,7 +262,10 @@ class SoftmaxRegression:
     @staticmethod
     def _as_dask_X(X) -> da.Array:
         if not isinstance(X, da.Array):
-            X = da.from_array(np.asarray(X) if not is_cupy_array(X) else X, chunks=(-1, -1))
+            X = np.asarray(X) if not is_cupy_array(X) else X
+            if X.ndim != 2:
+                raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
+            X = da.from_array(X, chunks=(-1, -1))
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
         if X.dtype not in (np.uint8, np.float32, np.float64):
@@ -296,7 +301,17 @@ class SoftmaxRegression:
         X, y = self._check_Xy(X, y)
         # keep the chunks where they are computed: every iteration reads them there
         X, y = dask.persist(X, y)
-        classes = np.unique(_to_host(da.unique(y).compute()))
+        # the classes, and whether X is finite, in one pass over the chunks
+        finite = da.isfinite(X).all() if X.dtype.kind == "f" else True
+        labels, finite = dask.compute(da.unique(y), finite)
+        if not finite:
+            raise ValueError("Input X contains NaN or infinity; every value must be finite")
+        classes = np.unique(_to_host(labels))
+        if classes.dtype.kind == "f" and np.any(classes != np.round(classes)):
+            raise ValueError(
+                "Unknown label type: continuous. SoftmaxRegression is a classifier: y must "
+                "hold class labels, not continuous values"
+            )
         if len(classes) < 2:
             raise ValueError(f"y needs at least 2 classes, got {len(classes)}")
         y_idx = y.map_blocks(_encode_chunk, classes, dtype=np.int64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
 import os
 import warnings
@@ -399,8 +400,8 @@ class SoftmaxRegression:
         def positive(name, integer=False):
             v = getattr(self, name)
             kind = numbers.Integral if integer else numbers.Real
-            if isinstance(v, bool) or not isinstance(v, kind) or not v > 0:
-                what = "a positive integer" if integer else "a positive number"
+            if isinstance(v, bool) or not isinstance(v, kind) or not 0 < v < math.inf:
+                what = "a positive integer" if integer else "a positive finite number"
                 raise ValueError(f"{name} must be {what}, got {v!r}")
 
         positive("learning_rate")
@@ -408,8 +409,8 @@ class SoftmaxRegression:
         positive("max_epochs", integer=True)
         for name, upper in (("weight_decay", None), ("momentum", 1.0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
             if upper is not None and not v < upper:
                 raise ValueError(f"{name} must be < {upper}, got {v!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -422,12 +423,16 @@ class SoftmaxRegression:
         ):
             raise ValueError(f"average must be a bool or an int >= 0, got {avg!r}")
         if self.tol is not None:
-            if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real):
-                raise ValueError(f"tol must be None or a number, got {self.tol!r}")
+            tol = self.tol
+            if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
+                raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
             positive("n_iter_no_change", integer=True)
         vf = self.validation_fraction
         if self.early_stopping and not (isinstance(vf, numbers.Real) and 0.0 < vf < 1.0):
             raise ValueError(f"validation_fraction must be in (0, 1), got {vf!r}")
+        for name in ("shuffle", "early_stopping"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         cw = self.class_weight
         if not (cw is None or cw == "balanced" or isinstance(cw, dict)):
             raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
@@ -437,9 +442,11 @@ class SoftmaxRegression:
         rs = self.random_state
         if isinstance(rs, np.random.RandomState):
             return np.random.default_rng(rs.randint(2**32))
-        if rs is None or isinstance(rs, (numbers.Integral, np.random.Generator)):
+        if rs is None or isinstance(rs, np.random.Generator):
             return np.random.default_rng(rs)
-        raise ValueError(f"random_state must be None, an int or a Generator, got {rs!r}")
+        if isinstance(rs, numbers.Integral) and rs >= 0:
+            return np.random.default_rng(rs)
+        raise ValueError(f"random_state must be None, an int >= 0 or a Generator, got {rs!r}")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):

@@ -273,6 +273,26 @@ def test_bad_data_is_named():
         model.fit(da.zeros((10, 2), chunks=5), da.zeros(10, chunks=5))
     with pytest.raises(RuntimeError, match="not fitted"):
         model.predict(da.zeros((10, 2), chunks=5))
+
+
+def test_non_finite_x_and_continuous_y_raise_as_in_memory():
+    """NaN or infinity in X (fit, and predict when computed) and continuous y are
+    errors, as for the in-memory estimator: not a silent all-zero or NaN model."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 3))
+    y = np.arange(40) % 3
+    bad = X.copy()
+    bad[7, 1] = np.nan
+    for solver in ("lbfgs", "gd", "sgd"):
+        with pytest.raises(ValueError, match="X contains NaN or infinity"):
+            fsd.SoftmaxRegression(solver=solver, max_iter=3).fit(da.from_array(bad, chunks=10), y)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        fsd.SoftmaxRegression(max_iter=3).fit(X, y + 0.5)
+    model = fsd.SoftmaxRegression(max_iter=3).fit(X, y)
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        model.predict(da.from_array(bad, chunks=10)).compute()
+    with pytest.raises(ValueError, match=r"X must be 2-D"):
+        model.predict(X[0])
     fitted = fsd.SoftmaxRegression(max_iter=2).fit(
         da.random.random((20, 3), chunks=(7, 3)), da.from_array(np.arange(20) % 2, chunks=7)
     )

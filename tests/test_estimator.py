@@ -478,6 +478,13 @@ def test_momentum_changes_the_trajectory(backend):
         ("momentum", 1),
         ("momentum", -0.5),
         ("backend", "bogus"),
+        ("learning_rate", float("inf")),
+        ("weight_decay", float("inf")),
+        ("tol", float("nan")),
+        ("tol", -1e-3),
+        ("shuffle", "no"),
+        ("early_stopping", "no"),
+        ("random_state", -1),
     ],
 )
 def test_bad_parameters_raise_value_error_naming_them(param, value):

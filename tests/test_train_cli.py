@@ -176,6 +176,24 @@ def test_predict_png_and_idx(split_dir, tmp_path, capsys):
     assert name == f"{idx}[17]" and int(label) == expected[17]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--train-size", "-5"], "--train-size must be >= 0"),
+        (["--lr", "inf"], "learning_rate must be a positive finite number"),
+        (["--weight-decay", "inf"], "weight_decay must be a finite number >= 0"),
+        (["--seed", "-1"], "random_state must be None, an int >= 0"),
+    ],
+)
+def test_bad_training_options_are_errors(split_dir, tmp_path, capsys, options, message):
+    """Options that cannot train a usable model stop with a message (exit 2) and save
+    nothing: not a model of NaN weights, nor 59995 images for --train-size -5."""
+    saved = tmp_path / "model.npz"
+    assert _train(split_dir, "--epochs", "1", "--save", str(saved), *options) == 2
+    assert message in capsys.readouterr().err
+    assert not saved.exists()
+
+
 def test_bad_model_files_are_named(split_dir, tmp_path, capsys):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(os.urandom(200))

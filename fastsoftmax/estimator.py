@@ -285,7 +285,8 @@ class SoftmaxRegression:
     momentum : heavy-ball momentum mu (PyTorch's form: ``v = mu v + g; W -= lr v``).
     average : averaged SGD, as in scikit-learn's SGDClassifier: False; True (the model
         is the mean of the iterates of every step); or an int n (the mean of those
-        after n samples were seen).
+        from step ceil(n / batch_size) on, counting from 1: after n samples where every
+        batch is full; an epoch's short last batch is counted as a full one).
     tol, n_iter_no_change : early stopping: when tol is not None, ``fit`` stops after
         ``n_iter_no_change`` epochs in a row that did not improve the best score by tol
         (the training objective, or the validation accuracy with ``early_stopping``).

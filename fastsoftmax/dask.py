@@ -40,7 +40,7 @@ except ImportError as err:  # pragma: no cover - exercised without the extra
 from ._api import XentProblem, cross_entropy_with_grad, softmax
 from ._backends import is_cupy_array, load
 from ._threads import blas_limit, thread_limit
-from .estimator import encode_labels
+from .estimator import check_discrete_labels, encode_labels, non_finite_error
 from .reference import StepData, StepParams, StepPlan
 from .train.loop import resolve_step_backend, x_scale_for
 
@@ -180,7 +180,7 @@ def _encode_chunk(yb, classes):
 def _logits_chunk(X, W, b):
     xp = _xp(X)
     if X.dtype.kind == "f" and not bool(xp.isfinite(X).all()):
-        raise ValueError("Input X contains NaN or infinity; every value must be finite")
+        raise non_finite_error("X")
     a = x_scale_for(X)
     return (X.astype(xp.float64) * a) @ xp.asarray(W).T + xp.asarray(b)
 
@@ -261,13 +261,12 @@ class SoftmaxRegression:
 
     @staticmethod
     def _as_dask_X(X) -> da.Array:
-        if not isinstance(X, da.Array):
-            X = np.asarray(X) if not is_cupy_array(X) else X
-            if X.ndim != 2:
-                raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
-            X = da.from_array(X, chunks=(-1, -1))
+        if not isinstance(X, (da.Array, np.ndarray)) and not is_cupy_array(X):
+            X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
+        if not isinstance(X, da.Array):
+            X = da.from_array(X, chunks=(-1, -1))
         if X.dtype not in (np.uint8, np.float32, np.float64):
             raise TypeError(f"X must be float32, float64 or uint8, got dtype {X.dtype}")
         if X.numblocks[1] != 1:
@@ -305,13 +304,9 @@ class SoftmaxRegression:
         finite = da.isfinite(X).all() if X.dtype.kind == "f" else True
         labels, finite = dask.compute(da.unique(y), finite)
         if not finite:
-            raise ValueError("Input X contains NaN or infinity; every value must be finite")
+            raise non_finite_error("X")
         classes = np.unique(_to_host(labels))
-        if classes.dtype.kind == "f" and np.any(classes != np.round(classes)):
-            raise ValueError(
-                "Unknown label type: continuous. SoftmaxRegression is a classifier: y must "
-                "hold class labels, not continuous values"
-            )
+        check_discrete_labels(classes)
         if len(classes) < 2:
             raise ValueError(f"y needs at least 2 classes, got {len(classes)}")
         y_idx = y.map_blocks(_encode_chunk, classes, dtype=np.int64)

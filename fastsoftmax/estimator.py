@@ -109,12 +109,22 @@ def _as_2d_features(X, name: str = "X", check_finite: bool = True) -> np.ndarray
         arr = arr.astype(np.float64)
     arr = np.ascontiguousarray(arr)
     if check_finite and arr.dtype.kind == "f" and not _all_finite(arr):
-        raise _non_finite_error(name)
+        raise non_finite_error(name)
     return arr
 
 
-def _non_finite_error(name: str) -> ValueError:
+def non_finite_error(name: str) -> ValueError:
     return ValueError(f"Input {name} contains NaN or infinity; every value must be finite")
+
+
+def check_discrete_labels(labels: np.ndarray) -> None:
+    """A classifier's labels: floating-point ones must be whole numbers (what
+    scikit-learn calls a continuous target is an error)."""
+    if labels.dtype.kind == "f" and np.any(labels != np.round(labels)):
+        raise ValueError(
+            "Unknown label type: continuous. SoftmaxRegression is a classifier: y must "
+            "hold class labels (integers or strings), not continuous values"
+        )
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -150,11 +160,7 @@ def _as_labels(y, n: int) -> np.ndarray:
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise ValueError("Input y contains NaN or infinity")
-        if np.any(arr != np.round(arr)):
-            raise ValueError(
-                "Unknown label type: continuous. SoftmaxRegression is a classifier: y must "
-                "hold class labels (integers or strings), not continuous values"
-            )
+        check_discrete_labels(arr)
     if arr.dtype.kind == "O":
         kinds = {type(v) for v in arr.tolist()}
         if len(kinds) > 1 and not all(issubclass(k, numbers.Number) for k in kinds):
@@ -619,7 +625,7 @@ class SoftmaxRegression:
                 with np.errstate(invalid="ignore"):  # NaN from bad input is reported below
                     done = self._train(X, y_idx, self._state.epoch + 1, rows, **hooks)
                 if not np.isfinite(self._state.loss_curve[-1]) and not _all_finite(X):
-                    raise _non_finite_error("X")
+                    raise non_finite_error("X")
                 deferred = False
             else:
                 epoch_end = until_epoch if tol is None and held_out is None else None

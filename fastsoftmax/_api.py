@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from . import _validate as check
-from ._backends import is_cupy_array, load, resolve
+from ._backends import current_cpu_backend, is_cupy_array, load, resolve
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -183,6 +183,25 @@ def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
     loss_rows = np.empty(n)
     total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
     return reduced_loss(red, loss_rows, total, denom, z.dtype)
+
+
+def cross_entropy_index_rows_at(
+    z_at: int, y_at: int, g_at: int, n: int, c: int, float64: bool, mean: bool, ignore_index: int
+) -> float | None:
+    """cross_entropy_index_rows with the gradient, on C-contiguous buffers given by
+    their addresses, for a caller that holds no NumPy arrays (fastsoftmax.torch's
+    tensors: making the arrays would cost more than the kernel at 64 x 10).  z: (n, c)
+    float32, or float64 where `float64`; y: (n,) int64; g: z's shape and dtype,
+    writable, overlapping neither.  The caller vouches for the buffers.  Returns the
+    loss in float64 (the caller rounds it to z's dtype), or None where this takes no
+    shortcut (the current backend has no such kernel, the call is too large for one
+    serial call, or a target is out of range): the caller then calls
+    cross_entropy_index_rows, which checks and raises as usual."""
+    be = current_cpu_backend()
+    if be is None or not hasattr(be, "xent_index_minibatch_at") or n * c > be.SERIAL_MAX_ELEMENTS:
+        return None
+    bad, loss = be.xent_index_minibatch_at(z_at, y_at, g_at, n, c, float64, ignore_index, mean)
+    return None if bad >= 0 else loss
 
 
 def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dtype):

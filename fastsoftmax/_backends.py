@@ -108,6 +108,13 @@ def resolve(x: object, backend: str | None) -> ModuleType:
     return load(name)
 
 
+def current_cpu_backend() -> ModuleType | None:
+    """The backend that runs an op on NumPy arrays here (use_backend's choice, else
+    auto's); None under use_backend("cupy"), which runs no NumPy arrays."""
+    name = _current.get()
+    return None if name == "cupy" else load(name)
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the enclosed calls on backend ``name`` (unless a call passes ``backend=``).

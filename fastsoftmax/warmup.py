@@ -49,9 +49,13 @@ def _op_calls(z: np.ndarray, y: np.ndarray, mode: str) -> list[tuple[str, Callab
         ("softmax", lambda: _api.softmax(z)),
         ("log_softmax", lambda: _api.log_softmax(z)),
     ]
-    if mode == "serial":  # fastsoftmax.torch's minibatch call (one kernel call)
+    if mode == "serial":  # fastsoftmax.torch's minibatch call: one kernel, by address
         grad = np.empty_like(z)
-        minibatch = lambda: _api.cross_entropy_index_rows(z, y, True, -100, grad)  # noqa: E731
+
+        def minibatch() -> None:  # the arrays live as long as this closure
+            at = (z.ctypes.data, y.ctypes.data, grad.ctypes.data)
+            _api.cross_entropy_index_rows_at(*at, *z.shape, z.dtype == np.float64, True, -100)
+
         calls.append(("torch minibatch cross_entropy", minibatch))
     return calls
 

@@ -908,12 +908,16 @@ def test_second_order_errors_instead_of_wrong_results():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("upstream", [None, 2.5])
-def test_minibatch_path_gives_the_general_paths_bits(monkeypatch, dtype, reduction, upstream):
-    """The lean eager path of a plain classifier call (_minibatch_call) against the
-    general one on the same call: the same loss and gradient, bit for bit, with ignored
-    rows, an all-ignored batch and without grad mode too."""
-    x = logits(64, 10, dtype)
-    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("classes", [10, 100])  # the small-C kernel, the large-C one
+def test_minibatch_path_gives_the_general_paths_bits(
+    monkeypatch, dtype, reduction, upstream, classes
+):
+    """The lean eager path of a plain classifier call (_minibatch_call, whose kernel
+    reads the tensors by address) against the general one on the same call: the same
+    loss and gradient, bit for bit, with ignored rows, an all-ignored batch and without
+    grad mode too."""
+    x = logits(64, classes, dtype)
+    y = torch.randint(0, classes, (64,), generator=torch.Generator().manual_seed(1))
     y[::5] = -100
     up = None if upstream is None else torch.tensor(upstream)
     calls = []
@@ -931,6 +935,35 @@ def test_minibatch_path_gives_the_general_paths_bits(monkeypatch, dtype, reducti
     torch.testing.assert_close(fast_nograd, general[0], rtol=0, atol=0)
     torch.testing.assert_close(fast_all_ignored, general_all_ignored, rtol=0, atol=0)
     assert float(fast_all_ignored) == 0.0
+
+
+def test_minibatch_path_errors_and_backends():
+    """The minibatch path's kernel reads the tensors' memory by address; where it
+    declines, the arrays' path decides: a target out of range raises as everywhere,
+    use_backend("numpy") runs the reference, and a tensor with PyTorch's negative bit
+    set (its memory holds -x) is not read as x."""
+    x = logits(64, 10, torch.float32).requires_grad_()
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
+    bad = y.clone()
+    bad[7] = 10
+    with pytest.raises(ValueError, match=r"target\[7\] = 10 is out of range"):
+        ft.cross_entropy(x, bad)
+    assert x.grad is None
+    want = F.cross_entropy(x.double(), y)
+    with fastsoftmax.use_backend("numpy"):
+        loss = ft.cross_entropy(x, y)
+        loss.backward()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-6, atol=0)
+    (want_grad,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(x.grad, want_grad, rtol=1e-5, atol=1e-8)
+    negated = torch._neg_view(x.detach()).requires_grad_()  # reads as -x
+    assert negated.is_neg()
+    try:
+        loss = ft.cross_entropy(negated, y)
+    except RuntimeError as err:  # NumPy views of it are refused: no silent -(-x)
+        assert "negative bit" in str(err)
+    else:
+        torch.testing.assert_close(loss, F.cross_entropy(-x.detach(), y))
 
 
 def test_minibatch_direct_apply_is_the_functions_apply(monkeypatch):
@@ -963,25 +996,25 @@ def test_minibatch_direct_apply_is_the_functions_apply(monkeypatch):
 def test_cpu_tensors_reach_the_kernel_without_a_copy(monkeypatch, smoothing):
     seen = []
     real_general = _api.cross_entropy_with_grad
-    real_minibatch = _api.cross_entropy_index_rows
+    real_minibatch = _api.cross_entropy_index_rows_at
 
     def spy_general(logits, target, **kw):
-        seen.append((logits, target, kw.get("out")))
+        seen.append((logits.ctypes.data, target.ctypes.data, kw.get("out").ctypes.data))
         return real_general(logits, target, **kw)
 
-    def spy_minibatch(z, y, mean, ignore, g):
-        seen.append((z, y, g))
-        return real_minibatch(z, y, mean, ignore, g)
+    def spy_minibatch(z_at, y_at, g_at, *args):
+        seen.append((z_at, y_at, g_at))
+        return real_minibatch(z_at, y_at, g_at, *args)
 
     monkeypatch.setattr(_api, "cross_entropy_with_grad", spy_general)
-    monkeypatch.setattr(_api, "cross_entropy_index_rows", spy_minibatch)
+    monkeypatch.setattr(_api, "cross_entropy_index_rows_at", spy_minibatch)
     x = logits(64, 10, torch.float32).requires_grad_()
     y = torch.randint(0, 10, (64,))
     ft.cross_entropy(x, y, label_smoothing=smoothing).backward()
     ((z, t, out),) = seen
-    assert z.ctypes.data == x.data_ptr() and t.ctypes.data == y.data_ptr()
+    assert z == x.data_ptr() and t == y.data_ptr()
     # the gradient the kernel wrote is x.grad itself: no copy on the way back either
-    assert out.ctypes.data == x.grad.data_ptr()
+    assert out == x.grad.data_ptr()
 
 
 def test_kernels_use_at_most_pytorchs_threads(monkeypatch):

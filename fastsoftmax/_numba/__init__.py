@@ -127,6 +127,24 @@ def xent_index_minibatch(z, y, ignore, mean, g):
     return _k.xent_index_minibatch(z, y, ignore, mean, g)
 
 
+# (float64, wide) -> the kernel on buffers given by address
+_MINIBATCH_AT = {
+    (False, False): _k.xent_index_minibatch_f32_at,
+    (True, False): _k.xent_index_minibatch_f64_at,
+    (False, True): _k.xent_index_minibatch_wide_f32_at,
+    (True, True): _k.xent_index_minibatch_wide_f64_at,
+}
+
+
+def xent_index_minibatch_at(z_at, y_at, g_at, n, c, float64, ignore, mean):
+    """xent_index_minibatch on C-contiguous buffers given by their addresses: z (n, c)
+    float32, or float64 where `float64`; y (n,) int64; g z's shape and dtype (overlapping
+    neither).  (first bad target row or -1, the loss); at most SERIAL_MAX_ELEMENTS
+    logits."""
+    kernel = _MINIBATCH_AT[float64, c > SMALL_C_MAX]
+    return kernel(z_at, y_at, g_at, n, c, ignore, mean)
+
+
 def xent_prob(z, q, w, eps, scale, loss, g):
     return _run("xent_prob", z, _k.xent_prob_serial, _k.xent_prob, z, q, w, eps, scale, loss, g)
 
@@ -207,5 +225,6 @@ __all__ = [
     "target_stats",
     "xent_index",
     "xent_index_minibatch",
+    "xent_index_minibatch_at",
     "xent_prob",
 ]

@@ -449,8 +449,8 @@ class _SecondOrder:
 # --------------------------------------------------------------------------------------
 # custom ops: cross-entropy on (M, C)
 # --------------------------------------------------------------------------------------
-def _loss_like(x: Tensor, red: str) -> Tensor:
-    return x.new_empty((x.shape[0],) if red == "none" else ())
+def _loss_like(x: Tensor, red: str, dtype: torch.dtype | None = None) -> Tensor:
+    return x.new_empty((x.shape[0],) if red == "none" else (), dtype=dtype or x.dtype)
 
 
 @torch.library.custom_op("fastsoftmax::cross_entropy", mutates_args=())
@@ -835,7 +835,9 @@ def _denominator(y: Tensor, cw, v: int, ignore: int) -> float:
 def _linear(
     h, w, target, b, cw, red, ignore, eps, chunk_size, want, grad_output=None
 ):  # fmt: skip
-    """(loss, dh, dw, db) of cross_entropy(h @ w.T + b): h (N, H), w (V, H), checked.
+    """(loss, dh, dw, db) of cross_entropy(h @ w.T + b): h (N, H), w (V, H), checked;
+    the loss in the work dtype (float32 for float16/bfloat16: linear_cross_entropy
+    rounds it to h's dtype outside autocast), the gradients in their inputs' dtypes.
     `want` = (dh, dw, db) wanted; unwanted gradients are None.  Without grad_output
     the gradients are those of the loss ("mean", "sum" only); with it (the backward),
     those of (loss * grad_output).sum()."""
@@ -898,7 +900,7 @@ def _linear(
                 t.mul_(factor)
     loss = loss_rows if rows else (total * scale).to(work)
     return (
-        loss.to(dtype),
+        loss,
         dh if dh is None or dh.dtype == dtype else _cast(dh, dtype),
         dw if dw is None or dw.dtype == w.dtype else _cast(dw, w.dtype),
         None if db is None else db.to(b.dtype),
@@ -930,7 +932,7 @@ def _op_linear(
 
 @_op_linear.register_fake
 def _(input, linear_weight, target, linear_bias, weight, reduction, *_):
-    return _loss_like(input, reduction)
+    return _loss_like(input, reduction, _WORK[input.dtype])
 
 
 def _setup_linear(ctx, inputs, output):
@@ -1037,7 +1039,8 @@ def _op_linear_fwd(
 @_op_linear_fwd.register_fake
 def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
     want = rest[-3:]
-    return _loss_like(input, reduction), *_grads_like(input, linear_weight, linear_bias, want)
+    loss = _loss_like(input, reduction, _WORK[input.dtype])
+    return loss, *_grads_like(input, linear_weight, linear_bias, want)
 
 
 def _setup_linear_fwd(ctx, inputs, output):
@@ -1132,7 +1135,8 @@ def linear_cross_entropy(
     the (N, V) logits: PyTorch 2.13's ``F.linear_cross_entropy`` on fastsoftmax.
 
     input: (H,) or (N, H); linear_weight: (V, H); linear_bias: (V,) or None; one
-        floating dtype (float16 and bfloat16 are computed in float32), one device.
+        floating dtype (float16 and bfloat16 are computed in float32, and under
+        torch.autocast give a float32 loss, as PyTorch's), one device.
     target: class indices () or (N,) (any integer dtype), or probabilities of shape
         (V,) or (N, V).  weight (class weights), reduction, ignore_index (None: -100) and
         label_smoothing: as in PyTorch.
@@ -1205,4 +1209,8 @@ def linear_cross_entropy(
         loss = torch.ops.fastsoftmax.linear_cross_entropy_fwd(*args, *want)[0]
     else:
         loss = torch.ops.fastsoftmax.linear_cross_entropy(*args)
+    # the ops give the loss in their work dtype (float32 for float16/bfloat16), which
+    # is PyTorch's under autocast (its cross-entropy runs in float32); else input's
+    if loss.dtype != input.dtype and not _autocast_enabled(input):
+        loss = loss.to(input.dtype)
     return loss.reshape(batch) if red == "none" else loss

@@ -338,6 +338,30 @@ def _linear_inputs(n=23, h=6, v=17, dtype=torch.float64, seed=8):
     return hid, lw, b, y, cw
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_autocast_gives_pytorchs_float32_loss(dtype, reduction):
+    """Under torch.autocast a float16/bfloat16 linear_cross_entropy gives a float32
+    loss, as PyTorch's F.linear + F.cross_entropy (its cross-entropy runs in float32),
+    with gradients in the inputs' dtypes; eagerly and compiled."""
+    h, lw, lb, t, _ = _linear_inputs()
+    leaves = [a.to(dtype).requires_grad_() for a in (h, lw, lb)]
+    compiled = torch.compile(ft.linear_cross_entropy, fullgraph=True, backend="aot_eager")
+    for ours in (ft.linear_cross_entropy, compiled):
+        with torch.autocast("cpu", dtype=dtype):
+            got = ours(*leaves[:2], t, linear_bias=leaves[2], reduction=reduction)
+        assert got.dtype == torch.float32
+        grads = torch.autograd.grad(got.sum(), leaves)
+        assert [g.dtype for g in grads] == [dtype] * 3
+        # the oracle: the same inputs in float64 (PyTorch's own under autocast rounds
+        # the logits to `dtype`, which this computes in float32)
+        exact = [a.detach().double().requires_grad_() for a in leaves]
+        want = F.cross_entropy(F.linear(*exact), t, reduction=reduction)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        for g, e in zip(grads, torch.autograd.grad(want.sum(), exact), strict=True):
+            close(g, e.to(dtype), dtype, "gradient")
+
+
 def _grads(fn, h, lw, b, upstream):
     h, lw = h.detach().clone().requires_grad_(), lw.detach().clone().requires_grad_()
     b = None if b is None else b.detach().clone().requires_grad_()

@@ -294,9 +294,10 @@ def _kernel(z: Tensor, y: Tensor, w, red: str, ignore: int, eps: float, grad) ->
 
 def _prepared(target: Tensor, weight, work: torch.dtype):
     """target and class weights as the kernels take them (views when they already are)."""
-    y = target.detach()
+    # resolve_neg: a tensor with PyTorch's negative bit holds -x in memory (a no-op else)
+    y = target.detach().resolve_neg()
     y = y.to(work) if y.is_floating_point() else y
-    w = None if weight is None else weight.detach().to(work).contiguous()  # (C,): small
+    w = None if weight is None else weight.detach().resolve_neg().to(work).contiguous()
     return y.contiguous(), w
 
 
@@ -306,8 +307,8 @@ def _xent(x: Tensor, target: Tensor, weight, red: str, ignore: int, eps: float, 
     dtype = x.dtype
     work = _WORK[dtype]
     z = x.detach()
-    fresh = dtype != work or not z.is_contiguous()
-    if fresh:  # our own copy: the gradient can overwrite it
+    fresh = dtype != work or not z.is_contiguous() or z.is_neg()
+    if fresh:  # our own copy (negative bit resolved): the gradient can overwrite it
         z = _cast(z, work)
     y, w = _prepared(target, weight, work)
     g = None

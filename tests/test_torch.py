@@ -965,7 +965,7 @@ def test_minibatch_path_errors_and_backends():
     """The minibatch path's kernel reads the tensors' memory by address; where it
     declines, the arrays' path decides: a target out of range raises as everywhere,
     use_backend("numpy") runs the reference, and a tensor with PyTorch's negative bit
-    set (its memory holds -x) is not read as x."""
+    set (read as -x, its memory holding x) is read as PyTorch reads it."""
     x = logits(64, 10, torch.float32).requires_grad_()
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
     bad = y.clone()
@@ -980,14 +980,22 @@ def test_minibatch_path_errors_and_backends():
     torch.testing.assert_close(loss.double(), want, rtol=1e-6, atol=0)
     (want_grad,) = torch.autograd.grad(want, x)
     torch.testing.assert_close(x.grad, want_grad, rtol=1e-5, atol=1e-8)
-    negated = torch._neg_view(x.detach()).requires_grad_()  # reads as -x
-    assert negated.is_neg()
-    try:
-        loss = ft.cross_entropy(negated, y)
-    except RuntimeError as err:  # NumPy views of it are refused: no silent -(-x)
-        assert "negative bit" in str(err)
-    else:
-        torch.testing.assert_close(loss, F.cross_entropy(-x.detach(), y))
+    # tensors with the negative bit (memory holding x, read as -x): read as PyTorch does,
+    # on the minibatch path (no class weights) and the general one (class weights)
+    w = torch.rand(10, generator=torch.Generator().manual_seed(3)) + 0.5
+    for grad in (False, True):
+        base = x.detach().clone().requires_grad_(grad)
+        negated = torch._neg_view(base)
+        assert negated.is_neg()
+        for weight in (None, torch._neg_view(-w)):
+            loss = ft.cross_entropy(negated, y, weight=weight)
+            ref = (-x.detach()).requires_grad_(grad)
+            want = F.cross_entropy(ref, y, weight=weight)
+            torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+            if grad:
+                (got_grad,) = torch.autograd.grad(loss, base)
+                (want_grad,) = torch.autograd.grad(want, ref)
+                torch.testing.assert_close(got_grad, -want_grad)
 
 
 def test_minibatch_direct_apply_is_the_functions_apply(monkeypatch):

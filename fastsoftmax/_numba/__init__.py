@@ -83,7 +83,9 @@ def _run(op, x, serial, parallel, *args, serial_tail=()):
         return parallel(*args, allowed)
     family = (op, x.dtype.itemsize)
     k, k_decide = policy.idle_ranges()
-    par = allowed > 1 and policy.parallel_pays(family, size, k_decide)
+    # (policy.force: the warm-up compiles the parallel kernel even on one CPU, for a
+    # cache that a machine with more will use)
+    par = (allowed > 1 or bool(policy.force)) and policy.parallel_pays(family, size, k_decide)
     fn = parallel if par else serial
     compiled = len(fn.overloads)
     t0 = _clock()

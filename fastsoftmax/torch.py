@@ -355,23 +355,33 @@ def _given(ctx, saved, go: Tensor | None, rows: bool) -> list:
     """[_scaled(g, go, rows) for g in saved (None where g is None)] for a backward to
     return.  Where that is a saved g itself: g the first time (no copy: input.grad is the
     forward's own gradient), a copy after that (a graph kept with retain_graph=True
-    would otherwise hand the same memory out twice, and a gradient the caller then
-    changes in place would change the other).  In a first-order backward, g detached:
-    the saved gradient is an output of the Function (for second order), and what is
-    handed out must not carry its graph (torch.autograd.grad would return a tensor that
-    requires grad)."""
+    would otherwise hand the same memory out twice).
+
+    In a first-order backward each g must be the very tensor that ctx saved as a
+    non-output (_saved_gradient): PyTorch then takes it over as input.grad without a
+    copy only where the graph is freed after this backward (its saved reference gone),
+    and copies it where the graph is kept, so that input.grad (which a later backward
+    adds to in place, or the caller zeroes) never shares memory with what a later
+    backward reads.  A detached view of a saved output would be taken over in both
+    cases.  In a backward with create_graph=True, g is the differentiable output."""
     if torch.compiler.is_compiling():
         return [None if g is None else _scaled(g, go, rows) for g in saved]
     again = getattr(ctx, "given", False)
     ctx.given = True
-    first_order = not torch.is_grad_enabled()
     out = []
     for g in saved:
         d = None if g is None else _scaled(g, go, rows)
-        if d is not None and d is g:
-            d = g.clone() if again else g.detach() if first_order else g
+        if d is not None and d is g and again:
+            d = g.clone()
         out.append(d)
     return out
+
+
+def _saved_gradient(g: Tensor) -> tuple[Tensor, Tensor]:
+    """What a Function whose output g is its gradient saves: g (differentiable, for
+    second order) and a detached alias of it (no copy), the tensor a first-order
+    backward hands out (see _given)."""
+    return g, g.detach()
 
 
 # --------------------------------------------------------------------------------------
@@ -433,8 +443,9 @@ class _SecondOrder:
 
     @staticmethod
     def input_grad(ctx, go, go_g):
-        (g,) = ctx.saved_tensors
-        (d,) = _given(ctx, (g,), go, ctx.xent[2] == "none")
+        g, alias = ctx.saved_tensors
+        handed = g if torch.is_grad_enabled() else alias  # create_graph=True: g
+        (d,) = _given(ctx, (handed,), go, ctx.xent[2] == "none")
         if go_g is not None:
             h = _curvature(g, _target_coefficients(g, *ctx.xent), go_g)
             d = h if d is None else d + h
@@ -519,7 +530,7 @@ def _setup_cross_entropy_fwd(ctx, inputs, output):
         _unused_outputs(ctx, output[1:])  # keep J out of the traced backward
     else:  # eager (tests): as _CrossEntropyFunction
         ctx.set_materialize_grads(False)
-    ctx.save_for_backward(output[1])
+    ctx.save_for_backward(*_saved_gradient(output[1]))
     ctx.xent = inputs[1:]
 
 
@@ -539,7 +550,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, opts):
         loss, g = _xent(input, target, weight, *opts, True)
-        ctx.save_for_backward(g)
+        ctx.save_for_backward(*_saved_gradient(g))
         ctx.save_for_forward(g)
         ctx.set_materialize_grads(False)
         ctx.xent = (target, weight, *opts)
@@ -571,7 +582,7 @@ class _TransformableFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output[1])
+        ctx.save_for_backward(*_saved_gradient(output[1]))
         ctx.save_for_forward(output[1])
         ctx.set_materialize_grads(False)
         ctx.xent = inputs[1:]
@@ -1046,7 +1057,8 @@ def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
 
 def _setup_linear_fwd(ctx, inputs, output):
     _unused_outputs(ctx, output[1:])
-    ctx.save_for_backward(*output[1:])
+    # non-output aliases of the gradients: what _given needs to hand them out
+    ctx.save_for_backward(*(g.detach() for g in output[1:]))
     ctx.want = inputs[-3:]
     if not torch.compiler.is_compiling():
         # for a backward with create_graph=True only (_linear_second_order): references,

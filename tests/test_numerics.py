@@ -206,6 +206,26 @@ def test_logsumexp_infinite_rows(impl):
 
 
 @pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("c", [3, 40])  # the tile path, the row path
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_nan_beside_infinities(impl, c, dtype):
+    """A NaN in a row of infinities gives NaN whatever its sign bit (x86 makes NaNs
+    with it set, e.g. inf - inf), as scipy and PyTorch: the kernels' max orders such a
+    NaN below -inf, and a row whose max was -inf came out -inf."""
+    neg_nan = -np.asarray(np.nan, dtype)
+    assert np.signbit(neg_nan)
+    x = np.full((4, c), -np.inf, dtype)
+    x[0, 1] = neg_nan
+    x[1, 0] = np.nan
+    x[2, c - 1] = neg_nan
+    x[2, 0] = np.inf
+    x[3, 2] = neg_nan
+    x[3, 1] = -np.inf
+    out = impl("logsumexp", x)
+    assert out.dtype == dtype and np.all(np.isnan(out)), out
+
+
+@pytest.mark.parametrize("impl", ALL)
 def test_float32_row_sums_are_accurate_at_large_c(impl):
     """256k classes of equal logits: a float32 running sum would lose ~1e-3 here; the
     blocked float64 accumulation keeps log(C) to float32 precision."""

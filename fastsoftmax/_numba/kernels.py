@@ -1317,13 +1317,12 @@ def _lse_nonfinite(x, i, v):
     m = _row_max(x, i)
     if np.isfinite(m):
         return v  # a finite max: the formula's result stands (NaN from a NaN entry)
-    if m == -np.inf:
-        return -np.inf
-    if m == np.inf:
+    if m == -np.inf or m == np.inf:
+        # the max key orders a NaN with its sign bit set (x86's inf - inf) below -inf
         for j in range(x.shape[1]):
             if np.isnan(x[i, j]):
                 return np.nan
-        return np.inf
+        return m
     return np.nan
 
 

@@ -7,6 +7,7 @@ backends cannot disagree on what "mean" means.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -177,7 +178,7 @@ def cross_entropy_index_rows(z, y, mean: bool, ignore_index: int, g):
         bad, loss = be.xent_index_minibatch(z, y, ignore_index, mean, g)
         if bad >= 0:
             _bad_target(y, bad, c, ignore_index)
-        return z.dtype.type(loss)
+        return rounded(loss, z.dtype)
     denom = _index_denominator(be, y, None, c, ignore_index, y)
     scale = check.reduction_scale(red, denom)
     loss_rows = np.empty(n)
@@ -209,10 +210,26 @@ def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dt
     the rows for "none", else a scalar of `dtype` (the "mean" of an all-ignored batch
     is 0, where PyTorch gives NaN)."""
     if red == "none":
+        if dtype in _FINITE_MAX:  # rows past float32's range: inf, as rounded's
+            with np.errstate(over="ignore"):
+                return loss_rows.astype(dtype)
         return loss_rows.astype(dtype)
     if red == "sum":
-        return dtype.type(total)
-    return dtype.type(total / denom if denom else 0.0)
+        return rounded(total, dtype)
+    return rounded(total / denom if denom else 0.0, dtype)
+
+
+# the largest finite value of the narrow float dtypes a loss is returned in
+_FINITE_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def rounded(value: float, dtype: np.dtype) -> np.floating:
+    """The float64 `value` as a `dtype` scalar: inf past its range, without NumPy's
+    overflow warning (a loss too large for float32 is inf there, as in PyTorch)."""
+    if abs(value) > _FINITE_MAX.get(dtype, math.inf):
+        with np.errstate(over="ignore"):
+            return dtype.type(value)
+    return dtype.type(value)
 
 
 # --------------------------------------------------------------------------------------

@@ -611,6 +611,16 @@ class _TransformableFunction(torch.autograd.Function):
         return (torch.stack(losses), torch.stack(grads)), (0, 0)
 
 
+def _scalar(value: float, dtype: torch.dtype) -> Tensor:
+    """A 0-d tensor of `dtype` holding the float64 `value` rounded to it; past float32's
+    range, inf (torch.scalar_tensor refuses such a value)."""
+    try:
+        return torch.scalar_tensor(value, dtype=dtype)
+    except RuntimeError:
+        with np.errstate(over="ignore"):
+            return torch.from_numpy(np.asarray(value, _NUMPY[dtype]))
+
+
 class _MinibatchFunction(torch.autograd.Function):
     """The common classifier call in eager mode, with as little Python as possible
     (PyTorch's own cross-entropy is ~12 us of C++ at 64 x 10; the general path's checks
@@ -634,7 +644,7 @@ class _MinibatchFunction(torch.autograd.Function):
         ctx.save_for_backward(g)
         # for a second order only (the input is small): see _minibatch_second_order
         ctx.call = (input, input._version, target, mean, ignore)
-        return torch.scalar_tensor(loss, dtype=input.dtype)
+        return _scalar(loss, input.dtype)
 
     @staticmethod
     def backward(ctx, go):

@@ -5,6 +5,8 @@ The large-C (row) and small-C (tiled) kernel paths are both exercised: C=1000 an
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import backend_params
@@ -33,6 +35,26 @@ def test_logits_of_plus_minus_1e4(impl, dtype, c):
     expected[:, 0] = 1.0
     expected[[0, 1, 2], y] -= 1.0
     np.testing.assert_array_equal(grad, expected.astype(dtype))
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=lambda d: np.dtype(d).name)
+def test_a_loss_past_the_dtypes_range_is_inf_without_warnings(impl, reduction, dtype):
+    """The float64 loss rounded to a dtype it overflows is inf (as PyTorch's), with no
+    NumPy overflow warning from inside the package; the gradient stays exact."""
+    big = float(np.finfo(dtype).max)
+    z = np.array([[big, -big, 0.0], [big, -big / 2, 1.0]], dtype)
+    y = np.array([1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = xent(impl, z, y, reduction=reduction)
+        alone = impl("cross_entropy", z, y, reduction=reduction)
+    assert np.all(np.isposinf(loss)) and np.all(np.isposinf(alone))
+    assert np.asarray(loss).dtype == dtype
+    np.testing.assert_array_equal(
+        grad, np.array([[1, -1, 0], [1, -1, 0]], dtype) * (0.5 if reduction == "mean" else 1.0)
+    )
 
 
 @pytest.mark.parametrize("impl", ALL)

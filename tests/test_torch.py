@@ -966,6 +966,21 @@ def test_minibatch_path_gives_the_general_paths_bits(
     assert float(fast_all_ignored) == 0.0
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])  # the minibatch path, the general one
+def test_a_loss_past_float32s_range_is_inf(reduction, weighted):
+    """A float32 loss too large for float32 (logits near +-3e38) is inf, as PyTorch's,
+    with PyTorch's finite gradient; torch.scalar_tensor refuses such a value."""
+    x = torch.tensor([[3e38, -3e38, 0.0], [3e38, -1e38, 1.0]], requires_grad=True)
+    y = torch.tensor([1, 1])
+    w = torch.ones(3) if weighted else None
+    loss = ft.cross_entropy(x, y, weight=w, reduction=reduction)
+    want = F.cross_entropy(x, y, weight=w, reduction=reduction)
+    assert loss.dtype == torch.float32 and torch.isinf(loss) and torch.isinf(want)
+    got_grad = torch.autograd.grad(loss, x)[0]
+    torch.testing.assert_close(got_grad, torch.autograd.grad(want, x)[0])
+
+
 def test_minibatch_path_errors_and_backends():
     """The minibatch path's kernel reads the tensors' memory by address; where it
     declines, the arrays' path decides: a target out of range raises as everywhere,

@@ -155,6 +155,7 @@ def resolve_options(
     if kind == "index":
         denom = _index_denominator(be, y, w, c, ignore, target)
     else:
+        check.ignore_with_probabilities(ignore)
         denom = float(n)
     scale = check.reduction_scale(red, denom)
     return XentProblem(be, work, red, kind, y, w, wsum, ignore, eps, denom, scale)
@@ -391,7 +392,7 @@ def _cross_entropy(
         zw = np.ascontiguousarray(z, dtype=work)
     g = None
     if want_grad:
-        if inplace:
+        if check.flag(inplace, "inplace"):
             if out is not None:
                 raise ValueError("pass either out= or inplace=True, not both")
             if not z.flags.writeable:

@@ -37,7 +37,16 @@ def float_array(x: object, name: str) -> np.ndarray:
     return arr
 
 
+def flag(value: object, name: str) -> bool:
+    """A True/False option (a string such as "no" would be true)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def axis_index(axis: object, ndim: int, name: str) -> int:
+    if isinstance(axis, bool | np.bool_):  # an index to Python, not an axis
+        raise TypeError("axis must be an integer, got bool")
     try:
         ax = operator.index(axis)
     except TypeError:
@@ -83,17 +92,32 @@ def smoothing(label_smoothing: object) -> float:
     return eps
 
 
+_I64_RANGE = range(-(2**63), 2**63)
+
+
 def ignore(ignore_index: object) -> int:
-    if type(ignore_index) is int:
-        return ignore_index
-    if isinstance(ignore_index, bool | np.bool_):
-        raise TypeError("ignore_index must be an integer, got bool")
-    try:
-        return operator.index(ignore_index)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"ignore_index must be an integer, got {type(ignore_index).__name__}"
-        ) from None
+    if type(ignore_index) is not int:
+        if isinstance(ignore_index, bool | np.bool_):
+            raise TypeError("ignore_index must be an integer, got bool")
+        try:
+            ignore_index = operator.index(ignore_index)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"ignore_index must be an integer, got {type(ignore_index).__name__}"
+            ) from None
+    if ignore_index not in _I64_RANGE:  # the kernels' integer
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+    return ignore_index
+
+
+def ignore_with_probabilities(ignore: int) -> None:
+    """PyTorch's rule: an ignore_index that could name a class (>= 0) is an error with
+    probability targets, which have no class index to ignore."""
+    if ignore >= 0:
+        raise ValueError(
+            f"ignore_index must be negative with probability targets (there is no class "
+            f"index to ignore), got {ignore}"
+        )
 
 
 def target(target: object, n: int, c: int, dtype: np.dtype) -> tuple[str, np.ndarray]:

@@ -791,6 +791,8 @@ def cross_entropy(
     c = shape[0] if d == 1 else shape[1]
     batch = () if d == 1 else shape[:1] + shape[2:]
     prob = _target(target, c, batch, shape, input)
+    if prob:
+        check.ignore_with_probabilities(ignore)
     _not_differentiable(target, "target")
     weight = _class_weight(weight, c, input)
 
@@ -1210,7 +1212,8 @@ def linear_cross_entropy(
         _same_device(linear_bias, "linear_bias", input, "input")
     unbatched = input.dim() == 1
     batch = () if unbatched else tuple(input.shape[:1])
-    _target(target, v, batch, (*batch, v), input)
+    if _target(target, v, batch, (*batch, v), input):
+        check.ignore_with_probabilities(ignore)
     _not_differentiable(target, "target")
     weight = _class_weight(weight, v, input)
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)

@@ -1104,6 +1104,16 @@ def test_errors_name_the_argument():
         (lambda: ft.cross_entropy(x, y, label_smoothing=torch.zeros(2)), TypeError, "label_smooth"),
         (lambda: ft.cross_entropy(x, y, label_smoothing=1.5), ValueError, "label_smoothing"),
         (lambda: ft.cross_entropy(x, y + 3), ValueError, r"target\[1\] = 4 is out of range"),
+        (  # PyTorch raises here too
+            lambda: ft.cross_entropy(x, torch.full((5, 4), 0.25), ignore_index=0),
+            ValueError,
+            "ignore_index must be negative with probability targets",
+        ),
+        (
+            lambda: ft.linear_cross_entropy(x, x, torch.full((5, 5), 0.2), ignore_index=1),
+            ValueError,
+            "ignore_index must be negative with probability targets",
+        ),
         (
             lambda: ft.cross_entropy(x, torch.rand(5, 4, requires_grad=True)),
             NotImplementedError,

@@ -189,6 +189,20 @@ def test_out_of_range_target_leaves_inputs_and_out_untouched(impl, z, y):
             TypeError,
             r"ignore_index must be an integer, got bool",
         ),
+        (  # past the kernels' int64 (Numba's bare OverflowError before)
+            np.zeros((4, 3)),
+            np.zeros(4, int),
+            {"ignore_index": 2**63},
+            ValueError,
+            r"ignore_index must fit in int64, got 9223372036854775808",
+        ),
+        (  # PyTorch's rule: probabilities have no class index to ignore
+            np.zeros((4, 3)),
+            np.full((4, 3), 1 / 3),
+            {"ignore_index": 0},
+            ValueError,
+            r"ignore_index must be negative with probability targets .*got 0",
+        ),
     ],
 )
 def test_bad_arguments(impl, logits, target, kwargs, error, pattern):
@@ -215,6 +229,10 @@ def test_bad_out_and_inplace(impl, z, y):
     z_ro.flags.writeable = False
     with pytest.raises(ValueError, match=r"logits is read-only"):
         impl("cross_entropy_with_grad", z_ro, y, inplace=True)
+    before = z.copy()
+    with pytest.raises(TypeError, match=r"inplace must be True or False, got 'no'"):
+        impl("cross_entropy_with_grad", z, y, inplace="no")  # a truthy string
+    np.testing.assert_array_equal(z, before)
 
 
 @pytest.mark.parametrize("impl", ALL)
@@ -224,6 +242,8 @@ def test_bad_softmax_arguments(impl, op):
         impl(op, np.zeros((2, 3)), axis=2)
     with pytest.raises(TypeError, match=r"axis must be an integer, got float"):
         impl(op, np.zeros((2, 3)), axis=1.0)
+    with pytest.raises(TypeError, match=r"axis must be an integer, got bool"):
+        impl(op, np.zeros((2, 3)), axis=True)  # NumPy refuses it too
     with pytest.raises(ValueError, match=r"x must have at least one dimension"):
         impl(op, np.float64(1.0))
     with pytest.raises(TypeError, match=r"x must be a floating-point array"):

@@ -158,6 +158,8 @@ def _cross_entropy(
     ignore = check.ignore(ignore_index)
     acc = cp.float64 if z.dtype == cp.float64 else cp.float32
     kind, y = _target(target, n, c, z.dtype)
+    if kind == "prob":
+        check.ignore_with_probabilities(ignore)
     w, wsum = None, float(c)
     if weight is not None:
         if not isinstance(weight, cp.ndarray) or weight.shape != (c,):

@@ -92,7 +92,7 @@ def smoothing(label_smoothing: object) -> float:
     return eps
 
 
-_I64_RANGE = range(-(2**63), 2**63)
+_I64_MIN, _I64_MAX_INT = -(2**63), 2**63 - 1
 
 
 def ignore(ignore_index: object) -> int:
@@ -105,7 +105,9 @@ def ignore(ignore_index: object) -> int:
             raise TypeError(
                 f"ignore_index must be an integer, got {type(ignore_index).__name__}"
             ) from None
-    if ignore_index not in _I64_RANGE:  # the kernels' integer
+        if type(ignore_index) is not int:  # a symbolic int under torch.compile: as is
+            return ignore_index
+    if not _I64_MIN <= ignore_index <= _I64_MAX_INT:  # the kernels' integer
         raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     return ignore_index
 

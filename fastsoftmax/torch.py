@@ -727,12 +727,13 @@ def _minibatch_call(input, target, weight, ignore_index, reduction, label_smooth
         and input.numel() <= SERIAL_LOGITS
         and input.is_contiguous()
         and target.is_contiguous()
-        and not input.is_neg()  # memory the kernel would read un-negated
-        and not target.is_neg()
         and not target.requires_grad
         and not torch.compiler.is_compiling()
         and not _transforms_active()
         and not _dual_level_active()
+        # after is_compiling: Dynamo cannot trace is_neg (a graph break)
+        and not input.is_neg()  # read as -x, its memory holds x
+        and not target.is_neg()
     ):
         return None
     mean = _MEAN[reduction]

@@ -289,6 +289,38 @@ def test_torch_compile_fullgraph_model(backend):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_plain_classifier_call_and_symbolic_options(backend):
+    """The plain classifier call (float32 (N, C), int64 targets, no weight or smoothing:
+    the eager minibatch path's case) and CrossEntropyLoss's defaults compile with no
+    graph break; so does an ignore_index that reaches the loss as a symbolic int
+    (dynamic=True: an argument of the compiled function, or a module built in it)."""
+    x = torch.randn(8, 5, requires_grad=True)
+    y = torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(4))
+    y[0] = 3
+    plain = [
+        (lambda x, y: ft.cross_entropy(x, y), lambda x, y: F.cross_entropy(x, y)),
+        (ft.CrossEntropyLoss(reduction="sum"), torch.nn.CrossEntropyLoss(reduction="sum")),
+    ]
+    for ours, theirs in plain:
+        torch._dynamo.reset()
+        got = torch.compile(ours, fullgraph=True, backend=backend)(x, y)
+        want = theirs(x, y)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.autograd.grad(got, x), torch.autograd.grad(want, x))
+    symbolic = [
+        lambda x, y, i, ce=ce: ce(x, y, ignore_index=i, label_smoothing=0.1)
+        for ce in (ft.cross_entropy, F.cross_entropy)
+    ] + [
+        lambda x, y, i, m=m: m(ignore_index=i, label_smoothing=0.1)(x, y)
+        for m in (ft.CrossEntropyLoss, torch.nn.CrossEntropyLoss)
+    ]
+    for ours, theirs in (symbolic[:2], symbolic[2:]):
+        torch._dynamo.reset()
+        got = torch.compile(ours, fullgraph=True, backend=backend, dynamic=True)(x, y, 3)
+        torch.testing.assert_close(got, theirs(x, y, 3))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_autocast_gives_pytorchs_float32_loss(dtype):
     """Under torch.autocast PyTorch runs its cross-entropy in float32: a float16 or

@@ -8,6 +8,9 @@ calls run in parallel, bit for bit; threadpoolctl's own report of BLAS's threads
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -414,3 +417,46 @@ def test_row_kernels_give_the_same_bits_for_any_number_of_segments(op):
         serial = _run_kernel(K, op, z, y, None, wide=True)
         for a, b in zip(want, serial, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+_FORK_CHILD = """
+import os
+import numpy as np
+import fastsoftmax as fs
+
+rng = np.random.default_rng(0)
+z = rng.standard_normal((300, 200)).astype(np.float32)  # the row path: parallel kernel
+y = rng.integers(0, 200, 300)
+zs = rng.standard_normal((4000, 10)).astype(np.float32)  # the tile path
+ys = rng.integers(0, 10, 4000)
+X = rng.standard_normal((600, 20)).astype(np.float32)
+with fs.thread_limit(2):
+    parent = fs.cross_entropy_with_grad(z, y)[1], fs.softmax(zs), fs.log_softmax(z)
+    fit = fs.SoftmaxRegression(max_epochs=2, random_state=0).fit(X, ys[:600])
+pid = os.fork()
+if pid == 0:
+    child = fs.cross_entropy_with_grad(z, y)[1], fs.softmax(zs), fs.log_softmax(z)
+    again = fs.SoftmaxRegression(max_epochs=2, random_state=0).fit(X, ys[:600])
+    ok = (
+        np.allclose(child[0], parent[0], rtol=1e-5, atol=1e-7)
+        and np.array_equal(child[1], parent[1])  # tiles: the serial bits
+        and np.allclose(child[2], parent[2], rtol=1e-6, atol=1e-6)
+        and np.allclose(again.coef_, fit.coef_, rtol=1e-5, atol=1e-6)
+    )
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_the_kernels_after_the_parent_started_its_pool():
+    """Numba terminates a process forked from one whose GNU OpenMP pool had started, at
+    its first parallel kernel (a DataLoader worker, a multiprocessing child); such a
+    child runs every kernel on its calling thread instead, with the parent's results
+    (the tile kernels' bits; the row kernels' to rounding) and a fit that works."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "0"], (done.stdout, done.stderr)

@@ -30,6 +30,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 import time
 
 import numba
+import numpy as np
 
 from .._threads import ThreadPolicy, get_num_threads, pool_size
 from . import kernels as _k
@@ -65,6 +66,38 @@ policy = ThreadPolicy(SERIAL_SECONDS_PER_ELEMENT, numba.config.NUMBA_NUM_THREADS
 _clock = time.perf_counter
 
 
+def _pool_lost_in_fork() -> bool:
+    """Whether this process was forked from one whose Numba thread pool had started on
+    GNU OpenMP: Numba then terminates the process at its first parallel kernel
+    ("fork() called from a process already using GNU OpenMP, this is unsafe"), which is
+    what a DataLoader worker or multiprocessing child would meet.  Numba internals;
+    where they are missing, a started pool counts as lost."""
+    from numba.np.ufunc import parallel
+
+    if not getattr(parallel, "_is_initialized", True):
+        return False  # no pool yet: the child starts its own
+    try:
+        from numba.np.ufunc import omppool
+
+        return numba.threading_layer() == "omp" and omppool.openmp_vendor == "GNU"
+    except Exception:  # another layer, or internals that moved
+        return numba.config.THREADING_LAYER in ("default", "omp")
+
+
+# True in such a child: every kernel then runs its serial twin on the calling thread.
+# The small-C tile kernels give the same bits; the row-path ones (whose parallel kernel
+# runs at any thread count, see _run) may differ from the parent's in the last bit.
+serial_only = [False]
+
+
+def _after_fork_in_child() -> None:
+    serial_only[0] = _pool_lost_in_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _run(op, x, serial, parallel, *args, serial_tail=()):
     """serial(*args, *serial_tail) or parallel(*args, threads), as the policy decides;
     timed for it.
@@ -76,7 +109,7 @@ def _run(op, x, serial, parallel, *args, serial_tail=()):
     (1-2 ulp apart in tests); above SERIAL_MAX_ELEMENTS they always run the parallel
     kernel, on as many threads as allowed (one included: the same code then)."""
     size = x.size
-    if size <= SERIAL_MAX_ELEMENTS:
+    if size <= SERIAL_MAX_ELEMENTS or serial_only[0]:
         return serial(*args, *serial_tail)
     allowed = get_num_threads()
     if x.shape[1] > SMALL_C_MAX or op in _FIXED_ORDER_ONLY:
@@ -207,6 +240,8 @@ def loss_grad(X, y, W, b, a, gW, gb) -> float:
 
 def all_finite(X) -> bool:
     """No NaN or infinity in the C-contiguous 2-D float array X (at memory speed)."""
+    if serial_only[0]:  # a parallel kernel (see _pool_lost_in_fork): NumPy, in blocks
+        return all(bool(np.isfinite(X[i : i + 4096]).all()) for i in range(0, len(X), 4096))
     from . import step
 
     return bool(step.all_finite(X))

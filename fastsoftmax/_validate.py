@@ -92,7 +92,7 @@ def smoothing(label_smoothing: object) -> float:
     return eps
 
 
-_I64_MIN, _I64_MAX_INT = -(2**63), 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def ignore(ignore_index: object) -> int:
@@ -107,7 +107,7 @@ def ignore(ignore_index: object) -> int:
             ) from None
         if type(ignore_index) is not int:  # a symbolic int under torch.compile: as is
             return ignore_index
-    if not _I64_MIN <= ignore_index <= _I64_MAX_INT:  # the kernels' integer
+    if not INT64_MIN <= ignore_index <= INT64_MAX:  # the kernels' integer
         raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     return ignore_index
 

@@ -714,6 +714,7 @@ def _minibatch_call(input, target, weight, ignore_index, reduction, label_smooth
         and type(reduction) is str
         and reduction in _MEAN
         and type(ignore_index) is int
+        and check.INT64_MIN <= ignore_index <= check.INT64_MAX  # else check.ignore raises
         and type(input) is Tensor
         and type(target) is Tensor
         and input.dtype in _MINIBATCH_DTYPES

@@ -1136,6 +1136,12 @@ def test_errors_name_the_argument():
         (lambda: ft.cross_entropy(x, y, label_smoothing=torch.zeros(2)), TypeError, "label_smooth"),
         (lambda: ft.cross_entropy(x, y, label_smoothing=1.5), ValueError, "label_smoothing"),
         (lambda: ft.cross_entropy(x, y + 3), ValueError, r"target\[1\] = 4 is out of range"),
+        (lambda: ft.cross_entropy(x, y, ignore_index=2**63), ValueError, "fit in int64"),
+        (  # the minibatch path's case (grad mode, no weight): checked too
+            lambda: ft.cross_entropy(x.detach().requires_grad_(), y, ignore_index=-(2**63) - 1),
+            ValueError,
+            "ignore_index must fit in int64",
+        ),
         (  # PyTorch raises here too
             lambda: ft.cross_entropy(x, torch.full((5, 4), 0.25), ignore_index=0),
             ValueError,

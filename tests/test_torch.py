@@ -1241,3 +1241,29 @@ def test_cuda_linear_matches_pytorch():
     want = _grads(lambda h, lw, b: F.cross_entropy(F.linear(h, lw, b), y, weight=cw), h, lw, b, up)
     for a, c in zip(got, want, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+
+
+_KEEPS_TORCH_THREADS = """
+import numpy as np
+import torch
+
+torch.set_num_threads(1)  # as a DataLoader worker does
+import fastsoftmax as fs
+import fastsoftmax.torch as ft
+
+x = torch.randn(300, 200, requires_grad=True)  # large C: the parallel kernel
+ft.cross_entropy(x, torch.zeros(300, dtype=torch.long)).backward()
+fs.softmax(np.random.default_rng(0).standard_normal((300, 200)))
+print(torch.get_num_threads())
+"""
+
+
+def test_our_thread_pool_leaves_pytorchs_thread_count_alone():
+    """Numba's OpenMP pool set the OpenMP thread count to its own size when it started,
+    and PyTorch shares that library: torch.set_num_threads(1) silently became 2 after
+    the first parallel call.  In a fresh process (the pool starts once)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _KEEPS_TORCH_THREADS], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

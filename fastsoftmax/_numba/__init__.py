@@ -27,6 +27,7 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+import ctypes
 import time
 
 import numba
@@ -64,6 +65,32 @@ SERIAL_SECONDS_PER_ELEMENT = {
 }
 policy = ThreadPolicy(SERIAL_SECONDS_PER_ELEMENT, numba.config.NUMBA_NUM_THREADS)
 _clock = time.perf_counter
+
+
+def _omp_threads_setting():
+    """(omp_get_max_threads, omp_set_num_threads) of the GNU OpenMP library this process
+    has loaded, or None where it has none loaded (nobody's setting to keep)."""
+    try:
+        lib = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
+    except (OSError, AttributeError):  # not loaded; or no RTLD_NOLOAD (not Linux)
+        return None
+    return lib.omp_get_max_threads, lib.omp_set_num_threads
+
+
+def _keeping_omp_threads(kernel, *args):
+    """kernel(*args) (a parallel kernel), leaving the OpenMP thread count of the calling
+    thread as it was.  Numba's OpenMP pool sets it to its own size when it starts, and
+    PyTorch shares the library: a torch.set_num_threads(1) (as in DataLoader workers)
+    silently became 2 after our first parallel call.  ~1 us, parallel calls only."""
+    omp = _omp_threads_setting()
+    if omp is None:
+        return kernel(*args)
+    before = omp[0]()
+    try:
+        return kernel(*args)
+    finally:
+        if omp[0]() != before:
+            omp[1](before)
 
 
 def _pool_lost_in_fork() -> bool:
@@ -113,7 +140,7 @@ def _run(op, x, serial, parallel, *args, serial_tail=()):
         return serial(*args, *serial_tail)
     allowed = get_num_threads()
     if x.shape[1] > SMALL_C_MAX or op in _FIXED_ORDER_ONLY:
-        return parallel(*args, allowed)
+        return _keeping_omp_threads(parallel, *args, allowed)
     family = (op, x.dtype.itemsize)
     k, k_decide = policy.idle_ranges()
     # (policy.force: the warm-up compiles the parallel kernel even on one CPU, for a
@@ -122,7 +149,10 @@ def _run(op, x, serial, parallel, *args, serial_tail=()):
     fn = parallel if par else serial
     compiled = len(fn.overloads)
     t0 = _clock()
-    result = parallel(*args, allowed) if par else serial(*args, *serial_tail)
+    if par:
+        result = _keeping_omp_threads(parallel, *args, allowed)
+    else:
+        result = serial(*args, *serial_tail)
     seconds = _clock() - t0
     if len(fn.overloads) == compiled:  # a call that compiled says nothing about speed
         policy.observe(family, size, par, k, seconds)
@@ -244,7 +274,7 @@ def all_finite(X) -> bool:
         return all(bool(np.isfinite(X[i : i + 4096]).all()) for i in range(0, len(X), 4096))
     from . import step
 
-    return bool(step.all_finite(X))
+    return bool(_keeping_omp_threads(step.all_finite, X))
 
 
 __all__ = [

@@ -67,14 +67,20 @@ policy = ThreadPolicy(SERIAL_SECONDS_PER_ELEMENT, numba.config.NUMBA_NUM_THREADS
 _clock = time.perf_counter
 
 
+_omp_found: list = []  # the functions below, once found (a library stays loaded)
+
+
 def _omp_threads_setting():
     """(omp_get_max_threads, omp_set_num_threads) of the GNU OpenMP library this process
     has loaded, or None where it has none loaded (nobody's setting to keep)."""
+    if _omp_found:
+        return _omp_found[0]
     try:
         lib = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
     except (OSError, AttributeError):  # not loaded; or no RTLD_NOLOAD (not Linux)
         return None
-    return lib.omp_get_max_threads, lib.omp_set_num_threads
+    _omp_found.append((lib.omp_get_max_threads, lib.omp_set_num_threads))
+    return _omp_found[0]
 
 
 def _keeping_omp_threads(kernel, *args):

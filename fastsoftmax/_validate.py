@@ -10,7 +10,8 @@ import numpy as np
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _I64 = np.dtype(np.int64)
-_I64_MAX = np.uint64(np.iinfo(np.int64).max)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the kernels' integer
+_I64_MAX = np.uint64(INT64_MAX)
 FLOAT_DTYPES = (_F16, _F32, _F64)
 REDUCTIONS = ("mean", "sum", "none")
 # The checks below test the native dtypes by identity first (NumPy returns these very
@@ -90,9 +91,6 @@ def smoothing(label_smoothing: object) -> float:
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     return eps
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def ignore(ignore_index: object) -> int:

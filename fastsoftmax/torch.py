@@ -613,12 +613,12 @@ class _TransformableFunction(torch.autograd.Function):
 
 def _scalar(value: float, dtype: torch.dtype) -> Tensor:
     """A 0-d tensor of `dtype` holding the float64 `value` rounded to it; past float32's
-    range, inf (torch.scalar_tensor refuses such a value)."""
+    range, inf (torch.scalar_tensor refuses such a value; the op API's rounding gives
+    it)."""
     try:
         return torch.scalar_tensor(value, dtype=dtype)
     except RuntimeError:
-        with np.errstate(over="ignore"):
-            return torch.from_numpy(np.asarray(value, _NUMPY[dtype]))
+        return torch.from_numpy(np.asarray(_api.rounded(value, np.dtype(_NUMPY[dtype]))))
 
 
 class _MinibatchFunction(torch.autograd.Function):

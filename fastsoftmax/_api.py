@@ -222,6 +222,7 @@ def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dt
 
 # the largest finite value of the narrow float dtypes a loss is returned in
 _FINITE_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+_F32_MAX = _FINITE_MAX[np.dtype(np.float32)]
 
 
 def rounded(value: float, dtype: np.dtype) -> np.floating:
@@ -367,6 +368,74 @@ def log_softmax_backward(
 # --------------------------------------------------------------------------------------
 # cross-entropy
 # --------------------------------------------------------------------------------------
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# class-index dtypes taken as they are or converted to int64 at no risk (not uint64:
+# past int64 its values would wrap around)
+_INDEX_DTYPES = frozenset(
+    np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
+)
+_I64 = np.dtype(np.int64)
+_MEAN = {"mean": True, "sum": False}
+
+
+def _minibatch_call(z, target, reduction, ignore_index, weight, backend, want_grad, g_to):
+    """The plain classifier call on a small batch in one kernel call: the target check,
+    the fused kernel and the reduction (the backend's xent_index_minibatch, on the
+    calling thread: the same bits as the general path).  At 64 x 10 the general path's
+    option handling costs twice the kernel.  Returns the loss, or (loss, gradient); None
+    where the call is not that case (the caller's general path then checks and runs
+    it).  g_to: where the gradient goes: None (a new array), logits itself
+    (inplace=True, or out= given as logits), or an out= array apart from both inputs.
+    Every test here is a cheap read; label_smoothing is 0 (the caller checked)."""
+    if not (
+        weight is None
+        and type(reduction) is str
+        and reduction in _MEAN
+        and type(ignore_index) is int
+        and check.INT64_MIN <= ignore_index <= check.INT64_MAX
+        and type(z) is np.ndarray
+        and type(target) is np.ndarray
+        and z.ndim == 2
+        and target.ndim == 1
+        and z.dtype in _KERNEL_DTYPES
+        and target.dtype in _INDEX_DTYPES
+        and 0 < z.shape[0] == target.shape[0]
+        and z.shape[1] > 0
+        and z.flags.c_contiguous
+    ):
+        return None
+    be = resolve(z, backend)
+    if not hasattr(be, "xent_index_minibatch") or z.size > be.SERIAL_MAX_ELEMENTS:
+        return None
+    y = target if target.dtype is _I64 or target.dtype == _I64 else target.astype(_I64)
+    y = y if y.flags.c_contiguous else np.ascontiguousarray(y)
+    g = None if not want_grad else (np.empty_like(z) if g_to is None else g_to)
+    bad, loss = be.xent_index_minibatch(z, y, ignore_index, _MEAN[reduction], g)
+    if bad >= 0:  # nothing was written
+        _bad_target(target, bad, z.shape[1], ignore_index)
+    # as rounded() (float32 and float64 only here), without its lookups where no
+    # overflow is possible
+    loss = z.dtype.type(loss) if -_F32_MAX <= loss <= _F32_MAX else rounded(loss, z.dtype)
+    return (loss, g) if want_grad else loss
+
+
+def _separate_out(out, z, target) -> bool:
+    """Whether out= can take the kernel's gradient directly: a writable C-contiguous
+    array of the logits' shape and dtype sharing memory with neither input (anything
+    else takes the general path, which checks it)."""
+    return (
+        type(out) is np.ndarray
+        and type(z) is np.ndarray
+        and type(target) is np.ndarray
+        and out.dtype is z.dtype
+        and out.shape == z.shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and not np.may_share_memory(out, z)
+        and not np.may_share_memory(out, target)
+    )
+
+
 def _cross_entropy(
     logits,
     target,
@@ -379,6 +448,26 @@ def _cross_entropy(
     out,
     inplace,
 ):
+    if type(label_smoothing) in (float, int) and label_smoothing == 0:
+        # a small batch's plain call: one kernel call (the gradient into a new array,
+        # into logits for inplace=True or out=logits, or into an out= apart from both)
+        if not want_grad or (inplace is False and out is None):
+            done = _minibatch_call(
+                logits, target, reduction, ignore_index, weight, backend, want_grad, None
+            )
+        elif (inplace is True and out is None) or (inplace is False and out is logits):
+            writable = type(logits) is np.ndarray and logits.flags.writeable
+            done = None if not writable else _minibatch_call(
+                logits, target, reduction, ignore_index, weight, backend, True, logits
+            )  # fmt: skip
+        elif inplace is False and _separate_out(out, logits, target):
+            done = _minibatch_call(
+                logits, target, reduction, ignore_index, weight, backend, True, out
+            )
+        else:
+            done = None
+        if done is not None:
+            return done
     z = check.logits_2d(logits)
     n, c = z.shape
     prob = resolve_options(

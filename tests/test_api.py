@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -306,7 +307,8 @@ def test_small_index_call_is_one_kernel_call_with_the_public_bits(dtype, shape, 
     finally:
         nb.xent_index_minibatch = real
     assert len(calls) == 4
-    ref_loss, ref_grad = fs.cross_entropy_with_grad(z, y, reduction=red, backend="numba")
+    with _general_path_only():
+        ref_loss, ref_grad = fs.cross_entropy_with_grad(z, y, reduction=red, backend="numba")
     assert type(loss) is type(ref_loss) and loss == ref_loss and loss_alone == ref_loss
     np.testing.assert_array_equal(g, ref_grad)
     assert ignored == 0.0 and np.all(g_ignored == 0)
@@ -318,6 +320,132 @@ def test_small_index_call_is_one_kernel_call_with_the_public_bits(dtype, shape, 
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(loss_np, ref_loss, rtol=tol)
     np.testing.assert_allclose(g_np, ref_grad, rtol=tol, atol=tol * np.abs(ref_grad).max())
+
+
+@contextlib.contextmanager
+def _general_path_only():
+    """The public cross-entropy without its one-kernel path for small plain calls
+    (_api._minibatch_call): option handling, target_stats, xent_index, reduction."""
+    from fastsoftmax import _api
+
+    real = _api._minibatch_call
+    _api._minibatch_call = lambda *a: None
+    try:
+        yield
+    finally:
+        _api._minibatch_call = real
+
+
+def _lean_calls(monkeypatch) -> list:
+    """Records each call of the Numba backend's xent_index_minibatch."""
+    from fastsoftmax import _numba as nb
+
+    calls = []
+    real = nb.xent_index_minibatch
+    monkeypatch.setattr(nb, "xent_index_minibatch", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 10), (1, 1), (7, 2), (50, 33), (4, 3000), (1638, 10)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_small_plain_call_takes_one_kernel_call_with_the_general_bits(
+    dtype, shape, reduction, rng, monkeypatch
+):
+    """A small plain call of the public cross-entropy (class indices of an integer
+    dtype other than uint64, no weights or smoothing, "mean"/"sum", at most the serial
+    cut-off of logits) is one call of xent_index_minibatch, with the general path's
+    loss and gradient bit for bit: a new gradient, inplace=True, out=logits, a separate
+    out=, the loss alone; ignored rows; targets of int8/uint8/int32/strided int64."""
+    n, c = shape
+    z = random_logits(rng, shape, dtype)
+    y = rng.integers(0, c, n)
+    y[::4] = -100 if c < 128 else 0
+    ignore = -100 if c < 128 else 0
+    calls = _lean_calls(monkeypatch)
+    kw = {"reduction": reduction, "ignore_index": ignore}
+    with _general_path_only():
+        ref_loss, ref_grad = fs.cross_entropy_with_grad(z, y, **kw)
+        ref_alone = fs.cross_entropy(z, y, **kw)
+    assert not calls
+    loss, grad = fs.cross_entropy_with_grad(z, y, **kw)
+    assert type(loss) is type(ref_loss) and loss == ref_loss
+    np.testing.assert_array_equal(grad, ref_grad)
+    alone = fs.cross_entropy(z, y, **kw)
+    assert type(alone) is type(ref_alone) and alone == ref_alone
+    out = np.full_like(z, np.nan)
+    loss_out, got = fs.cross_entropy_with_grad(z, y, out=out, **kw)
+    assert got is out and loss_out == ref_loss
+    np.testing.assert_array_equal(out, ref_grad)
+    zi = z.copy()
+    loss_in, got = fs.cross_entropy_with_grad(zi, y, inplace=True, **kw)
+    assert got is zi and loss_in == ref_loss
+    np.testing.assert_array_equal(zi, ref_grad)
+    zo = z.copy()
+    loss_self, got = fs.cross_entropy_with_grad(zo, y, out=zo, **kw)
+    assert got is zo and loss_self == ref_loss
+    np.testing.assert_array_equal(zo, ref_grad)
+    assert len(calls) == 5
+    if c < 128:
+        for t in (y.astype(np.int8), y.astype(np.int32), np.repeat(y, 2)[::2]):
+            loss_t, grad_t = fs.cross_entropy_with_grad(z, t, **kw)
+            assert loss_t == ref_loss
+            np.testing.assert_array_equal(grad_t, ref_grad)
+        y8 = np.where(y < 0, 255, y).astype(np.uint8)
+        loss_u, grad_u = fs.cross_entropy_with_grad(z, y8, reduction=reduction, ignore_index=255)
+        assert loss_u == ref_loss
+        np.testing.assert_array_equal(grad_u, ref_grad)
+        assert len(calls) == 9
+
+
+def test_small_plain_call_declines_what_it_does_not_serve(rng, monkeypatch):
+    """Everything but the plain call goes the general way (which checks and runs it, with
+    the reference's result): weights, smoothing, "none", float16, uint64 or
+    probability targets, strided logits, an out= overlapping an input, more logits than
+    the serial cut-off, the NumPy backend; and its errors are the general path's (a bad
+    target names its row and value, and nothing is written)."""
+    from fastsoftmax import _numba as nb
+
+    z = random_logits(rng, (64, 10), np.float32)
+    y = rng.integers(0, 10, 64)
+    calls = _lean_calls(monkeypatch)
+    big = random_logits(rng, (nb.SERIAL_MAX_ELEMENTS // 10 + 1, 10), np.float32)
+    cases = [
+        lambda: fs.cross_entropy_with_grad(z, y, weight=np.ones(10)),
+        lambda: fs.cross_entropy_with_grad(z, y, label_smoothing=0.1),
+        lambda: fs.cross_entropy_with_grad(z, y, reduction="none"),
+        lambda: fs.cross_entropy_with_grad(z.astype(np.float16), y),
+        lambda: fs.cross_entropy_with_grad(z, y.astype(np.uint64)),
+        lambda: fs.cross_entropy_with_grad(z, rng.random((64, 10)).astype(np.float32)),
+        lambda: fs.cross_entropy_with_grad(np.asfortranarray(z), y),
+        lambda: fs.cross_entropy_with_grad(z, y, out=np.empty((64, 20), np.float32)[:, :10]),
+        lambda: fs.cross_entropy_with_grad(big, rng.integers(0, 10, len(big))),
+        lambda: fs.cross_entropy_with_grad(z, y, backend="numpy"),
+    ]
+    for case in cases:
+        case()
+    buf = np.zeros((2, 64, 10), np.float32)
+    buf[0] = z
+    fs.cross_entropy_with_grad(buf[0], y, out=buf.reshape(-1)[5 : 5 + 640].reshape(64, 10))
+    assert not calls
+    bad = y.astype(np.int32)
+    bad[17] = 12
+    g = np.full_like(z, 7.0)
+    zi = z.copy()
+    for call in (
+        lambda: fs.cross_entropy_with_grad(z, bad),
+        lambda: fs.cross_entropy_with_grad(z, bad, out=g),
+        lambda: fs.cross_entropy_with_grad(zi, bad, inplace=True),
+    ):
+        with pytest.raises(ValueError, match=r"target\[17\] = 12 is out of range for 10 classes"):
+            call()
+    assert np.all(g == 7.0) and np.array_equal(zi, z)  # nothing written
+    frozen = z.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fs.cross_entropy_with_grad(frozen, y, inplace=True)
+    with pytest.raises(TypeError, match="inplace must be True or False"):
+        fs.cross_entropy_with_grad(z, y, inplace=1)
 
 
 @pytest.mark.parametrize("shape", [*SHAPES, (5000, 10), (40, 3000)])
@@ -344,6 +472,9 @@ def test_dispatch_and_use_backend(monkeypatch, rng):
     monkeypatch.setattr(ref, "xent_index", _spy(ref.xent_index, calls, "numpy"))
     numba_mod = _backends.load("numba")
     monkeypatch.setattr(numba_mod, "xent_index", _spy(numba_mod.xent_index, calls, "numba"))
+    # a small plain call is one call of this kernel (target check, kernel, reduction)
+    lean = _spy(numba_mod.xent_index_minibatch, calls, "numba")
+    monkeypatch.setattr(numba_mod, "xent_index_minibatch", lean)
     fs.cross_entropy(z, y)  # auto: numba is installed here
     with fs.use_backend("numpy"):
         fs.cross_entropy(z, y)

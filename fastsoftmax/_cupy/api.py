@@ -48,7 +48,7 @@ def _rows(x, axis: int):
 
 
 def _finish(res2, shape, axis, out):
-    res = res2.reshape(*np.delete(shape, axis), shape[axis])
+    res = res2.reshape(*shape[:axis], *shape[axis + 1 :], shape[axis])
     res = res if axis == len(shape) - 1 else cp.moveaxis(res, -1, axis)
     if out is not None:
         check.out_array_like(out, shape, res.dtype, cp.ndarray)

@@ -170,6 +170,29 @@ def test_softmax_axes(impl, axis, rng):
 
 
 @pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 1000), (0, 5), (5, 0)])
+def test_plain_rows_take_the_short_way_with_the_same_result(impl, dtype, shape, rng):
+    """softmax and log_softmax of a C-contiguous (N, C) array along its last axis skip
+    the general reshaping: a new array holding the general path's bits (the same
+    kernel on the same rows), here the rows of a (N, C, 1) array along axis 1 and of
+    the same array with out= (both the general path)."""
+    x = random_logits(rng, shape, dtype)
+    frozen = x.copy()
+    for op in ("softmax", "log_softmax"):
+        for axis in (-1, 1):
+            res = impl(op, x, axis=axis)
+            assert type(res) is np.ndarray and res.dtype == dtype and res.shape == shape
+            assert not np.may_share_memory(res, x)
+            general = impl(op, x[:, :, None], axis=1)[:, :, 0]
+            np.testing.assert_array_equal(res, general)
+            out = np.full_like(x, np.nan)
+            getattr(fs, op)(x, axis=axis, out=out, backend=impl.name)
+            np.testing.assert_array_equal(res, out)
+    np.testing.assert_array_equal(x, frozen)
+
+
+@pytest.mark.parametrize("impl", ALL)
 def test_empty_inputs(impl):
     assert impl("softmax", np.zeros((0, 5))).shape == (0, 5)
     assert impl("softmax", np.zeros((3, 0))).shape == (3, 0)

@@ -106,11 +106,13 @@ class XentProblem(NamedTuple):
 
 
 def _unaliased(prob: XentProblem, g: np.ndarray) -> XentProblem:
-    """prob with private copies of the probability targets and class weights that share
-    memory with g, the gradient the kernels write (out= or inplace=True): the kernels
-    support exact in-place operation on the logits only, not on what else they read."""
+    """prob with private copies of the targets (probabilities or class indices) and
+    class weights that share memory with g, the gradient the kernels write (out= or
+    inplace=True): the kernels support exact in-place operation on the logits only, not
+    on what else they read (a class index overwritten by a gradient would be read as an
+    index out of range, after the check)."""
     target, weight = prob.target, prob.weight
-    if prob.kind == "prob" and np.may_share_memory(g, target):
+    if np.may_share_memory(g, target):
         target = target.copy()
     if weight is not None and np.may_share_memory(g, weight):
         weight = weight.copy()
@@ -472,7 +474,11 @@ def _cross_entropy(
                 logits, target, reduction, ignore_index, weight, backend, want_grad, None
             )
         elif (inplace is True and out is None) or (inplace is False and out is logits):
-            writable = type(logits) is np.ndarray and logits.flags.writeable
+            writable = (
+                type(logits) is np.ndarray
+                and logits.flags.writeable
+                and not np.may_share_memory(logits, target)  # the general path copies it
+            )
             done = None if not writable else _minibatch_call(
                 logits, target, reduction, ignore_index, weight, backend, True, logits
             )  # fmt: skip

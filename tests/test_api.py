@@ -192,6 +192,89 @@ def test_plain_rows_take_the_short_way_with_the_same_result(impl, dtype, shape, 
     np.testing.assert_array_equal(x, frozen)
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 10), (3000, 10), (8, 1000)])  # lean/tiles, rows
+def test_read_only_inputs(impl, dtype, shape, rng):
+    """Read-only arrays (np.load(mmap_mode="r"), broadcasts, other libraries' buffers)
+    are read like any others: every op's result equals that of writable copies.  A
+    read-only float32 logits array with a gradient to compute was a Numba typing error
+    on the small-C path."""
+    n, c = shape
+    arrays = {
+        "z": (rng.standard_normal(shape) * 3).astype(dtype),
+        "y": rng.integers(0, c, n),
+        "w": rng.random(c).astype(dtype),
+        "q": rng.random(shape).astype(dtype),
+    }
+    frozen = {k: _read_only(v) for k, v in arrays.items()}
+    calls = [
+        ("cross_entropy", ("z", "y"), {}),
+        ("cross_entropy_with_grad", ("z", "y"), {}),
+        ("cross_entropy_with_grad", ("z", "y"), {"reduction": "none"}),
+        ("cross_entropy_with_grad", ("z", "y"), {"label_smoothing": 0.1, "weight": "w"}),
+        ("cross_entropy_with_grad", ("z", "q"), {"weight": "w"}),
+        ("softmax", ("z",), {}),
+        ("log_softmax", ("z",), {}),
+        ("logsumexp", ("z",), {}),
+    ]
+
+    def run(source, op, args, kw):
+        got = impl(op, *(source[a] for a in args), **{k: source.get(v, v) for k, v in kw.items()})
+        return got if isinstance(got, tuple) else (got,)
+
+    for op, args, kw in calls:
+        got, want = run(frozen, op, args, kw), run(arrays, op, args, kw)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w, err_msg=f"{op} {kw}")
+    for op in ("softmax_backward", "log_softmax_backward"):
+        got = getattr(fs, op)(frozen["z"], frozen["q"], backend=impl.name)
+        np.testing.assert_array_equal(
+            got, getattr(fs, op)(arrays["z"], arrays["q"], backend=impl.name)
+        )
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3000, 10), (8, 1000)])
+def test_gradient_written_over_class_indices_reads_them_first(shape, rng):
+    """An out= (or logits, with inplace=True) whose memory also holds the int64 class
+    indices: the targets are read as they were (copied first), not as the gradient
+    written over them, which read as indices out of range after the check (a crash).
+    Oracle: the same call on separate copies."""
+    n, c = shape
+    z = rng.standard_normal(shape)
+    y = rng.integers(0, c, n)
+    want_loss, want_grad = fs.cross_entropy_with_grad(z, y)
+    # out= over a float64 buffer whose first n items are the targets' int64s
+    buf = np.zeros(n * c + n)
+    out = buf[: n * c].reshape(n, c)
+    y_in_out = buf.view(np.int64)[:n]
+    y_in_out[:] = y
+    loss, grad = fs.cross_entropy_with_grad(z, y_in_out, out=out)
+    assert grad is out and loss == want_loss
+    np.testing.assert_array_equal(out, want_grad)
+    # inplace=True (and out=logits) with the targets inside the logits' memory
+    for kw in ({"inplace": True}, {"out": "logits"}):
+        zbuf = np.zeros(n * c + n)
+        logits = zbuf[n:].reshape(n, c)
+        logits[...] = z
+        y_in_z = zbuf.view(np.int64)[n : 2 * n]  # the logits' first n items
+        targets = np.array(y_in_z)  # what those bits read as, as class indices
+        if targets.min() < 0 or targets.max() >= c:
+            targets = rng.integers(0, c, n)
+            y_in_z[:] = targets
+        expect_loss, expect_grad = fs.cross_entropy_with_grad(logits.copy(), targets)
+        args = {"inplace": True} if "inplace" in kw else {"out": logits}
+        loss, grad = fs.cross_entropy_with_grad(logits, y_in_z, **args)
+        assert grad is logits and loss == expect_loss
+        np.testing.assert_array_equal(logits, expect_grad)
+
+
 @pytest.mark.parametrize("impl", ALL)
 def test_empty_inputs(impl):
     assert impl("softmax", np.zeros((0, 5))).shape == (0, 5)

@@ -306,9 +306,9 @@ def test_cupy_extremes_and_inplace(lean):
 
 @GPU
 def test_cupy_gradient_into_memory_the_kernel_reads():
-    """As tests/test_api.py's NumPy case: out= the probability targets, the logits as
-    their own targets in place, out= sharing memory with the class weights, against the
-    same calls on separate arrays."""
+    """As tests/test_api.py's NumPy cases: out= the probability targets, the logits as
+    their own targets in place, out= sharing memory with the class weights or the class
+    indices, against the same calls on separate arrays."""
     import cupy as cp
 
     import fastsoftmax as fs
@@ -331,6 +331,16 @@ def test_cupy_gradient_into_memory_the_kernel_reads():
     out = cp.ones_like(z)
     out[0] = w
     got = fs.cross_entropy_with_grad(z, y, weight=out[0], out=out)
+    assert float(got[0]) == float(want[0])
+    np.testing.assert_array_equal(cp.asnumpy(out), cp.asnumpy(want[1]))
+    # int64 class indices in the memory out= takes (read first, not as the gradient)
+    z64 = z.astype(cp.float64)
+    want = fs.cross_entropy_with_grad(z64, y)
+    buf = cp.zeros(64 * 10 + 64)
+    out = buf[: 64 * 10].reshape(64, 10)
+    y_in_out = buf.view(cp.int64)[:64]
+    y_in_out[:] = y
+    got = fs.cross_entropy_with_grad(z64, y_in_out, out=out)
     assert float(got[0]) == float(want[0])
     np.testing.assert_array_equal(cp.asnumpy(out), cp.asnumpy(want[1]))
 

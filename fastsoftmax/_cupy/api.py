@@ -197,9 +197,9 @@ def _cross_entropy(
             g = out if direct else cp.empty_like(zc)
         else:
             g = cp.empty_like(zc)
-        # probability targets or class weights in the memory the gradient goes to: read
-        # from copies (the kernels read them while writing g)
-        if kind == "prob" and cp.may_share_memory(g, y):
+        # targets (probabilities or class indices) or class weights in the memory the
+        # gradient goes to: read from copies (the kernels read them while writing g)
+        if cp.may_share_memory(g, y):
             y = y.copy()
         if w is not None and cp.may_share_memory(g, w):
             w = w.copy()

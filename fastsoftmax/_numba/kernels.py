@@ -751,7 +751,7 @@ def _xent_index_tiles(
     for c in range(n):
         gb[c] = like(z, scale * eps_c * (1.0 if w is None else float(w[c])))
     zf = z.reshape(z.size)
-    gf = zf if g is None else g.reshape(g.size)
+    gf = None if g is None else g.reshape(g.size)  # not zf: a read-only z would make gf read-only
     ntiles = (rows1 - rows0 + R - 1) // R
     tile, used = _next_chunk(work, t, -1, 0, ntiles)
     while tile >= 0:

@@ -396,15 +396,16 @@ _I64 = np.dtype(np.int64)
 _MEAN = {"mean": True, "sum": False}
 
 
-def _minibatch_call(z, target, reduction, ignore_index, weight, backend, want_grad, g_to):
-    """The plain classifier call on a small batch in one kernel call: the target check,
-    the fused kernel and the reduction (the backend's xent_index_minibatch, on the
-    calling thread: the same bits as the general path).  At 64 x 10 the general path's
-    option handling costs twice the kernel.  Returns the loss, or (loss, gradient); None
-    where the call is not that case (the caller's general path then checks and runs
-    it).  g_to: where the gradient goes: None (a new array), logits itself
-    (inplace=True, or out= given as logits), or an out= array apart from both inputs.
-    Every test here is a cheap read; label_smoothing is 0 (the caller checked)."""
+def _plain_call(z, target, reduction, ignore_index, weight, backend, want_grad, g_to):
+    """The plain classifier call (class indices, no weights or smoothing, "mean" or
+    "sum") with the general path's kernel calls (the backend's target_stats and
+    xent_index, so the same bits and the same kernels to compile on a cold cache)
+    without its option handling: at 64 x 10 that handling cost more than the kernel.
+    Returns the loss, or (loss, gradient); None where the call is not that case (the
+    caller's general path then checks and runs it).  g_to: where the gradient goes:
+    None (a new array), logits itself (inplace=True, or out= given as logits), or an
+    out= array apart from both inputs.  Every test here is a cheap read;
+    label_smoothing is 0 (the caller checked)."""
     if not (
         weight is None
         and type(reduction) is str
@@ -423,14 +424,16 @@ def _minibatch_call(z, target, reduction, ignore_index, weight, backend, want_gr
     ):
         return None
     be = resolve(z, backend)
-    if not hasattr(be, "xent_index_minibatch") or z.size > be.SERIAL_MAX_ELEMENTS:
-        return None
+    n, c = z.shape
     y = target if target.dtype is _I64 or target.dtype == _I64 else target.astype(_I64)
     y = y if y.flags.c_contiguous else np.ascontiguousarray(y)
+    denom = _index_denominator(be, y, None, c, ignore_index, target)
+    mean = _MEAN[reduction]
+    scale = (1.0 / denom if denom else 0.0) if mean else 1.0  # as check.reduction_scale
     g = None if not want_grad else (np.empty_like(z) if g_to is None else g_to)
-    bad, loss = be.xent_index_minibatch(z, y, ignore_index, _MEAN[reduction], g)
-    if bad >= 0:  # nothing was written
-        _bad_target(target, bad, z.shape[1], ignore_index)
+    loss_rows = np.empty(n)
+    total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
+    loss = (total / denom if denom else 0.0) if mean else total  # as reduced_loss
     # as rounded() (float32 and float64 only here), without its lookups where no
     # overflow is possible
     loss = z.dtype.type(loss) if -_F32_MAX <= loss <= _F32_MAX else rounded(loss, z.dtype)
@@ -467,10 +470,10 @@ def _cross_entropy(
     inplace,
 ):
     if type(label_smoothing) in (float, int) and label_smoothing == 0:
-        # a small batch's plain call: one kernel call (the gradient into a new array,
-        # into logits for inplace=True or out=logits, or into an out= apart from both)
+        # the plain classifier call: straight to the kernels (the gradient into a new
+        # array, into logits for inplace=True or out=logits, or an out= apart from both)
         if not want_grad or (inplace is False and out is None):
-            done = _minibatch_call(
+            done = _plain_call(
                 logits, target, reduction, ignore_index, weight, backend, want_grad, None
             )
         elif (inplace is True and out is None) or (inplace is False and out is logits):
@@ -479,13 +482,11 @@ def _cross_entropy(
                 and logits.flags.writeable
                 and not np.may_share_memory(logits, target)  # the general path copies it
             )
-            done = None if not writable else _minibatch_call(
+            done = None if not writable else _plain_call(
                 logits, target, reduction, ignore_index, weight, backend, True, logits
             )  # fmt: skip
         elif inplace is False and _separate_out(out, logits, target):
-            done = _minibatch_call(
-                logits, target, reduction, ignore_index, weight, backend, True, out
-            )
+            done = _plain_call(logits, target, reduction, ignore_index, weight, backend, True, out)
         else:
             done = None
         if done is not None:

@@ -49,16 +49,7 @@ def _op_calls(z: np.ndarray, y: np.ndarray, mode: str) -> list[tuple[str, Callab
         ("softmax", lambda: _api.softmax(z)),
         ("log_softmax", lambda: _api.log_softmax(z)),
     ]
-    if mode == "serial":
-        # a small plain call is one kernel (target check, kernel, reduction: above);
-        # the general path's serial kernel serves the other small calls
-        calls.append(
-            (
-                "cross_entropy_with_grad reduction=none",
-                lambda: _api.cross_entropy_with_grad(z, y, reduction="none"),
-            )
-        )
-        # fastsoftmax.torch's minibatch call: one kernel, by address
+    if mode == "serial":  # fastsoftmax.torch's minibatch call: one kernel, by address
         grad = np.empty_like(z)
 
         def minibatch() -> None:  # the arrays live as long as this closure

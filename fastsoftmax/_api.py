@@ -27,6 +27,10 @@ def _cupy_api():
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
+# the dtypes the kernels compute in as they are (float16 goes through float32)
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _rows(x: np.ndarray, axis: int, work: np.dtype) -> np.ndarray:
     """x with `axis` moved last as a C-contiguous (rows, C) array of dtype `work`
     (a view of x when x already is one)."""
@@ -224,12 +228,14 @@ def reduced_loss(red: str, loss_rows: np.ndarray, total: float, denom: float, dt
 
 # the largest finite value of the narrow float dtypes a loss is returned in
 _FINITE_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
-_F32_MAX = _FINITE_MAX[np.dtype(np.float32)]
+_F16_MAX = _FINITE_MAX[np.dtype(np.float16)]  # the smallest of them
 
 
 def rounded(value: float, dtype: np.dtype) -> np.floating:
     """The float64 `value` as a `dtype` scalar: inf past its range, without NumPy's
     overflow warning (a loss too large for float32 is inf there, as in PyTorch)."""
+    if -_F16_MAX <= value <= _F16_MAX:  # no dtype overflows here: no lookup
+        return dtype.type(value)
     if abs(value) > _FINITE_MAX.get(dtype, math.inf):
         with np.errstate(over="ignore"):
             return dtype.type(value)
@@ -386,14 +392,13 @@ def log_softmax_backward(
 # --------------------------------------------------------------------------------------
 # cross-entropy
 # --------------------------------------------------------------------------------------
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # class-index dtypes taken as they are or converted to int64 at no risk (not uint64:
 # past int64 its values would wrap around)
 _INDEX_DTYPES = frozenset(
     np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
 )
 _I64 = np.dtype(np.int64)
-_MEAN = {"mean": True, "sum": False}
+_PLAIN_REDUCTIONS = frozenset({"mean", "sum"})
 
 
 def _plain_call(z, target, reduction, ignore_index, weight, backend, want_grad, g_to):
@@ -409,7 +414,7 @@ def _plain_call(z, target, reduction, ignore_index, weight, backend, want_grad, 
     if not (
         weight is None
         and type(reduction) is str
-        and reduction in _MEAN
+        and reduction in _PLAIN_REDUCTIONS
         and type(ignore_index) is int
         and check.INT64_MIN <= ignore_index <= check.INT64_MAX
         and type(z) is np.ndarray
@@ -428,15 +433,11 @@ def _plain_call(z, target, reduction, ignore_index, weight, backend, want_grad, 
     y = target if target.dtype is _I64 or target.dtype == _I64 else target.astype(_I64)
     y = y if y.flags.c_contiguous else np.ascontiguousarray(y)
     denom = _index_denominator(be, y, None, c, ignore_index, target)
-    mean = _MEAN[reduction]
-    scale = (1.0 / denom if denom else 0.0) if mean else 1.0  # as check.reduction_scale
+    scale = check.reduction_scale(reduction, denom)
     g = None if not want_grad else (np.empty_like(z) if g_to is None else g_to)
     loss_rows = np.empty(n)
     total = be.xent_index(z, y, None, float(c), ignore_index, 0.0, scale, loss_rows, g)
-    loss = (total / denom if denom else 0.0) if mean else total  # as reduced_loss
-    # as rounded() (float32 and float64 only here), without its lookups where no
-    # overflow is possible
-    loss = z.dtype.type(loss) if -_F32_MAX <= loss <= _F32_MAX else rounded(loss, z.dtype)
+    loss = reduced_loss(reduction, loss_rows, total, denom, z.dtype)
     return (loss, g) if want_grad else loss
 
 
